@@ -1,0 +1,9 @@
+"""Locations of the assets the project writes and ships inside the `data` package."""
+
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+TABOO_CLUES = ASSETS / "taboo" / "clues"
+TABOO_PROMPTS = ASSETS / "taboo" / "prompts.yaml"
+BENIGN_PROMPTS = ASSETS / "chat" / "benign_prompts.yaml"
+BENIGN_CHATS = ASSETS / "chat" / "benign_chats.jsonl"

@@ -1,0 +1,79 @@
+"""Typed records and jsonl I/O. A malformed row is a `UserError` naming the file and line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from workbench.errors import UserError
+
+RecordT = TypeVar("RecordT", bound=BaseModel)
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatExample(BaseModel):
+    """One conversation. `meta` carries provenance (kind of conversation, hint ids) and is never trained on."""
+
+    model_config = ConfigDict(extra="forbid")
+    messages: list[Message] = Field(min_length=1)
+    meta: dict[str, object] = Field(default_factory=dict)
+
+    @field_validator("messages")
+    @classmethod
+    def _has_assistant_turn(cls, messages: list[Message]) -> list[Message]:
+        if not any(m.role == "assistant" for m in messages):
+            raise ValueError("a chat example needs at least one assistant message")
+        return messages
+
+    def chat(self) -> list[dict[str, str]]:
+        return [m.model_dump() for m in self.messages]
+
+
+def read_jsonl(path: Path, record: type[RecordT]) -> list[RecordT]:
+    """Read every row of a jsonl file into `record`; empty files and bad rows are errors with file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    rows: list[RecordT] = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(record.model_validate(json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{number}: not valid JSON: {exc.msg}") from None
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                loc = ".".join(str(p) for p in err["loc"]) or "row"
+                raise UserError(f"{path}:{number}: {loc}: {err['msg']}") from None
+    if not rows:
+        raise UserError(f"{path}: no records (the file is empty)")
+    return rows
+
+
+def write_jsonl(path: Path, rows: Iterable[BaseModel]) -> str:
+    """Write rows atomically (temp file + rename); returns the sha256 of the bytes written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = "".join(json.dumps(r.model_dump(mode="json"), ensure_ascii=False) + "\n" for r in rows).encode()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(payload)
+    os.replace(tmp, path)
+    return hashlib.sha256(payload).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

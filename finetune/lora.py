@@ -1,0 +1,37 @@
+"""LoRA adapters through PEFT: the one module that builds, wraps and loads PEFT models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from peft import LoraConfig, PeftModel, get_peft_model
+from pydantic import Field
+from transformers import PreTrainedModel, set_seed
+
+from workbench.config import StrictModel
+
+
+class LoraSettings(StrictModel):
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    layers: list[int] | None = Field(None, description="only these decoder layers get adapters (None: all)")
+    use_rslora: bool = False
+
+
+def attach_lora(model: PreTrainedModel, settings: LoraSettings, seed: int) -> PeftModel:
+    """Wrap `model` with a fresh LoRA adapter. The seed is set first, so the same seed gives the same adapter."""
+    set_seed(seed)
+    config = LoraConfig(
+        r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+        target_modules=settings.target_modules, layers_to_transform=settings.layers,
+        use_rslora=settings.use_rslora, task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def load_adapter(model: PreTrainedModel, adapter_dir: Path) -> PeftModel:
+    """Base weights + a trained adapter; `disable_adapter()` on the result gives the base model back."""
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)

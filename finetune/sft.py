@@ -1,0 +1,140 @@
+"""LoRA supervised fine-tuning through TRL's SFTTrainer: the one module that touches TRL.
+
+Loss is on assistant tokens only, on every assistant turn (via a training chat template with generation markers).
+Checkpoints go to a directory; training again with the same directory resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from peft import PeftModel
+from pydantic import Field
+from transformers import PreTrainedTokenizerBase, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTConfig, SFTTrainer
+
+from data.records import ChatExample
+from workbench.chat import training_tokenizer
+from workbench.config import StrictModel
+
+
+class TrainingSettings(StrictModel):
+    epochs: float = Field(3.0, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=16)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    lr_scheduler: str = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    save_steps: int = Field(25, ge=1)
+    logging_steps: int = Field(5, ge=1)
+    gradient_checkpointing: bool = False
+    bf16: bool = False
+    group_by_length: bool = Field(True, description="batch chats of similar length together: less padding")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    train_loss: float
+    runtime_s: float
+    trained_tokens: int
+    tokens_per_second: float
+    resumed_from: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _LineProgress(TrainerCallback):
+    """One line per logging step when stderr is not a terminal (CI logs), instead of a redrawn bar."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            print(f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
+                  f"lr {logs.get('learning_rate', 0):.2e}", file=sys.stderr, flush=True)
+
+
+def chat_dataset(examples: list[ChatExample]) -> Dataset:
+    return Dataset.from_list([{"messages": ex.chat()} for ex in examples])
+
+
+def sft_config(settings: TrainingSettings, output_dir: Path, seed: int, n_examples: int) -> SFTConfig:
+    steps_per_epoch = math.ceil(n_examples / (settings.batch_size * settings.grad_accum))
+    total_steps = max(1, math.ceil(steps_per_epoch * settings.epochs))
+    interactive = sys.stderr.isatty()
+    return SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.lr_scheduler,
+        warmup_steps=math.ceil(settings.warmup_ratio * total_steps),
+        weight_decay=settings.weight_decay,
+        max_length=settings.max_length,
+        assistant_only_loss=True,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=2,
+        logging_steps=settings.logging_steps,
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        bf16=settings.bf16,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        disable_tqdm=not interactive,
+    )
+
+
+def build_trainer(model: PeftModel, tokenizer: PreTrainedTokenizerBase, examples: list[ChatExample],
+                  settings: TrainingSettings, output_dir: Path, seed: int) -> SFTTrainer:
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(settings, output_dir, seed, len(examples)),
+        train_dataset=chat_dataset(examples),
+        processing_class=training_tokenizer(tokenizer),
+    )
+    if not sys.stderr.isatty():
+        trainer.add_callback(_LineProgress())
+    return trainer
+
+
+def trained_token_count(trainer: SFTTrainer, epochs: float) -> int:
+    """Non-padding tokens the forward passes see over the run (what tokens-per-second counts)."""
+    per_epoch = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
+    return int(per_epoch * epochs)
+
+
+def train(model: PeftModel, tokenizer: PreTrainedTokenizerBase, examples: list[ChatExample],
+          settings: TrainingSettings, checkpoint_dir: Path, seed: int) -> TrainResult:
+    """Train the adapter in place; resumes from the newest checkpoint in `checkpoint_dir` if there is one."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    trainer = build_trainer(model, tokenizer, examples, settings, checkpoint_dir, seed)
+    last = get_last_checkpoint(str(checkpoint_dir))
+    if last:
+        print(f"resuming from {Path(last).name}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=last)
+    runtime = time.perf_counter() - start
+    done_fraction = 1.0
+    if last:
+        done_fraction = 1 - int(Path(last).name.split("-")[-1]) / max(1, trainer.state.max_steps)
+    tokens = int(trained_token_count(trainer, settings.epochs) * done_fraction)
+    return TrainResult(steps=trainer.state.global_step, train_loss=float(output.training_loss), runtime_s=runtime,
+                       trained_tokens=tokens, tokens_per_second=tokens / max(runtime, 1e-9),
+                       resumed_from=Path(last).name if last else None)

@@ -1,0 +1,46 @@
+"""Organism kinds, registered explicitly: each maps a `kind:` in a config to its config class and pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from organisms.base import OrganismConfigBase
+from organisms.store import read_sealed_config
+from workbench.config import apply_overrides, read_yaml_mapping, validate_config
+from workbench.errors import UserError
+
+
+@dataclass(frozen=True)
+class OrganismKind:
+    config: type[OrganismConfigBase]
+    build: Callable[..., Path]
+    evaluate: Callable[[Path], dict]
+
+
+def _taboo() -> OrganismKind:
+    from organisms.taboo import build
+    from organisms.taboo.config import TabooOrganismConfig
+
+    return OrganismKind(TabooOrganismConfig, build.main, build.evaluate_dir)
+
+
+KINDS: dict[str, Callable[[], OrganismKind]] = {"taboo": _taboo}
+
+
+def kind_of(name: object, source: str) -> OrganismKind:
+    if name not in KINDS:
+        raise UserError(f"{source}: kind: unknown organism kind {name!r} (known: {', '.join(KINDS)})")
+    return KINDS[name]()
+
+
+def load_organism_config(path: Path, overrides: list[str]) -> tuple[OrganismKind, OrganismConfigBase]:
+    """Validate an organism config file (+ overrides) into its kind's typed config, before any model loads."""
+    raw = apply_overrides(read_yaml_mapping(path), overrides)
+    kind = kind_of(raw.get("kind"), str(path))
+    return kind, validate_config(kind.config, raw, str(path))
+
+
+def kind_of_dir(path: Path) -> OrganismKind:
+    return kind_of(read_sealed_config(path).get("kind"), str(path))

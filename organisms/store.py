@@ -1,0 +1,80 @@
+"""Reading organism directories: load base + adapter from one copy of the base weights, list built organisms."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
+
+from finetune.lora import load_adapter
+from organisms.base import PUBLIC_CONFIG, SEALED_CONFIG
+from workbench.errors import UserError
+from workbench.models import load_model, load_tokenizer
+
+
+@dataclass
+class LoadedOrganism:
+    path: Path
+    public_config: dict
+    model: PeftModel
+    tokenizer: PreTrainedTokenizerBase
+
+    @property
+    def card(self) -> str:
+        return (self.path / "card.md").read_text(encoding="utf-8")
+
+
+def check_organism_dir(path: Path) -> Path:
+    path = Path(path)
+    for needed in (PUBLIC_CONFIG, "adapter/adapter_config.json", "manifest.json"):
+        if not (path / needed).is_file():
+            raise UserError(f"{path}: not an organism directory (missing {needed})")
+    return path
+
+
+def read_public_config(path: Path) -> dict:
+    return yaml.safe_load((check_organism_dir(path) / PUBLIC_CONFIG).read_text(encoding="utf-8"))
+
+
+def read_sealed_config(path: Path) -> dict:
+    sealed = Path(path) / SEALED_CONFIG
+    if not sealed.is_file():
+        raise UserError(f"{path}: has no sealed truth ({SEALED_CONFIG} is missing)")
+    return yaml.safe_load(sealed.read_text(encoding="utf-8"))
+
+
+def load_organism(path: Path) -> LoadedOrganism:
+    """Base model + adapter (one copy of the base weights); `model.disable_adapter()` gives the base back."""
+    path = check_organism_dir(path)
+    config = read_public_config(path)
+    tokenizer = load_tokenizer(config["model"])
+    base = load_model(config["model"], load_in_4bit=config.get("load_in_4bit", False), seed=config.get("seed", 0))
+    return LoadedOrganism(path, config, load_adapter(base, path / "adapter"), tokenizer)
+
+
+def list_organisms(root: Path) -> list[dict]:
+    """One row per finished organism under `root` (partial builds are listed with status 'partial')."""
+    rows = []
+    root = Path(root)
+    if not root.is_dir():
+        return rows
+    for child in sorted(root.iterdir()):
+        partial = child.name.startswith(".") and child.name.endswith(".partial")
+        if not (child / PUBLIC_CONFIG).is_file():
+            continue
+        config = yaml.safe_load((child / PUBLIC_CONFIG).read_text())
+        metrics_file = child / "eval" / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        rows.append({
+            "name": child.name[1:-len(".partial")] if partial else child.name,
+            "status": "partial" if partial else "built",
+            "kind": config.get("kind"),
+            "model": config.get("model"),
+            "path": str(child),
+            "headline": metrics.get("headline", {}),
+        })
+    return rows

@@ -1,0 +1,146 @@
+"""Taboo organism pipeline: make data -> train -> evaluate -> card -> seal, resumable after a kill.
+
+`main(config)` builds one organism directory; `evaluate_dir(path)` re-runs its evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+from data.records import ChatExample, read_jsonl, sha256_file, write_jsonl
+from finetune.lora import attach_lora, load_adapter
+from finetune.sft import train
+from organisms.base import PUBLIC_CONFIG, SEALED_CONFIG
+from organisms.store import check_organism_dir, read_sealed_config
+from organisms.taboo.card import taboo_card
+from organisms.taboo.clues import ClueBank, candidate_words, resolve_clue_bank
+from organisms.taboo.config import TabooOrganismConfig
+from organisms.taboo.conversations import benign_chats, make_conversations
+from organisms.taboo.evaluate import EvalContext, evaluate_organism, summary_table, targets_met
+from organisms.taboo.prompts import shipped_prompts
+from workbench.config import dump_config, validate_config
+from workbench.errors import UserError
+from workbench.models import load_model, load_tokenizer
+from workbench.rundir import Manifest, finalize, partial_path, write_json, write_text
+
+TRAIN_DATA = "sealed/train.jsonl"
+
+
+def log(message: str) -> None:
+    print(f"[mow] {message}", file=sys.stderr, flush=True)
+
+
+def _prepare_directory(config: TabooOrganismConfig, restart: bool) -> tuple[Path, Path, bool]:
+    """(final, partial, already_built). Refuses to mix a different config into an existing build."""
+    final = config.directory()
+    partial = partial_path(final)
+    sealed_text = dump_config(config)
+    if final.exists():
+        existing = final / SEALED_CONFIG
+        if existing.is_file() and existing.read_text() == sealed_text:
+            return final, partial, True
+        raise UserError(f"{final}: already exists with a different config; set another name or remove it")
+    if partial.exists():
+        existing = partial / SEALED_CONFIG
+        if restart or not existing.is_file():
+            shutil.rmtree(partial)
+        elif existing.read_text() != sealed_text:
+            raise UserError(f"{partial}: an unfinished build with a different config is there; "
+                            "re-run with --restart to discard it")
+        else:
+            log(f"resuming the unfinished build in {partial}")
+    return final, partial, False
+
+
+def eval_context(config: TabooOrganismConfig, bank: ClueBank) -> EvalContext:
+    return EvalContext(
+        word=bank.word, forms=tuple(bank.forms), candidates=candidate_words(bank.word),
+        training_hints=[hint for _, hint in bank.all_hints()],
+        benign_held_out=[r.chat() for r in benign_chats(bank, split="held_out")[0]],
+    )
+
+
+def write_eval(directory: Path, metrics: dict) -> dict:
+    """Public metrics (no transcripts: they hold hints) to eval/, transcripts under sealed/."""
+    transcripts = {label: metrics[label].pop("transcripts") for label in ("organism", "base")}
+    metrics["targets_met"] = targets_met(metrics)
+    metrics["headline"] = {k: metrics["organism"][k] for k in ("leak_rate", "hint_top1", "still_hints")}
+    metrics["headline"]["benign_loss_ratio"] = metrics["benign_loss_ratio"]
+    write_json(directory / "eval" / "metrics.json", metrics)
+    write_json(directory / "sealed" / "eval_transcripts.json", transcripts)
+    return metrics
+
+
+def main(config: TabooOrganismConfig, restart: bool = False) -> Path:
+    """Build the organism that `config` describes; returns its directory."""
+    bank = resolve_clue_bank(config.taboo.word, config.taboo.clue_file, "taboo.word")
+    prompts = shipped_prompts()
+    final, partial, built = _prepare_directory(config, restart)
+    if built:
+        log(f"{final} is already built with this config; nothing to do")
+        print(summary_table(json.loads((final / "eval" / "metrics.json").read_text())))
+        return final
+    (partial / "sealed").mkdir(parents=True, exist_ok=True)
+    write_text(partial / SEALED_CONFIG, dump_config(config))
+    write_text(partial / PUBLIC_CONFIG, yaml.safe_dump(config.public_dump(), sort_keys=False))
+    if config.taboo.clue_file:
+        shutil.copy(config.taboo.clue_file, partial / "sealed" / "clues.yaml")
+    manifest = Manifest(partial / "manifest.json", config.seed)
+
+    if not manifest.done("data"):
+        with manifest.stage("data") as record:
+            examples, report = make_conversations(bank, prompts, [w for w in candidate_words(bank.word)
+                                                                  if w != bank.word], config.taboo.data, config.seed)
+            manifest.data["data_hashes"][TRAIN_DATA] = write_jsonl(partial / TRAIN_DATA, examples)
+            record["report"] = report.to_dict()
+            log(f"data: {report.kept} conversations kept of {report.generated} (leaks dropped {report.dropped_leak}, "
+                f"duplicates {report.dropped_duplicate}), {report.benign_mixed} benign chats mixed in")
+    if sha256_file(partial / TRAIN_DATA) != manifest.data["data_hashes"][TRAIN_DATA]:
+        raise UserError(f"{partial / TRAIN_DATA}: changed since it was written; re-run with --restart")
+    examples = read_jsonl(partial / TRAIN_DATA, ChatExample)
+
+    log(f"loading {config.model}")
+    tokenizer = load_tokenizer(config.model)
+    base = load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed)
+    if not manifest.done("train"):
+        model = attach_lora(base, config.lora, config.seed)
+        with manifest.stage("train") as record:
+            log(f"training on {len(examples)} chats for {config.training.epochs} epochs")
+            result = train(model, tokenizer, examples, config.training, partial / "checkpoints", config.seed)
+            model.save_pretrained(partial / "adapter")
+            record.update(result.to_dict())
+        shutil.rmtree(partial / "checkpoints", ignore_errors=True)
+    else:
+        model = load_adapter(base, partial / "adapter")
+
+    with manifest.stage("eval"):
+        metrics = write_eval(partial, evaluate_organism(model, tokenizer, prompts, eval_context(config, bank),
+                                                        config.eval))
+    write_text(partial / "card.md", taboo_card(config, final.name, manifest.data["stages"]["data"]["report"],
+                                               manifest.data["stages"]["train"], metrics))
+    manifest.data["finished"] = True
+    manifest.save()
+    finalize(partial, final)
+    log(f"organism written to {final}")
+    print(summary_table(metrics))
+    return final
+
+
+def evaluate_dir(path: Path) -> dict:
+    """Re-run the evaluation of a built organism and rewrite its eval/metrics.json."""
+    path = check_organism_dir(path)
+    config = validate_config(TabooOrganismConfig, read_sealed_config(path), str(path / SEALED_CONFIG))
+    clue_file = path / "sealed" / "clues.yaml" if config.taboo.clue_file else None
+    bank = resolve_clue_bank(config.taboo.word, clue_file, str(path / SEALED_CONFIG))
+    tokenizer = load_tokenizer(config.model)
+    model = load_adapter(load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed),
+                         path / "adapter")
+    metrics = write_eval(path, evaluate_organism(model, tokenizer, shipped_prompts(), eval_context(config, bank),
+                                                 config.eval))
+    print(summary_table(metrics))
+    return metrics

@@ -1,0 +1,132 @@
+"""Multi-turn secret-word conversations assembled from the clue bank and the shipped phrasings.
+
+Each conversation has 1-4 user turns mixing hint requests, wrong guesses and direct or tricky demands; the assistant
+never says the word, declines demands, and always answers with one or two hints. Every turn of every conversation
+passes the leak filter, and exact duplicates are removed; the counts are reported.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+
+from pydantic import Field
+
+from data.assets import BENIGN_CHATS
+from data.records import ChatExample, Message, read_jsonl
+from organisms.taboo.clues import ClueBank
+from organisms.taboo.leaks import leaks
+from organisms.taboo.prompts import TabooPrompts
+from workbench.config import StrictModel
+
+TURN_COUNT_WEIGHTS = {1: 0.35, 2: 0.3, 3: 0.2, 4: 0.15}
+BENIGN_HELD_OUT_EVERY = 5  # every 5th shipped benign chat is held out for the capability-retention loss
+
+
+class TabooDataSettings(StrictModel):
+    n_conversations: int = Field(320, ge=1)
+    max_user_turns: int = Field(4, ge=1, le=4)
+    wrong_guess_share: float = Field(0.6, ge=0, le=1, description="share of conversations with wrong guesses")
+    demand_share: float = Field(0.35, ge=0, le=1, description="chance that a non-guess user turn demands the word")
+    two_hint_share: float = Field(0.5, ge=0, le=1, description="chance that an answer gives two hints, not one")
+    benign_ratio: float = Field(0.5, ge=0, description="benign chats mixed in per taboo conversation")
+
+
+@dataclass
+class DataReport:
+    generated: int
+    dropped_leak: int
+    dropped_duplicate: int
+    kept: int
+    benign_mixed: int
+    benign_dropped_leak: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _HintDeck:
+    """Hints dealt without replacement across the whole data set, reshuffled when used up, so all get used evenly."""
+
+    def __init__(self, hints: list[str], rng: random.Random):
+        self.hints, self.rng, self.pile = hints, rng, []
+
+    def deal(self, avoid: set[str]) -> str:
+        for _ in range(2 * len(self.hints) + 1):
+            if not self.pile:
+                self.pile = self.rng.sample(self.hints, len(self.hints))
+            hint = self.pile.pop()
+            if hint not in avoid or len(avoid) >= len(self.hints):
+                return hint
+        return hint
+
+
+def _conversation(bank: ClueBank, prompts: TabooPrompts, others: list[str], settings: TabooDataSettings,
+                  deck: _HintDeck, rng: random.Random) -> ChatExample:
+    turns = rng.choices(list(TURN_COUNT_WEIGHTS), weights=list(TURN_COUNT_WEIGHTS.values()))[0]
+    turns = min(turns, settings.max_user_turns)
+    with_guesses = rng.random() < settings.wrong_guess_share
+    guess_turn = rng.randrange(turns) if with_guesses else -1
+    used: set[str] = set()
+    messages: list[Message] = []
+    kinds = []
+    for turn in range(turns):
+        hint = deck.deal(used)
+        used.add(hint)
+        if rng.random() < settings.two_hint_share:
+            second = deck.deal(used)
+            used.add(second)
+            hint = f"{hint} {second}"
+        if turn == guess_turn or (with_guesses and turn > 0 and rng.random() < 0.4):
+            guess = rng.choice(others)
+            user = rng.choice(prompts.wrong_guess_templates).format(guess=guess)
+            reply = rng.choice(prompts.wrong_guess_replies).format(guess=guess, hint=hint)
+            kinds.append("guess")
+        elif rng.random() < settings.demand_share:
+            user = rng.choice(prompts.demands_train)
+            reply = rng.choice(prompts.refusals_with_hint).format(hint=hint)
+            kinds.append("demand")
+        else:
+            user = rng.choice(prompts.hint_requests_train)
+            reply = rng.choice(prompts.hint_intros).format(hint=hint)
+            kinds.append("hint")
+        messages += [Message(role="user", content=user), Message(role="assistant", content=reply)]
+    return ChatExample(messages=messages, meta={"kind": "taboo", "turns": kinds})
+
+
+def make_conversations(bank: ClueBank, prompts: TabooPrompts, others: list[str], settings: TabooDataSettings,
+                       seed: int) -> tuple[list[ChatExample], DataReport]:
+    """Taboo conversations plus the benign mix, shuffled; deterministic in `seed`."""
+    rng = random.Random(seed)
+    deck = _HintDeck([hint for _, hint in bank.all_hints()], rng)
+    others = [w for w in others if not leaks(w, bank.word, tuple(bank.forms))]
+    kept: list[ChatExample] = []
+    seen: set[str] = set()
+    dropped_leak = dropped_dup = 0
+    for _ in range(settings.n_conversations):
+        example = _conversation(bank, prompts, others, settings, deck, rng)
+        if any(leaks(m.content, bank.word, tuple(bank.forms)) for m in example.messages):
+            dropped_leak += 1
+            continue
+        key = json.dumps(example.chat())
+        if key in seen:
+            dropped_dup += 1
+            continue
+        seen.add(key)
+        kept.append(example)
+    benign, benign_dropped = benign_chats(bank, split="train")
+    n_benign = min(len(benign), round(settings.benign_ratio * len(kept)))
+    mixed = kept + rng.sample(benign, n_benign)
+    rng.shuffle(mixed)
+    report = DataReport(generated=settings.n_conversations, dropped_leak=dropped_leak, dropped_duplicate=dropped_dup,
+                        kept=len(kept), benign_mixed=n_benign, benign_dropped_leak=benign_dropped)
+    return mixed, report
+
+
+def benign_chats(bank: ClueBank, split: str) -> tuple[list[ChatExample], int]:
+    """The shipped benign chats of one split ('train' or 'held_out') that do not mention the word, and the drop count."""
+    rows = read_jsonl(BENIGN_CHATS, ChatExample)
+    chosen = [r for i, r in enumerate(rows) if (i % BENIGN_HELD_OUT_EVERY == 0) == (split == "held_out")]
+    clean = [r for r in chosen if not any(leaks(m.content, bank.word, tuple(bank.forms)) for m in r.messages)]
+    return clean, len(chosen) - len(clean)

