@@ -91,7 +91,7 @@ def sft_config(settings: TrainingSettings, output_dir: Path, seed: int, n_exampl
         seed=seed,
         data_seed=seed,
         bf16=settings.bf16,
-        gradient_checkpointing=settings.gradient_checkpointing,
+        activation_checkpointing=settings.gradient_checkpointing,
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,

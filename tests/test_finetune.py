@@ -38,8 +38,8 @@ def test_labelled_tokens_are_exactly_the_assistant_turns(tokenizer, tmp_path):
     examples = chats()
     trainer = build_trainer(model, tokenizer, examples, TrainingSettings(batch_size=3), tmp_path, seed=0)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(examples))])
-    rows = {tuple(ids[ids != tokenizer.pad_token_id].tolist()): lab for ids, lab in zip(batch["input_ids"],
-                                                                                           batch["labels"])}
+    keep = batch["attention_mask"].bool()
+    rows = {tuple(ids[k].tolist()): lab[k] for ids, lab, k in zip(batch["input_ids"], batch["labels"], keep)}
     for example in examples:
         ids = tokenizer.apply_chat_template(example.chat(), tokenize=True, return_dict=True)["input_ids"]
         labels = rows[tuple(ids)]

@@ -25,7 +25,7 @@ from organisms.taboo.evaluate import EvalContext, evaluate_organism, summary_tab
 from organisms.taboo.prompts import shipped_prompts
 from workbench.config import dump_config, validate_config
 from workbench.errors import UserError
-from workbench.models import load_model, load_tokenizer
+from workbench.models import ModelSpec, load_model, load_tokenizer, quantization_config
 from workbench.rundir import Manifest, finalize, partial_path, write_json, write_text
 
 TRAIN_DATA = "sealed/train.jsonl"
@@ -79,6 +79,8 @@ def write_eval(directory: Path, metrics: dict) -> dict:
 def main(config: TabooOrganismConfig, restart: bool = False) -> Path:
     """Build the organism that `config` describes; returns its directory."""
     bank = resolve_clue_bank(config.taboo.word, config.taboo.clue_file, "taboo.word")
+    ModelSpec.parse(config.model)
+    quantization_config(config.load_in_4bit)
     prompts = shipped_prompts()
     final, partial, built = _prepare_directory(config, restart)
     if built:
