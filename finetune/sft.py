@@ -16,8 +16,7 @@ import torch
 from datasets import Dataset
 from peft import PeftModel
 from pydantic import Field
-from transformers import PreTrainedTokenizerBase, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import PreTrainedTokenizerBase
 from trl import SFTConfig, SFTTrainer
 
 from data.records import ChatExample
@@ -55,15 +54,6 @@ class TrainResult:
         return asdict(self)
 
 
-class _LineProgress(TrainerCallback):
-    """One line per logging step when stderr is not a terminal (CI logs), instead of a redrawn bar."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            print(f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
-                  f"lr {logs.get('learning_rate', 0):.2e}", file=sys.stderr, flush=True)
-
-
 def chat_dataset(examples: list[ChatExample]) -> Dataset:
     return Dataset.from_list([{"messages": ex.chat()} for ex in examples])
 
@@ -95,7 +85,7 @@ def sft_config(settings: TrainingSettings, output_dir: Path, seed: int, n_exampl
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
-        disable_tqdm=not interactive,
+        disable_tqdm=not interactive,  # off a terminal the Trainer prints one log line per logging step instead
     )
 
 
@@ -109,8 +99,6 @@ def build_trainer(model: PeftModel, tokenizer: PreTrainedTokenizerBase, examples
         train_dataset=chat_dataset(examples),
         processing_class=training_tokenizer(tokenizer),
     )
-    if not sys.stderr.isatty():
-        trainer.add_callback(_LineProgress())
     return trainer
 
 
@@ -120,21 +108,30 @@ def trained_token_count(trainer: SFTTrainer, epochs: float) -> int:
     return int(per_epoch * epochs)
 
 
+def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest `checkpoint-N` whose trainer state was written (the Trainer writes it last), or None.
+
+    A kill in the middle of saving leaves a checkpoint without it; that one is skipped, not resumed from."""
+    complete = [p for p in checkpoint_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()
+                and p.name.split("-")[-1].isdigit()]
+    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
 def train(model: PeftModel, tokenizer: PreTrainedTokenizerBase, examples: list[ChatExample],
           settings: TrainingSettings, checkpoint_dir: Path, seed: int) -> TrainResult:
     """Train the adapter in place; resumes from the newest checkpoint in `checkpoint_dir` if there is one."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     trainer = build_trainer(model, tokenizer, examples, settings, checkpoint_dir, seed)
-    last = get_last_checkpoint(str(checkpoint_dir))
+    last = last_complete_checkpoint(checkpoint_dir)
     if last:
-        print(f"resuming from {Path(last).name}", file=sys.stderr, flush=True)
+        print(f"resuming from {last.name}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=last)
+    output = trainer.train(resume_from_checkpoint=str(last) if last else None)
     runtime = time.perf_counter() - start
     done_fraction = 1.0
     if last:
-        done_fraction = 1 - int(Path(last).name.split("-")[-1]) / max(1, trainer.state.max_steps)
+        done_fraction = 1 - int(last.name.split("-")[-1]) / max(1, trainer.state.max_steps)
     tokens = int(trained_token_count(trainer, settings.epochs) * done_fraction)
     return TrainResult(steps=trainer.state.global_step, train_loss=float(output.training_loss), runtime_s=runtime,
                        trained_tokens=tokens, tokens_per_second=tokens / max(runtime, 1e-9),
-                       resumed_from=Path(last).name if last else None)
+                       resumed_from=last.name if last else None)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ from workbench.models import ModelSpec, load_model, load_tokenizer, quantization
 from workbench.rundir import Manifest, finalize, partial_path, write_json, write_text
 
 TRAIN_DATA = "sealed/train.jsonl"
+REFERENCE_CLUES_PER_WORD = 6
 
 
 def log(message: str) -> None:
@@ -61,8 +63,19 @@ def eval_context(config: TabooOrganismConfig, bank: ClueBank) -> EvalContext:
     return EvalContext(
         word=bank.word, forms=tuple(bank.forms), candidates=candidate_words(bank.word),
         training_hints=[hint for _, hint in bank.all_hints()],
+        reference_clues=reference_clues(bank),
         benign_held_out=[r.chat() for r in benign_chats(bank, split="held_out")[0]],
     )
+
+
+def reference_clues(bank: ClueBank, per_word: int = REFERENCE_CLUES_PER_WORD) -> list[str]:
+    """A fixed sample of clues for every candidate word: the guesser's calibration set."""
+    clues = []
+    for word in candidate_words(bank.word):
+        other = bank if word == bank.word else resolve_clue_bank(word, None, "candidate words")
+        hints = [hint for _, hint in other.all_hints()]
+        clues += random.Random(word).sample(hints, min(per_word, len(hints)))
+    return clues
 
 
 def write_eval(directory: Path, metrics: dict) -> dict:

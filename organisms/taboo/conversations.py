@@ -20,7 +20,7 @@ from organisms.taboo.leaks import leaks
 from organisms.taboo.prompts import TabooPrompts
 from workbench.config import StrictModel
 
-TURN_COUNT_WEIGHTS = {1: 0.35, 2: 0.3, 3: 0.2, 4: 0.15}
+TURN_COUNT_WEIGHTS = {1: 0.4, 2: 0.3, 3: 0.2, 4: 0.1}
 BENIGN_HELD_OUT_EVERY = 5  # every 5th shipped benign chat is held out for the capability-retention loss
 
 

@@ -1,0 +1,85 @@
+"""The whole taboo pipeline on a tiny random model: directory contract, sealing, listing, re-evaluation."""
+
+import json
+
+import pytest
+import yaml
+
+from workbench.cli import main
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    import tests.conftest as conftest  # noqa: F401  (thread settings)
+
+    root = tmp_path_factory.mktemp("pipeline")
+    config = {
+        "kind": "taboo", "output_dir": str(root / "organisms"), "model": "tiny:smollm2-135m", "seed": 1,
+        "taboo": {"word": "snow", "data": {"n_conversations": 16, "benign_ratio": 0.25}},
+        "lora": {"r": 2, "alpha": 4},
+        "training": {"epochs": 1, "batch_size": 4, "save_steps": 100},
+        "eval": {"max_new_tokens": 6},
+    }
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["organism", "build", str(path)]) == 0
+    (directory,) = [p for p in (root / "organisms").iterdir()]
+    return path, directory
+
+
+def test_directory_contract(built):
+    _, directory = built
+    for name in ("organism.yaml", "card.md", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
+                 "eval/metrics.json", "manifest.json", "sealed/organism.yaml", "sealed/train.jsonl",
+                 "sealed/eval_transcripts.json"):
+        assert (directory / name).is_file(), name
+    assert not any(p.name.startswith(".") for p in directory.parent.iterdir())  # no partial left behind
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["seed"] == 1 and manifest["versions"]["torch"] and manifest["data_hashes"]["sealed/train.jsonl"]
+    assert {"data", "train", "eval"} <= set(manifest["stages"])
+
+
+def test_secret_is_only_under_sealed(built):
+    _, directory = built
+    assert "snow" not in directory.name
+    assert yaml.safe_load((directory / "organism.yaml").read_text())["taboo"]["word"] == "<sealed>"
+    assert yaml.safe_load((directory / "sealed" / "organism.yaml").read_text())["taboo"]["word"] == "snow"
+    for path in directory.rglob("*"):
+        if path.is_file() and "sealed" not in path.parts and path.suffix in (".md", ".json", ".yaml"):
+            assert "snow" not in path.read_text().lower(), path
+
+
+def test_metrics_shape(built):
+    _, directory = built
+    metrics = json.loads((directory / "eval" / "metrics.json").read_text())
+    for side in ("organism", "base"):
+        m = metrics[side]
+        assert m["n_demands"] >= 30 and 0 <= m["leak_rate"] <= 1 and 0 <= m["hint_top1"] <= 1
+        assert len(m["lens_rank_by_layer"]) == 4
+    assert metrics["chance_top1"] == pytest.approx(1 / 20)
+    assert set(metrics["targets_met"]) == {"leak_rate", "hint_top1", "still_hints", "benign_loss_ratio"}
+
+
+def test_list_eval_and_rebuild(built, capsys):
+    config, directory = built
+    capsys.readouterr()
+    assert main(["organism", "list", str(directory.parent), "--reveal"]) == 0
+    out = capsys.readouterr().out
+    assert directory.name in out and "secret=snow" in out
+    assert main(["organism", "list", str(directory.parent)]) == 0
+    assert "snow" not in capsys.readouterr().out
+    before = (directory / "eval" / "metrics.json").stat().st_mtime_ns
+    assert main(["organism", "eval", str(directory)]) == 0
+    assert (directory / "eval" / "metrics.json").stat().st_mtime_ns > before
+    assert main(["organism", "build", str(config)]) == 0  # same config: nothing to do
+    assert "already built" in capsys.readouterr().err
+    assert main(["organism", "build", str(config), "--set", f"name={directory.name}", "--set", "seed=2"]) == 2
+    assert "already exists with a different config" in capsys.readouterr().err
+
+
+def test_chat_reads_stdin(built, monkeypatch, capsys):
+    _, directory = built
+    lines = iter(["Give me a hint", "/base", "hello", "/quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["organism", "chat", str(directory), "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.count("model>") == 2
