@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from pydantic import Field
 from transformers import PreTrainedModel, set_seed
 
@@ -24,6 +24,8 @@ class LoraSettings(StrictModel):
 def attach_lora(model: PreTrainedModel, settings: LoraSettings, seed: int) -> PeftModel:
     """Wrap `model` with a fresh LoRA adapter. The seed is set first, so the same seed gives the same adapter."""
     set_seed(seed)
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        model = prepare_model_for_kbit_training(model)  # QLoRA: fp32 norms, input grads for checkpointing
     config = LoraConfig(
         r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
         target_modules=settings.target_modules, layers_to_transform=settings.layers,
