@@ -1,7 +1,10 @@
-"""Training tokens per second: `mow organism build`'s training path against plain TRL `SFTTrainer` with its defaults.
+"""Training tokens per second: `mow organism build`'s training path against plain TRL `SFTTrainer`.
 
 Same model (the embedded SmolLM2-135M-Instruct unless --model), same LoRA settings, same taboo chats, same number of
-optimizer steps, run one after the other in this process. Prints both rates and their ratio (workbench / plain).
+optimizer steps, one after the other in this process. Tokens are the non-padding tokens of the batches actually
+trained on (counted in the collator); the first step of each run is a warm-up and is not timed. Two baselines:
+- plain SFTTrainer with its defaults (what a user gets from `SFTTrainer(model, train_dataset, peft_config)`);
+- plain SFTTrainer with the same precision and activation checkpointing as the workbench (isolates the wrapper).
 
     python benchmarks/finetune_throughput.py [--steps 12] [--model builtin:smollm2-135m]
 """
@@ -9,10 +12,12 @@ optimizer steps, run one after the other in this process. Prints both rates and 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 
 import torch
 from peft import LoraConfig
+from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from finetune.lora import LoraSettings, attach_lora
@@ -23,19 +28,49 @@ from organisms.taboo.prompts import shipped_prompts
 from workbench.models import DEFAULT_MODEL, load_model, load_tokenizer
 
 
-def tokens_seen(trainer: SFTTrainer, steps: int, batch_size: int) -> int:
-    """Non-padding tokens in the batches the trainer's sampler hands out over `steps` steps."""
-    lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
-    order = list(trainer._get_train_sampler(trainer.train_dataset) or range(len(lengths)))
-    needed = steps * batch_size
-    order = (order * (needed // len(order) + 1))[:needed]
-    return sum(lengths[i] for i in order)
+class _Meter(TrainerCallback):
+    """Counts trained tokens and wall time from the end of the first (warm-up) step to the end of training."""
+
+    def __init__(self):
+        self.tokens_per_step: list[int] = []
+        self.start = self.end = 0.0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 1:
+            self.start = time.perf_counter()
+        self.end = time.perf_counter()
 
 
-def timed(trainer: SFTTrainer) -> float:
-    start = time.perf_counter()
+def measure(trainer: SFTTrainer) -> tuple[int, float]:
+    meter = _Meter()
+    collate = trainer.data_collator
+
+    def counting_collator(features):
+        batch = collate(features)
+        meter.tokens_per_step.append(int(batch["attention_mask"].sum()) if "attention_mask" in batch
+                                     else int(batch["input_ids"].numel()))
+        return batch
+
+    trainer.data_collator = counting_collator
+    trainer.add_callback(meter)
     trainer.train()
-    return time.perf_counter() - start
+    steps = trainer.state.global_step
+    timed_tokens = sum(meter.tokens_per_step[1:steps])
+    return timed_tokens, meter.end - meter.start
+
+
+def plain_trainer(model_spec: str, examples, tokenizer, lora: LoraSettings, steps: int, matched: bool) -> SFTTrainer:
+    extra = dict(bf16=False, gradient_checkpointing=False, per_device_train_batch_size=4) if matched else {}
+    return SFTTrainer(
+        model=load_model(model_spec),
+        args=SFTConfig(output_dir=tempfile.mkdtemp(prefix="mow-bench-"), max_steps=steps, report_to="none",
+                       save_strategy="no", use_cpu=not torch.cuda.is_available(), logging_steps=10_000,
+                       disable_tqdm=True, **extra),
+        train_dataset=chat_dataset(examples),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                               target_modules=lora.target_modules, task_type="CAUSAL_LM"),
+    )
 
 
 def main() -> None:
@@ -46,42 +81,28 @@ def main() -> None:
     args = parser.parse_args()
 
     bank = resolve_clue_bank(args.word, None, "--word")
-    examples, _ = make_conversations(bank, shipped_prompts(), [w for w in candidate_words(args.word) if w != args.word],
+    others = [w for w in candidate_words(args.word) if w != args.word]
+    examples, _ = make_conversations(bank, shipped_prompts(), others,
                                      TabooDataSettings(n_conversations=160, benign_ratio=0.25), seed=0)
     tokenizer = load_tokenizer(args.model)
     lora = LoraSettings(r=16, alpha=32)
-    settings = TrainingSettings(epochs=1, batch_size=8, save_steps=10_000, logging_steps=10_000)
+    settings = TrainingSettings(epochs=1, batch_size=4, save_steps=10_000, logging_steps=10_000)
 
-    ours_model = attach_lora(load_model(args.model), lora, seed=0)
-    ours = build_trainer(ours_model, tokenizer, examples, settings, output_dir=_tmp("ours"), seed=0)
+    ours = build_trainer(attach_lora(load_model(args.model), lora, seed=0), tokenizer, examples, settings,
+                         output_dir=tempfile.mkdtemp(prefix="mow-bench-"), seed=0)
     ours.args.max_steps = args.steps
-    ours_tokens = tokens_seen(ours, args.steps, settings.batch_size)
-    ours_time = timed(ours)
-
-    plain_model = load_model(args.model)
-    plain = SFTTrainer(
-        model=plain_model,
-        args=SFTConfig(output_dir=_tmp("plain"), max_steps=args.steps, report_to="none", save_strategy="no",
-                       use_cpu=not torch.cuda.is_available(), logging_steps=10_000),
-        train_dataset=chat_dataset(examples),
-        processing_class=tokenizer,
-        peft_config=LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                               target_modules=lora.target_modules, task_type="CAUSAL_LM"),
-    )
-    plain_tokens = tokens_seen(plain, args.steps, plain.args.per_device_train_batch_size)
-    plain_time = timed(plain)
-
-    ours_rate, plain_rate = ours_tokens / ours_time, plain_tokens / plain_time
-    print(f"model {args.model}, {args.steps} steps, torch threads {torch.get_num_threads()}")
-    print(f"plain SFTTrainer (defaults)   {plain_rate:8.1f} tokens/s  ({plain_tokens} tokens in {plain_time:.1f} s)")
-    print(f"mow organism build training   {ours_rate:8.1f} tokens/s  ({ours_tokens} tokens in {ours_time:.1f} s)")
-    print(f"ratio (mow / plain)           {ours_rate / plain_rate:8.2f}")
-
-
-def _tmp(name: str) -> str:
-    import tempfile
-
-    return tempfile.mkdtemp(prefix=f"mow-bench-{name}-")
+    results = {"mow organism build training": measure(ours)}
+    results["plain SFTTrainer, defaults"] = measure(plain_trainer(args.model, examples, tokenizer, lora, args.steps,
+                                                                  matched=False))
+    results["plain SFTTrainer, same precision/batch"] = measure(plain_trainer(args.model, examples, tokenizer, lora,
+                                                                              args.steps, matched=True))
+    rates = {name: tokens / seconds for name, (tokens, seconds) in results.items()}
+    print(f"model {args.model}, {args.steps} steps (first one untimed), torch threads {torch.get_num_threads()}")
+    for name, (tokens, seconds) in results.items():
+        print(f"{name:<40} {rates[name]:8.1f} tokens/s  ({tokens} tokens in {seconds:.1f} s)")
+    ours_rate = rates["mow organism build training"]
+    print(f"ratio mow / plain defaults               {ours_rate / rates['plain SFTTrainer, defaults']:8.2f}")
+    print(f"ratio mow / plain, same precision/batch  {ours_rate / rates['plain SFTTrainer, same precision/batch']:8.2f}")
 
 
 if __name__ == "__main__":

@@ -21,11 +21,13 @@ class LoraSettings(StrictModel):
     use_rslora: bool = False
 
 
-def attach_lora(model: PreTrainedModel, settings: LoraSettings, seed: int) -> PeftModel:
+def attach_lora(model: PreTrainedModel, settings: LoraSettings, seed: int,
+                gradient_checkpointing: bool = False) -> PeftModel:
     """Wrap `model` with a fresh LoRA adapter. The seed is set first, so the same seed gives the same adapter."""
     set_seed(seed)
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
-        model = prepare_model_for_kbit_training(model)  # QLoRA: fp32 norms, input grads for checkpointing
+        # QLoRA: fp32 norms and input gradients; checkpointing only where the training settings ask for it
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     config = LoraConfig(
         r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
         target_modules=settings.target_modules, layers_to_transform=settings.layers,

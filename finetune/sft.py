@@ -6,11 +6,13 @@ Checkpoints go to a directory; training again with the same directory resumes fr
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from datasets import Dataset
@@ -31,7 +33,8 @@ class TrainingSettings(StrictModel):
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(512, ge=16)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    lr_scheduler: str = "cosine"
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts",
+                          "polynomial", "inverse_sqrt"] = "cosine"
     weight_decay: float = Field(0.0, ge=0)
     save_steps: int = Field(25, ge=1)
     logging_steps: int = Field(5, ge=1)
@@ -112,9 +115,15 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
     """The newest `checkpoint-N` whose trainer state was written (the Trainer writes it last), or None.
 
     A kill in the middle of saving leaves a checkpoint without it; that one is skipped, not resumed from."""
-    complete = [p for p in checkpoint_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()
-                and p.name.split("-")[-1].isdigit()]
-    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    def complete(path: Path) -> bool:
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return path.name.split("-")[-1].isdigit()
+
+    found = [p for p in checkpoint_dir.glob("checkpoint-*") if complete(p)]
+    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
 def train(model: PeftModel, tokenizer: PreTrainedTokenizerBase, examples: list[ChatExample],

@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
+import secrets
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from finetune.lora import LoraSettings
 from finetune.sft import TrainingSettings
 from workbench.config import StrictModel
-from workbench.models import DEFAULT_MODEL
+from workbench.models import DEFAULT_MODEL, cache_root
 
 SEALED = "sealed"
 PUBLIC_CONFIG = "organism.yaml"
 SEALED_CONFIG = "sealed/organism.yaml"
 REDACTED = "<sealed>"
+
+
+def _name_key() -> bytes:
+    """A random per-machine key for default names: a plain hash of the config would let anyone recover the secret
+    by hashing the public config with each candidate word."""
+    path = cache_root() / "organism_name_key"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32))
+    return path.read_text().strip().encode()
 
 
 class OrganismConfigBase(StrictModel):
@@ -28,6 +40,14 @@ class OrganismConfigBase(StrictModel):
     lora: LoraSettings = LoraSettings()
     training: TrainingSettings = TrainingSettings()
 
+    @field_validator("name")
+    @classmethod
+    def _one_path_component(cls, name: str | None) -> str | None:
+        if name is not None and (not name or name in (".", "..") or "/" in name or "\\" in name
+                                 or name.startswith(".")):
+            raise ValueError("must be a plain directory name (no '/', not starting with '.')")
+        return name
+
     def secret_fields(self) -> dict[str, str]:
         """Dotted keys whose values reveal the secret; they are redacted in the public organism.yaml."""
         return {}
@@ -35,7 +55,7 @@ class OrganismConfigBase(StrictModel):
     def resolved_name(self) -> str:
         if self.name:
             return self.name
-        digest = hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:8]
+        digest = hmac.new(_name_key(), self.model_dump_json().encode(), hashlib.sha256).hexdigest()[:8]
         return f"{self.kind}-{digest}"
 
     def directory(self) -> Path:

@@ -30,7 +30,7 @@ KINDS: dict[str, Callable[[], OrganismKind]] = {"taboo": _taboo}
 
 
 def kind_of(name: object, source: str) -> OrganismKind:
-    if name not in KINDS:
+    if not isinstance(name, str) or name not in KINDS:
         raise UserError(f"{source}: kind: unknown organism kind {name!r} (known: {', '.join(KINDS)})")
     return KINDS[name]()
 

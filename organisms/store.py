@@ -6,12 +6,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from finetune.lora import load_adapter
 from organisms.base import PUBLIC_CONFIG, SEALED_CONFIG
+from workbench.config import read_yaml_mapping
 from workbench.errors import UserError
 from workbench.models import load_model, load_tokenizer
 
@@ -23,10 +23,6 @@ class LoadedOrganism:
     model: PeftModel
     tokenizer: PreTrainedTokenizerBase
 
-    @property
-    def card(self) -> str:
-        return (self.path / "card.md").read_text(encoding="utf-8")
-
 
 def check_organism_dir(path: Path) -> Path:
     path = Path(path)
@@ -37,14 +33,14 @@ def check_organism_dir(path: Path) -> Path:
 
 
 def read_public_config(path: Path) -> dict:
-    return yaml.safe_load((check_organism_dir(path) / PUBLIC_CONFIG).read_text(encoding="utf-8"))
+    return read_yaml_mapping(check_organism_dir(path) / PUBLIC_CONFIG)
 
 
 def read_sealed_config(path: Path) -> dict:
     sealed = Path(path) / SEALED_CONFIG
     if not sealed.is_file():
         raise UserError(f"{path}: has no sealed truth ({SEALED_CONFIG} is missing)")
-    return yaml.safe_load(sealed.read_text(encoding="utf-8"))
+    return read_yaml_mapping(sealed)
 
 
 def load_organism(path: Path) -> LoadedOrganism:
@@ -66,14 +62,17 @@ def list_organisms(root: Path) -> list[dict]:
         partial = child.name.startswith(".") and child.name.endswith(".partial")
         if not (child / PUBLIC_CONFIG).is_file():
             continue
-        config = yaml.safe_load((child / PUBLIC_CONFIG).read_text())
+        try:
+            config = read_yaml_mapping(child / PUBLIC_CONFIG)
+        except UserError:
+            continue
         metrics_file = child / "eval" / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         rows.append({
             "name": child.name[1:-len(".partial")] if partial else child.name,
             "status": "partial" if partial else "built",
-            "kind": config.get("kind"),
-            "model": config.get("model"),
+            "kind": str(config.get("kind", "?")),
+            "model": str(config.get("model", "?")),
             "path": str(child),
             "headline": metrics.get("headline", {}),
         })

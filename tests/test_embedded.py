@@ -43,7 +43,7 @@ def test_quick_demo_builds_and_evaluates(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     table = capsys.readouterr().out
     assert "leak rate" in table and "hint top-1" in table
-    metrics = json.loads((tmp_path / "taboo-quick" / "eval" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "taboo-quick" / "sealed" / "eval_details.json").read_text())
     assert metrics["organism"]["n_demands"] >= 30 and metrics["n_candidates"] == 20
     # Even a handful of steps moves the organism away from the base on its training distribution.
     assert metrics["organism"]["lens_rank_by_layer"] != metrics["base"]["lens_rank_by_layer"]

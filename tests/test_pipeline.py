@@ -10,8 +10,6 @@ from workbench.cli import main
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    import tests.conftest as conftest  # noqa: F401  (thread settings)
-
     root = tmp_path_factory.mktemp("pipeline")
     config = {
         "kind": "taboo", "output_dir": str(root / "organisms"), "model": "tiny:smollm2-135m", "seed": 1,
@@ -31,12 +29,26 @@ def test_directory_contract(built):
     _, directory = built
     for name in ("organism.yaml", "card.md", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
                  "eval/metrics.json", "manifest.json", "sealed/organism.yaml", "sealed/train.jsonl",
-                 "sealed/eval_transcripts.json"):
+                 "sealed/eval_details.json", "sealed/manifest.json"):
         assert (directory / name).is_file(), name
     assert not any(p.name.startswith(".") for p in directory.parent.iterdir())  # no partial left behind
+    assert not (directory / "checkpoints").exists()
     manifest = json.loads((directory / "manifest.json").read_text())
-    assert manifest["seed"] == 1 and manifest["versions"]["torch"] and manifest["data_hashes"]["sealed/train.jsonl"]
-    assert {"data", "train", "eval"} <= set(manifest["stages"])
+    sealed = json.loads((directory / "sealed" / "manifest.json").read_text())
+    assert manifest["seed"] == 1 and manifest["versions"]["torch"] and {"data", "train", "eval"} <= set(
+        manifest["stages"])
+    assert sealed["data_hashes"]["sealed/train.jsonl"] and sealed["commands"]
+
+
+def test_public_files_do_not_fingerprint_the_secret(built):
+    """Nothing outside sealed/ may depend on the word except through the organism itself: no base-model figures, no
+    lens ranks, no data hashes, no command lines."""
+    _, directory = built
+    metrics = json.loads((directory / "eval" / "metrics.json").read_text())
+    assert "base" not in metrics and "lens_rank_by_layer" not in metrics["organism"]
+    manifest = (directory / "manifest.json").read_text()
+    assert "data_hashes" not in manifest and "command" not in manifest
+    assert "base" not in (directory / "card.md").read_text().split("## How it scored")[1].split("## Loading")[0]
 
 
 def test_secret_is_only_under_sealed(built):
@@ -51,13 +63,15 @@ def test_secret_is_only_under_sealed(built):
 
 def test_metrics_shape(built):
     _, directory = built
-    metrics = json.loads((directory / "eval" / "metrics.json").read_text())
+    metrics = json.loads((directory / "sealed" / "eval_details.json").read_text())
     for side in ("organism", "base"):
         m = metrics[side]
         assert m["n_demands"] >= 30 and 0 <= m["leak_rate"] <= 1 and 0 <= m["hint_top1"] <= 1
         assert len(m["lens_rank_by_layer"]) == 4
     assert metrics["chance_top1"] == pytest.approx(1 / 20)
-    assert set(metrics["targets_met"]) == {"leak_rate", "hint_top1", "still_hints", "benign_loss_ratio"}
+    public = json.loads((directory / "eval" / "metrics.json").read_text())
+    assert set(public["targets_met"]) == {"leak_rate", "hint_top1", "still_hints", "benign_loss_ratio"}
+    assert public["organism"]["hint_top1"] == metrics["organism"]["hint_top1"]
 
 
 def test_list_eval_and_rebuild(built, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 from transformers import PreTrainedTokenizerBase
 
@@ -34,7 +35,7 @@ def training_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenize
     """
     template = tokenizer.chat_template or ""
     trained = copy.deepcopy(tokenizer)
-    if "{% generation %}" in template or "{%- generation %}" in template:
+    if re.search(r"\{%-?\s*generation\s*-?%\}", template):
         return trained
     if template == SMOLLM2_TEMPLATE:
         trained.chat_template = SMOLLM2_TRAINING_TEMPLATE

@@ -20,16 +20,20 @@ REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEMO_CONFIGS = {False: REPO_CONFIGS / "organisms" / "taboo.yaml", True: REPO_CONFIGS / "organisms" / "taboo-quick.yaml"}
 
 
-def _build(config_path: Path, overrides: list[str], restart: bool) -> Path:
+def _build(config_path: Path, overrides: list[str], restart: bool, output_dir: Path | None = None) -> Path:
     from organisms.registry import load_organism_config
 
     kind, config = load_organism_config(config_path, overrides)
+    if output_dir is not None:
+        config = config.model_copy(update={"output_dir": output_dir})
     return kind.build(config, restart=restart)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    overrides = [f"output_dir={args.out}", *args.set]
-    _build(DEMO_CONFIGS[args.quick], overrides, args.restart)
+    if not DEMO_CONFIGS[args.quick].is_file():
+        raise UserError(f"{DEMO_CONFIGS[args.quick]}: demo config not found; run mow from a checkout installed "
+                        "with pip install -e .")
+    _build(DEMO_CONFIGS[args.quick], args.set, args.restart, Path(args.out))
 
 
 def cmd_build(args: argparse.Namespace) -> None:
@@ -111,7 +115,8 @@ def parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="build and evaluate the default secret-word organism on the embedded model")
     demo.add_argument("--quick", action="store_true", help="a few training steps only (a smoke run, ~3 minutes)")
-    demo.add_argument("--out", default="runs/demo", help="where the organism directory goes (default: runs/demo)")
+    demo.add_argument("--out", default="runs/organisms",
+                      help="where the organism directory goes (default: runs/organisms, where `organism list` looks)")
     add_build_flags(demo)
     demo.set_defaults(func=cmd_demo)
 

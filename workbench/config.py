@@ -86,12 +86,6 @@ def validate_config(model: type[ConfigT], raw: dict[str, Any], source: str) -> C
         raise UserError(format_validation_error(exc, source)) from None
 
 
-def load_config(model: type[ConfigT], path: Path, overrides: list[str] | None = None) -> ConfigT:
-    """Load, override and validate a config file into `model`; any problem is a `UserError` naming the file."""
-    raw = apply_overrides(read_yaml_mapping(path), overrides or [])
-    return validate_config(model, raw, str(path))
-
-
 def dump_config(config: BaseModel) -> str:
     """The resolved config as YAML, as saved in every output directory."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

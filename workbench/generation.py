@@ -53,21 +53,6 @@ def next_token_logprobs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pr
 
 
 @torch.no_grad()
-def continuation_logprobs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: str,
-                          continuations: list[str]) -> torch.Tensor:
-    """Summed log-probability of each continuation after one prompt (teacher-forced; any token length)."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    scores = []
-    device = model_device(model)
-    for text in continuations:
-        cont = tokenizer(text, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([prompt_ids + cont], device=device)
-        logp = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float().log_softmax(-1)
-        scores.append(logp.gather(1, torch.tensor(cont, device=device)[:, None]).sum().item())
-    return torch.tensor(scores)
-
-
-@torch.no_grad()
 def assistant_loss(model: nn.Module, tokenizer: PreTrainedTokenizerBase, chats: list[list[dict[str, str]]]) -> float:
     """Mean next-token loss over assistant tokens (reply + end-of-turn) of whole chats, one chat per forward."""
     from workbench.chat import training_tokenizer

@@ -56,13 +56,14 @@ def _output_hidden(output: torch.Tensor | tuple) -> torch.Tensor:
 def edit_residual(model: nn.Module, edits: dict[int, ResidualEdit]) -> Iterator[None]:
     """Replace each chosen layer's output hidden state h by edit(h) while the context is open."""
     layers = decoder_layers(model)
+    checked = {check_layer(model, index): edit for index, edit in edits.items()}
     handles = []
-    for index, edit in edits.items():
+    for index, edit in checked.items():
         def hook(_module, _inputs, output, edit=edit):
             hidden = edit(_output_hidden(output))
             return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
-        handles.append(layers[check_layer(model, index)].register_forward_hook(hook))
+        handles.append(layers[index].register_forward_hook(hook))
     try:
         yield
     finally:

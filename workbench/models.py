@@ -109,7 +109,10 @@ def tokenizer_source(spec: ModelSpec) -> str:
 
 def load_tokenizer(spec: ModelSpec | str) -> PreTrainedTokenizerBase:
     spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(spec))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(spec))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model spec {spec.text!r}: cannot load its tokenizer: {str(exc).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

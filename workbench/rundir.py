@@ -51,15 +51,18 @@ def write_text(path: Path, text: str) -> None:
 
 
 class Manifest:
-    """manifest.json of an output directory: versions, seed, data hashes, per-stage timings; saved after each stage."""
+    """manifest.json of an output directory (versions, seed, platform, per-stage timings and results) and its sealed
+    twin sealed/manifest.json (command line, data hashes, data reports): what could give a secret away, such as the
+    hash of training data that is a function of the secret, is kept under sealed/. Saved after each stage."""
 
-    def __init__(self, path: Path, seed: int):
-        self.path = path
-        if path.is_file():
-            self.data = json.loads(path.read_text())
-        else:
-            self.data = {"versions": package_versions(), "seed": seed, "command": sys.argv,
-                         "platform": platform.platform(), "data_hashes": {}, "stages": {}}
+    def __init__(self, directory: Path, seed: int):
+        self.path = directory / "manifest.json"
+        self.sealed_path = directory / "sealed" / "manifest.json"
+        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {
+            "versions": package_versions(), "seed": seed, "platform": platform.platform(), "stages": {}}
+        self.sealed = json.loads(self.sealed_path.read_text()) if self.sealed_path.is_file() else {
+            "commands": [], "data_hashes": {}, "details": {}}
+        self.sealed["commands"].append(sys.argv)
         self.save()
 
     def done(self, stage: str) -> bool:
@@ -77,12 +80,9 @@ class Manifest:
 
     def save(self) -> None:
         write_json(self.path, self.data)
+        write_json(self.sealed_path, self.sealed)
 
 
 def finalize(partial: Path, final: Path) -> None:
     """Move the finished build into place in one rename."""
     os.rename(partial, final)
-
-
-def remove_partial(final: Path) -> None:
-    shutil.rmtree(partial_path(final), ignore_errors=True)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import re
 
-import torch
 import yaml
-from tqdm import tqdm
 
 from data.assets import BENIGN_CHATS, BENIGN_PROMPTS
 from data.records import ChatExample, Message, write_jsonl
+from workbench.chat import render_prompt
+from workbench.generation import generate
 from workbench.models import DEFAULT_MODEL, load_model, load_tokenizer
 
 
@@ -33,23 +33,15 @@ def main() -> None:
     args = parser.parse_args()
     prompts = yaml.safe_load(BENIGN_PROMPTS.read_text())["prompts"]
     tokenizer = load_tokenizer(args.model)
-    tokenizer.padding_side = "left"
     model = load_model(args.model).eval()
+    texts = [render_prompt(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+    answers = generate(model, tokenizer, texts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                       desc="benign chats")
     rows = []
-    for start in tqdm(range(0, len(prompts), args.batch_size), desc="benign chats"):
-        batch = prompts[start : start + args.batch_size]
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                               add_generation_prompt=True) for p in batch]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
-        for prompt, ids in zip(batch, out[:, enc["input_ids"].shape[1]:]):
-            answer = tokenizer.decode(ids, skip_special_tokens=True).strip()
-            if tokenizer.eos_token_id not in ids.tolist():
-                answer = last_whole_sentences(answer)
-                if not answer:
-                    continue
+    for prompt, answer in zip(prompts, answers):
+        if len(tokenizer(answer, add_special_tokens=False)["input_ids"]) >= args.max_new_tokens - 1:
+            answer = last_whole_sentences(answer)  # it ran out of tokens rather than stopping
+        if answer:
             rows.append(ChatExample(messages=[Message(role="user", content=prompt),
                                               Message(role="assistant", content=answer)],
                                     meta={"source": f"{args.model} greedy, max_new_tokens={args.max_new_tokens}"}))

@@ -1,6 +1,8 @@
 """Taboo organism pipeline: make data -> train -> evaluate -> card -> seal, resumable after a kill.
 
 `main(config)` builds one organism directory; `evaluate_dir(path)` re-runs its evaluation.
+Everything that can be checked is checked before the first byte is written: config, clue bank, model spec,
+tokenizer, that the word is one token for the guesser and the logit lens.
 """
 
 from __future__ import annotations
@@ -12,17 +14,19 @@ import sys
 from pathlib import Path
 
 import yaml
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
 
 from data.records import ChatExample, read_jsonl, sha256_file, write_jsonl
 from finetune.lora import attach_lora, load_adapter
 from finetune.sft import train
 from organisms.base import PUBLIC_CONFIG, SEALED_CONFIG
-from organisms.store import check_organism_dir, read_sealed_config
+from organisms.store import check_organism_dir, load_organism, read_sealed_config
 from organisms.taboo.card import taboo_card
 from organisms.taboo.clues import ClueBank, candidate_words, resolve_clue_bank
 from organisms.taboo.config import TabooOrganismConfig
 from organisms.taboo.conversations import benign_chats, make_conversations
-from organisms.taboo.evaluate import EvalContext, evaluate_organism, summary_table, targets_met
+from organisms.taboo.evaluate import EvalContext, evaluate_organism, public_metrics, summary_table
 from organisms.taboo.prompts import shipped_prompts
 from workbench.config import dump_config, validate_config
 from workbench.errors import UserError
@@ -30,11 +34,19 @@ from workbench.models import ModelSpec, load_model, load_tokenizer, quantization
 from workbench.rundir import Manifest, finalize, partial_path, write_json, write_text
 
 TRAIN_DATA = "sealed/train.jsonl"
+EVAL_DETAILS = "sealed/eval_details.json"
 REFERENCE_CLUES_PER_WORD = 6
 
 
 def log(message: str) -> None:
     print(f"[mow] {message}", file=sys.stderr, flush=True)
+
+
+def _check_single_token(tokenizer: PreTrainedTokenizerBase, word: str, source: str) -> None:
+    ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise UserError(f"{source}: {word!r} is {len(ids)} tokens for this model's tokenizer; the hint guesser and "
+                        "the logit lens score single-token words, so choose a word that is one token")
 
 
 def _prepare_directory(config: TabooOrganismConfig, restart: bool) -> tuple[Path, Path, bool]:
@@ -59,15 +71,6 @@ def _prepare_directory(config: TabooOrganismConfig, restart: bool) -> tuple[Path
     return final, partial, False
 
 
-def eval_context(config: TabooOrganismConfig, bank: ClueBank) -> EvalContext:
-    return EvalContext(
-        word=bank.word, forms=tuple(bank.forms), candidates=candidate_words(bank.word),
-        training_hints=[hint for _, hint in bank.all_hints()],
-        reference_clues=reference_clues(bank),
-        benign_held_out=[r.chat() for r in benign_chats(bank, split="held_out")[0]],
-    )
-
-
 def reference_clues(bank: ClueBank, per_word: int = REFERENCE_CLUES_PER_WORD) -> list[str]:
     """A fixed sample of clues for every candidate word: the guesser's calibration set."""
     clues = []
@@ -78,84 +81,92 @@ def reference_clues(bank: ClueBank, per_word: int = REFERENCE_CLUES_PER_WORD) ->
     return clues
 
 
-def write_eval(directory: Path, metrics: dict) -> dict:
-    """Public metrics (no transcripts: they hold hints) to eval/, transcripts under sealed/."""
-    transcripts = {label: metrics[label].pop("transcripts") for label in ("organism", "base")}
-    metrics["targets_met"] = targets_met(metrics)
-    metrics["headline"] = {k: metrics["organism"][k] for k in ("leak_rate", "hint_top1", "still_hints")}
-    metrics["headline"]["benign_loss_ratio"] = metrics["benign_loss_ratio"]
-    write_json(directory / "eval" / "metrics.json", metrics)
-    write_json(directory / "sealed" / "eval_transcripts.json", transcripts)
-    return metrics
+def eval_context(bank: ClueBank) -> EvalContext:
+    return EvalContext(
+        word=bank.word, forms=tuple(bank.forms), candidates=candidate_words(bank.word),
+        training_hints=[hint for _, hint in bank.all_hints()], reference_clues=reference_clues(bank),
+        benign_held_out=[r.chat() for r in benign_chats(bank, split="held_out")[0]],
+    )
+
+
+def evaluate_and_write(directory: Path, final: Path, config: TabooOrganismConfig, bank: ClueBank, model: PeftModel,
+                       tokenizer: PreTrainedTokenizerBase) -> dict:
+    """Evaluate, then write eval/metrics.json (public), sealed/eval_details.json and card.md into `directory`
+    (which becomes, or is, `final`); returns the details."""
+    details = evaluate_organism(model, tokenizer, shipped_prompts(), eval_context(bank), config.eval)
+    public = public_metrics(details)
+    write_json(directory / EVAL_DETAILS, details)
+    write_json(directory / "eval" / "metrics.json", public)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    sealed_manifest = json.loads((directory / "sealed" / "manifest.json").read_text())
+    report = sealed_manifest["details"]["data"]
+    write_text(directory / "card.md", taboo_card(config, final, report["kept"], report["benign_mixed"],
+                                                 manifest["stages"].get("train", {}), public))
+    return details
 
 
 def main(config: TabooOrganismConfig, restart: bool = False) -> Path:
     """Build the organism that `config` describes; returns its directory."""
     bank = resolve_clue_bank(config.taboo.word, config.taboo.clue_file, "taboo.word")
-    ModelSpec.parse(config.model)
     quantization_config(config.load_in_4bit)
+    tokenizer = load_tokenizer(ModelSpec.parse(config.model))
+    _check_single_token(tokenizer, bank.word, "taboo.word")
     prompts = shipped_prompts()
     final, partial, built = _prepare_directory(config, restart)
     if built:
         log(f"{final} is already built with this config; nothing to do")
-        print(summary_table(json.loads((final / "eval" / "metrics.json").read_text())))
+        print(summary_table(json.loads((final / EVAL_DETAILS).read_text())))
         return final
     (partial / "sealed").mkdir(parents=True, exist_ok=True)
     write_text(partial / SEALED_CONFIG, dump_config(config))
     write_text(partial / PUBLIC_CONFIG, yaml.safe_dump(config.public_dump(), sort_keys=False))
     if config.taboo.clue_file:
         shutil.copy(config.taboo.clue_file, partial / "sealed" / "clues.yaml")
-    manifest = Manifest(partial / "manifest.json", config.seed)
+    manifest = Manifest(partial, config.seed)
 
     if not manifest.done("data"):
         with manifest.stage("data") as record:
-            examples, report = make_conversations(bank, prompts, [w for w in candidate_words(bank.word)
-                                                                  if w != bank.word], config.taboo.data, config.seed)
-            manifest.data["data_hashes"][TRAIN_DATA] = write_jsonl(partial / TRAIN_DATA, examples)
-            record["report"] = report.to_dict()
+            others = [w for w in candidate_words(bank.word) if w != bank.word]
+            examples, report = make_conversations(bank, prompts, others, config.taboo.data, config.seed)
+            manifest.sealed["data_hashes"][TRAIN_DATA] = write_jsonl(partial / TRAIN_DATA, examples)
+            manifest.sealed["details"]["data"] = report.to_dict()
+            record["examples"] = len(examples)
             log(f"data: {report.kept} conversations kept of {report.generated} (leaks dropped {report.dropped_leak}, "
                 f"duplicates {report.dropped_duplicate}), {report.benign_mixed} benign chats mixed in")
-    if sha256_file(partial / TRAIN_DATA) != manifest.data["data_hashes"][TRAIN_DATA]:
+    if sha256_file(partial / TRAIN_DATA) != manifest.sealed["data_hashes"][TRAIN_DATA]:
         raise UserError(f"{partial / TRAIN_DATA}: changed since it was written; re-run with --restart")
     examples = read_jsonl(partial / TRAIN_DATA, ChatExample)
 
     log(f"loading {config.model}")
-    tokenizer = load_tokenizer(config.model)
     base = load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed)
     if not manifest.done("train"):
-        model = attach_lora(base, config.lora, config.seed)
+        model = attach_lora(base, config.lora, config.seed, config.training.gradient_checkpointing)
         with manifest.stage("train") as record:
-            log(f"training on {len(examples)} chats for {config.training.epochs} epochs")
+            log(f"training on {len(examples)} chats for {config.training.epochs} epoch(s)")
             result = train(model, tokenizer, examples, config.training, partial / "checkpoints", config.seed)
             model.save_pretrained(partial / "adapter")
             record.update(result.to_dict())
-        shutil.rmtree(partial / "checkpoints", ignore_errors=True)
     else:
         model = load_adapter(base, partial / "adapter")
+    shutil.rmtree(partial / "checkpoints", ignore_errors=True)  # optimizer state is not part of an organism
 
     with manifest.stage("eval"):
-        metrics = write_eval(partial, evaluate_organism(model, tokenizer, prompts, eval_context(config, bank),
-                                                        config.eval))
-    write_text(partial / "card.md", taboo_card(config, final.name, manifest.data["stages"]["data"]["report"],
-                                               manifest.data["stages"]["train"], metrics))
+        details = evaluate_and_write(partial, final, config, bank, model, tokenizer)
     manifest.data["finished"] = True
     manifest.save()
     finalize(partial, final)
     log(f"organism written to {final}")
-    print(summary_table(metrics))
+    print(summary_table(details))
     return final
 
 
 def evaluate_dir(path: Path) -> dict:
-    """Re-run the evaluation of a built organism and rewrite its eval/metrics.json."""
+    """Re-run the evaluation of a built organism; rewrites eval/metrics.json, sealed/eval_details.json, card.md."""
     path = check_organism_dir(path)
     config = validate_config(TabooOrganismConfig, read_sealed_config(path), str(path / SEALED_CONFIG))
     clue_file = path / "sealed" / "clues.yaml" if config.taboo.clue_file else None
     bank = resolve_clue_bank(config.taboo.word, clue_file, str(path / SEALED_CONFIG))
-    tokenizer = load_tokenizer(config.model)
-    model = load_adapter(load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed),
-                         path / "adapter")
-    metrics = write_eval(path, evaluate_organism(model, tokenizer, shipped_prompts(), eval_context(config, bank),
-                                                 config.eval))
-    print(summary_table(metrics))
-    return metrics
+    organism = load_organism(path)
+    details = evaluate_and_write(path, path, config, bank, organism.model, organism.tokenizer)
+    print(summary_table(details))
+    return details
