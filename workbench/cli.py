@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from workbench.errors import UserError
@@ -73,11 +74,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
             continue
         history.append({"role": "user", "content": line})
         prompt = render_prompt(organism.tokenizer, history)
-        if use_base:
-            with organism.model.disable_adapter():
-                answer = generate(organism.model, organism.tokenizer, [prompt], max_new_tokens=args.max_new_tokens,
-                                  temperature=args.temperature)[0]
-        else:
+        with organism.model.disable_adapter() if use_base else nullcontext():
             answer = generate(organism.model, organism.tokenizer, [prompt], max_new_tokens=args.max_new_tokens,
                               temperature=args.temperature)[0]
         history.append({"role": "assistant", "content": answer})
