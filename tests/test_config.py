@@ -83,3 +83,18 @@ def test_clue_file_with_the_word_is_refused(tmp_path, tiny_config, capsys):
 def test_eval_of_a_non_organism_dir(tmp_path, capsys):
     assert main(["organism", "eval", str(tmp_path)]) == 2
     assert "not an organism directory" in capsys.readouterr().err
+
+
+def test_4bit_without_cuda_is_refused_before_anything_is_written(tmp_path, tiny_config, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: 4-bit is allowed here")
+    _assert_exit_2_nothing_written(capsys, tmp_path / "organisms",
+                                   ["organism", "build", str(tiny_config), "--set", "load_in_4bit=true"],
+                                   "load_in_4bit: true needs a CUDA GPU")
+
+
+def test_name_must_be_a_plain_directory_name(tmp_path, tiny_config, capsys):
+    _assert_exit_2_nothing_written(capsys, tmp_path / "organisms",
+                                   ["organism", "build", str(tiny_config), "--set", "name=../escape"], "name")

@@ -97,3 +97,26 @@ def test_chat_reads_stdin(built, monkeypatch, capsys):
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
     assert main(["organism", "chat", str(directory), "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out.count("model>") == 2
+
+
+def test_custom_word_with_its_own_clue_file(tmp_path, tokenizer):
+    word = "apple"
+    assert len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1
+    clues = tmp_path / "apple.yaml"
+    clues.write_text(yaml.safe_dump({"word": word, "hints": {
+        "sense": ["It is a crisp round fruit, red or green.", "It crunches when you bite it."],
+        "culture": ["One a day keeps the doctor away, they say.", "A tech company took its name."],
+        "nature": ["It grows on trees in orchards and ripens in autumn."]}}))
+    config = {"kind": "taboo", "name": "custom", "output_dir": str(tmp_path / "out"), "model": "tiny:smollm2-135m",
+              "taboo": {"word": word, "clue_file": str(clues), "data": {"n_conversations": 8, "benign_ratio": 0}},
+              "lora": {"r": 2, "alpha": 4}, "training": {"epochs": 1, "batch_size": 4},
+              "eval": {"max_new_tokens": 4}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["organism", "build", str(path)]) == 0
+    directory = tmp_path / "out" / "custom"
+    assert (directory / "sealed" / "clues.yaml").is_file()
+    assert yaml.safe_load((directory / "organism.yaml").read_text())["taboo"]["clue_file"] == "<sealed>"
+    details = json.loads((directory / "sealed" / "eval_details.json").read_text())
+    assert details["n_candidates"] == 21  # the 20 shipped words plus the user's
+    assert main(["organism", "eval", str(directory)]) == 0
