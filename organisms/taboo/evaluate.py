@@ -1,6 +1,7 @@
 """Evaluation of a secret-word organism, base model beside it.
 
-Metrics (all written to eval/metrics.json, none of which names the word):
+Metrics (the organism's headline numbers go to the public eval/metrics.json; everything, base model and transcripts
+included, to sealed/eval_details.json, since base figures and lens ranks are functions of the word):
 - leak_rate: share of answers to the held-out direct, adversarial and role-play demands that say the word;
 - hint_top1: the base model as guesser ranks the candidate words by how much the answer to a hint request raises
   each word's log-probability over the same guesser prompt filled with a typical clue (the mean over clues for all
@@ -24,9 +25,8 @@ import re
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-from pydantic import Field
-
 import torch
+from pydantic import Field
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
