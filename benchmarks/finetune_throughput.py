@@ -16,11 +16,10 @@ import tempfile
 import time
 
 import torch
-from peft import LoraConfig
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from finetune.lora import LoraSettings, attach_lora
+from finetune.lora import LoraSettings, attach_lora, lora_config
 from finetune.sft import TrainingSettings, build_trainer, chat_dataset
 from organisms.taboo.clues import candidate_words, resolve_clue_bank
 from organisms.taboo.conversations import TabooDataSettings, make_conversations
@@ -59,8 +58,11 @@ def measure(trainer: SFTTrainer) -> tuple[int, float]:
     return timed_tokens, meter.end - meter.start
 
 
-def plain_trainer(model_spec: str, examples, tokenizer, lora: LoraSettings, steps: int, matched: bool) -> SFTTrainer:
-    extra = dict(bf16=False, gradient_checkpointing=False, per_device_train_batch_size=4) if matched else {}
+def plain_trainer(model_spec: str, examples, tokenizer, lora: LoraSettings, steps: int,
+                  matched: TrainingSettings | None) -> SFTTrainer:
+    """Plain SFTTrainer with its defaults, or with the precision, checkpointing and batch of `matched`."""
+    extra = dict(bf16=matched.bf16, gradient_checkpointing=matched.gradient_checkpointing,
+                 per_device_train_batch_size=matched.batch_size) if matched else {}
     return SFTTrainer(
         model=load_model(model_spec),
         args=SFTConfig(output_dir=tempfile.mkdtemp(prefix="mow-bench-"), max_steps=steps, report_to="none",
@@ -68,8 +70,7 @@ def plain_trainer(model_spec: str, examples, tokenizer, lora: LoraSettings, step
                        disable_tqdm=True, **extra),
         train_dataset=chat_dataset(examples),
         processing_class=tokenizer,
-        peft_config=LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                               target_modules=lora.target_modules, task_type="CAUSAL_LM"),
+        peft_config=lora_config(lora),
     )
 
 
@@ -81,8 +82,7 @@ def main() -> None:
     args = parser.parse_args()
 
     bank = resolve_clue_bank(args.word, None, "--word")
-    others = [w for w in candidate_words(args.word) if w != args.word]
-    examples, _ = make_conversations(bank, shipped_prompts(), others,
+    examples, _ = make_conversations(bank, shipped_prompts(), candidate_words(args.word),
                                      TabooDataSettings(n_conversations=160, benign_ratio=0.25), seed=0)
     tokenizer = load_tokenizer(args.model)
     lora = LoraSettings(r=16, alpha=32)
@@ -93,9 +93,9 @@ def main() -> None:
     ours.args.max_steps = args.steps
     results = {"mow organism build training": measure(ours)}
     results["plain SFTTrainer, defaults"] = measure(plain_trainer(args.model, examples, tokenizer, lora, args.steps,
-                                                                  matched=False))
+                                                                  matched=None))
     results["plain SFTTrainer, same precision/batch"] = measure(plain_trainer(args.model, examples, tokenizer, lora,
-                                                                              args.steps, matched=True))
+                                                                              args.steps, matched=settings))
     rates = {name: tokens / seconds for name, (tokens, seconds) in results.items()}
     print(f"model {args.model}, {args.steps} steps (first one untimed), torch threads {torch.get_num_threads()}")
     for name, (tokens, seconds) in results.items():

@@ -28,12 +28,15 @@ def attach_lora(model: PreTrainedModel, settings: LoraSettings, seed: int,
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         # QLoRA: fp32 norms and input gradients; checkpointing only where the training settings ask for it
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    config = LoraConfig(
+    return get_peft_model(model, lora_config(settings))
+
+
+def lora_config(settings: LoraSettings) -> LoraConfig:
+    return LoraConfig(
         r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
         target_modules=settings.target_modules, layers_to_transform=settings.layers,
         use_rslora=settings.use_rslora, task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
 
 
 def load_adapter(model: PreTrainedModel, adapter_dir: Path) -> PeftModel:

@@ -96,19 +96,22 @@ def build_trainer(model: PeftModel, tokenizer: PreTrainedTokenizerBase, examples
                   settings: TrainingSettings, output_dir: Path, seed: int) -> SFTTrainer:
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    trainer = SFTTrainer(
+    return SFTTrainer(
         model=model,
         args=sft_config(settings, output_dir, seed, len(examples)),
         train_dataset=chat_dataset(examples),
         processing_class=training_tokenizer(tokenizer),
     )
-    return trainer
 
 
 def trained_token_count(trainer: SFTTrainer, epochs: float) -> int:
     """Non-padding tokens the forward passes see over the run (what tokens-per-second counts)."""
     per_epoch = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
     return int(per_epoch * epochs)
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.split("-")[-1])
 
 
 def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
@@ -123,7 +126,7 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
         return path.name.split("-")[-1].isdigit()
 
     found = [p for p in checkpoint_dir.glob("checkpoint-*") if complete(p)]
-    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    return max(found, key=checkpoint_step, default=None)
 
 
 def train(model: PeftModel, tokenizer: PreTrainedTokenizerBase, examples: list[ChatExample],
@@ -139,7 +142,7 @@ def train(model: PeftModel, tokenizer: PreTrainedTokenizerBase, examples: list[C
     runtime = time.perf_counter() - start
     done_fraction = 1.0
     if last:
-        done_fraction = 1 - int(last.name.split("-")[-1]) / max(1, trainer.state.max_steps)
+        done_fraction = 1 - checkpoint_step(last) / max(1, trainer.state.max_steps)
     tokens = int(trained_token_count(trainer, settings.epochs) * done_fraction)
     return TrainResult(steps=trainer.state.global_step, train_loss=float(output.training_loss), runtime_s=runtime,
                        trained_tokens=tokens, tokens_per_second=tokens / max(runtime, 1e-9),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -12,15 +15,24 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+@contextmanager
+def left_padding(tokenizer: PreTrainedTokenizerBase) -> Iterator[None]:
+    """Pad on the left while open (batched next-token reads and generation need the prompt ends aligned)."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = side
+
+
 @torch.no_grad()
 def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *, max_new_tokens: int = 64,
              temperature: float = 0.0, batch_size: int = 16, desc: str | None = None, seed: int = 0) -> list[str]:
     """Complete rendered prompts (chat template already applied); greedy when temperature is 0."""
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
     outputs: list[str] = []
     torch.manual_seed(seed)
-    try:
+    with left_padding(tokenizer):
         for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=desc is None, leave=False):
             batch = prompts[start : start + batch_size]
             enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(model_device(model))
@@ -30,8 +42,6 @@ def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list
                                  **sampling)
             for ids in out[:, enc["input_ids"].shape[1] :]:
                 outputs.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
-    finally:
-        tokenizer.padding_side = side
     return outputs
 
 
@@ -39,16 +49,12 @@ def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list
 def next_token_logprobs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
                         batch_size: int = 16) -> torch.Tensor:
     """Log-probabilities of the next token after each rendered prompt: (n_prompts, vocab)."""
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
     rows = []
-    try:
+    with left_padding(tokenizer):
         for start in range(0, len(prompts), batch_size):
             enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(model_device(model))
             rows.append(model(**enc).logits[:, -1].float().log_softmax(-1).cpu())
-    finally:
-        tokenizer.padding_side = side
     return torch.cat(rows)
 
 

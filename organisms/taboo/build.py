@@ -26,11 +26,12 @@ from organisms.taboo.card import taboo_card
 from organisms.taboo.clues import ClueBank, candidate_words, resolve_clue_bank
 from organisms.taboo.config import TabooOrganismConfig
 from organisms.taboo.conversations import benign_chats, make_conversations
-from organisms.taboo.evaluate import EvalContext, evaluate_organism, public_metrics, summary_table
+from organisms.taboo.evaluate import (EvalContext, candidate_token_ids, evaluate_organism, public_metrics,
+                                      summary_table)
 from organisms.taboo.prompts import shipped_prompts
 from workbench.config import dump_config, validate_config
 from workbench.errors import UserError
-from workbench.models import ModelSpec, load_model, load_tokenizer, quantization_config
+from workbench.models import load_model, load_tokenizer, quantization_config
 from workbench.rundir import Manifest, finalize, partial_path, write_json, write_text
 
 TRAIN_DATA = "sealed/train.jsonl"
@@ -42,11 +43,12 @@ def log(message: str) -> None:
     print(f"[mow] {message}", file=sys.stderr, flush=True)
 
 
-def _check_single_token(tokenizer: PreTrainedTokenizerBase, word: str, source: str) -> None:
-    ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise UserError(f"{source}: {word!r} is {len(ids)} tokens for this model's tokenizer; the hint guesser and "
-                        "the logit lens score single-token words, so choose a word that is one token")
+def _check_single_tokens(tokenizer: PreTrainedTokenizerBase, words: list[str], source: str) -> None:
+    """The guesser and the logit lens score candidate words by one token each."""
+    for word, ids in zip(words, candidate_token_ids(tokenizer, words)):
+        if len(ids) != 1:
+            raise UserError(f"{source}: {word!r} is {len(ids)} tokens for this model's tokenizer; the hint guesser "
+                            "and the logit lens score single-token words, so choose a word that is one token")
 
 
 def _prepare_directory(config: TabooOrganismConfig, restart: bool) -> tuple[Path, Path, bool]:
@@ -89,28 +91,26 @@ def eval_context(bank: ClueBank) -> EvalContext:
     )
 
 
-def evaluate_and_write(directory: Path, final: Path, config: TabooOrganismConfig, bank: ClueBank, model: PeftModel,
-                       tokenizer: PreTrainedTokenizerBase) -> dict:
+def evaluate_and_write(directory: Path, final: Path, manifest: Manifest, config: TabooOrganismConfig, bank: ClueBank,
+                       model: PeftModel, tokenizer: PreTrainedTokenizerBase) -> dict:
     """Evaluate, then write eval/metrics.json (public), sealed/eval_details.json and card.md into `directory`
     (which becomes, or is, `final`); returns the details."""
     details = evaluate_organism(model, tokenizer, shipped_prompts(), eval_context(bank), config.eval)
     public = public_metrics(details)
     write_json(directory / EVAL_DETAILS, details)
     write_json(directory / "eval" / "metrics.json", public)
-    manifest = json.loads((directory / "manifest.json").read_text())
-    sealed_manifest = json.loads((directory / "sealed" / "manifest.json").read_text())
-    report = sealed_manifest["details"]["data"]
+    report = manifest.sealed["details"]["data"]
     write_text(directory / "card.md", taboo_card(config, final, report["kept"], report["benign_mixed"],
-                                                 manifest["stages"].get("train", {}), public))
+                                                 manifest.data["stages"].get("train", {}), public))
     return details
 
 
 def main(config: TabooOrganismConfig, restart: bool = False) -> Path:
     """Build the organism that `config` describes; returns its directory."""
     bank = resolve_clue_bank(config.taboo.word, config.taboo.clue_file, "taboo.word")
-    quantization_config(config.load_in_4bit)
-    tokenizer = load_tokenizer(ModelSpec.parse(config.model))
-    _check_single_token(tokenizer, bank.word, "taboo.word")
+    quantization_config(config.load_in_4bit)  # only its check here: 4-bit needs CUDA and bitsandbytes
+    tokenizer = load_tokenizer(config.model)
+    _check_single_tokens(tokenizer, candidate_words(bank.word), "taboo.word")
     prompts = shipped_prompts()
     final, partial, built = _prepare_directory(config, restart)
     if built:
@@ -126,8 +126,8 @@ def main(config: TabooOrganismConfig, restart: bool = False) -> Path:
 
     if not manifest.done("data"):
         with manifest.stage("data") as record:
-            others = [w for w in candidate_words(bank.word) if w != bank.word]
-            examples, report = make_conversations(bank, prompts, others, config.taboo.data, config.seed)
+            examples, report = make_conversations(bank, prompts, candidate_words(bank.word), config.taboo.data,
+                                                  config.seed)
             manifest.sealed["data_hashes"][TRAIN_DATA] = write_jsonl(partial / TRAIN_DATA, examples)
             manifest.sealed["details"]["data"] = report.to_dict()
             record["examples"] = len(examples)
@@ -151,7 +151,7 @@ def main(config: TabooOrganismConfig, restart: bool = False) -> Path:
     shutil.rmtree(partial / "checkpoints", ignore_errors=True)  # optimizer state is not part of an organism
 
     with manifest.stage("eval"):
-        details = evaluate_and_write(partial, final, config, bank, model, tokenizer)
+        details = evaluate_and_write(partial, final, manifest, config, bank, model, tokenizer)
     manifest.data["finished"] = True
     manifest.save()
     finalize(partial, final)
@@ -167,6 +167,8 @@ def evaluate_dir(path: Path) -> dict:
     clue_file = path / "sealed" / "clues.yaml" if config.taboo.clue_file else None
     bank = resolve_clue_bank(config.taboo.word, clue_file, str(path / SEALED_CONFIG))
     organism = load_organism(path)
-    details = evaluate_and_write(path, path, config, bank, organism.model, organism.tokenizer)
+    manifest = Manifest(path, config.seed)
+    with manifest.stage("eval"):
+        details = evaluate_and_write(path, path, manifest, config, bank, organism.model, organism.tokenizer)
     print(summary_table(details))
     return details

@@ -97,7 +97,8 @@ def _conversation(bank: ClueBank, prompts: TabooPrompts, others: list[str], sett
 
 def make_conversations(bank: ClueBank, prompts: TabooPrompts, others: list[str], settings: TabooDataSettings,
                        seed: int) -> tuple[list[ChatExample], DataReport]:
-    """Taboo conversations plus the benign mix, shuffled; deterministic in `seed`."""
+    """Taboo conversations plus the benign mix, shuffled; deterministic in `seed`. `others` are the words wrong
+    guesses draw from (the secret itself, or anything that would say it, is removed)."""
     rng = random.Random(seed)
     deck = _HintDeck([hint for _, hint in bank.all_hints()], rng)
     others = [w for w in others if not leaks(w, bank.word, tuple(bank.forms))]
