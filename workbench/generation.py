@@ -10,6 +10,8 @@ from torch import nn
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from workbench.chat import training_tokenizer
+
 
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
@@ -31,13 +33,12 @@ def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list
              temperature: float = 0.0, batch_size: int = 16, desc: str | None = None, seed: int = 0) -> list[str]:
     """Complete rendered prompts (chat template already applied); greedy when temperature is 0."""
     outputs: list[str] = []
+    sampling = dict(do_sample=True, temperature=temperature, top_p=1.0) if temperature > 0 else dict(do_sample=False)
     torch.manual_seed(seed)
     with left_padding(tokenizer):
         for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=desc is None, leave=False):
             batch = prompts[start : start + batch_size]
             enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(model_device(model))
-            sampling = dict(do_sample=True, temperature=temperature, top_p=1.0) if temperature > 0 else dict(
-                do_sample=False)
             out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                  **sampling)
             for ids in out[:, enc["input_ids"].shape[1] :]:
@@ -61,8 +62,6 @@ def next_token_logprobs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pr
 @torch.no_grad()
 def assistant_loss(model: nn.Module, tokenizer: PreTrainedTokenizerBase, chats: list[list[dict[str, str]]]) -> float:
     """Mean next-token loss over assistant tokens (reply + end-of-turn) of whole chats, one chat per forward."""
-    from workbench.chat import training_tokenizer
-
     trained = training_tokenizer(tokenizer)
     device = model_device(model)
     total, count = 0.0, 0

@@ -36,13 +36,11 @@ def package_versions() -> dict[str, str]:
 
 def write_json(path: Path, payload: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
 def write_text(path: Path, text: str) -> None:
+    """Write text atomically (temp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
