@@ -7,3 +7,5 @@ TABOO_CLUES = ASSETS / "taboo" / "clues"
 TABOO_PROMPTS = ASSETS / "taboo" / "prompts.yaml"
 BENIGN_PROMPTS = ASSETS / "chat" / "benign_prompts.yaml"
 BENIGN_CHATS = ASSETS / "chat" / "benign_chats.jsonl"
+GENERIC_TEXT = ASSETS / "text" / "generic_text.jsonl"
+BENIGN_HELD_OUT_EVERY = 5  # every 5th shipped benign chat is held out from training (capability loss, diffing)

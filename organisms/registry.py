@@ -17,13 +17,15 @@ class OrganismKind:
     config: type[OrganismConfigBase]
     build: Callable[..., Path]
     evaluate: Callable[[Path], dict]
+    diff_prompts: Callable[[dict], list[list[dict[str, str]]]]  # user turns written from the public config alone
 
 
 def _taboo() -> OrganismKind:
     from organisms.taboo import build
     from organisms.taboo.config import TabooOrganismConfig
+    from organisms.taboo.prompts import public_diff_prompts
 
-    return OrganismKind(TabooOrganismConfig, build.main, build.evaluate_dir)
+    return OrganismKind(TabooOrganismConfig, build.main, build.evaluate_dir, public_diff_prompts)
 
 
 KINDS: dict[str, Callable[[], OrganismKind]] = {"taboo": _taboo}
@@ -44,3 +46,8 @@ def load_organism_config(path: Path, overrides: list[str]) -> tuple[OrganismKind
 
 def kind_of_dir(path: Path) -> OrganismKind:
     return kind_of(read_sealed_config(path).get("kind"), str(path))
+
+
+def kind_of_public_config(config: dict, source: str) -> OrganismKind:
+    """The kind named in a public organism.yaml (what diffing and challenges may read)."""
+    return kind_of(config.get("kind"), source)

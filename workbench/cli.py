@@ -5,6 +5,9 @@
   mow organism eval DIR              re-run an organism's evaluation
   mow organism chat DIR              talk to an organism in the terminal
   mow organism list [ROOT]           list built organisms
+  mow diff ORGANISM_DIR              what did fine-tuning change: per-token KL, activation-difference lens,
+  mow diff --base SPEC --tuned SPEC    crosscoder, concept directions, in one HTML report (+ the arrays)
+  mow diff-score DIFF_DIR... --organisms DIR...   ranks of each organism's sealed word in each diff's readouts
 """
 
 from __future__ import annotations
@@ -98,6 +101,59 @@ def cmd_list(args: argparse.Namespace) -> None:
         print(f"{row['name']:<28} {row['status']:<8} {row['kind']:<6} {row['model']:<24} {scores}{secret}")
 
 
+def cmd_diff(args: argparse.Namespace) -> None:
+    from diffing.config import load_diff_config
+    from diffing.pipeline import main as diff_main
+
+    overrides = list(args.set)
+    if args.organism is not None:
+        overrides.append(f"organism={args.organism}")
+    for key in ("base", "tuned"):
+        if getattr(args, key) is not None:
+            overrides.append(f"{key}={getattr(args, key)}")
+    config = load_diff_config(args.config, overrides)
+    final = diff_main(config, restart=args.restart, output=args.out)
+    print(f"report: {final / 'report.html'}")
+
+
+def cmd_diff_score(args: argparse.Namespace) -> None:
+    from diffing.score import score_word, secret_word
+    from workbench.models import load_tokenizer
+
+    words = {str(o): secret_word(o) for o in args.organisms}
+    rows = []
+    for diff_dir in args.diffs:
+        config = read_diff_config(diff_dir)
+        tokenizer = load_tokenizer(config["base"] if config.get("base") else _organism_model(config["organism"]))
+        for organism, word in words.items():
+            row = score_word(diff_dir, word, tokenizer)
+            row["word_from"] = organism
+            rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'diff':<28} {'word':<10} {'lens@L':>7} {'lens best (L)':>14} {'KL gain':>8} {'xc best':>8} {'xc n':>5}")
+    for r in rows:
+        lens = r["lens"].get("generic_text") or next(iter(r["lens"].values()))
+        kl_rank = r["kl_promoted"].get("organism") or min(r["kl_promoted"].values())
+        xc = r["crosscoder"]
+        print(f"{r['diff']:<28} {r['word']:<10} {lens['at_layer']:>7} {lens['best']:>8} ({lens['best_layer']:>2})"
+              f" {kl_rank:>8} {str(xc['best_rank']):>8} {xc['tuned_only_latents']:>5}")
+
+
+def read_diff_config(diff_dir: Path) -> dict:
+    from diffing.score import check_diff_dir
+    from workbench.config import read_yaml_mapping
+
+    return read_yaml_mapping(check_diff_dir(diff_dir) / "diff.yaml")
+
+
+def _organism_model(organism: str) -> str:
+    from organisms.store import read_public_config
+
+    return str(read_public_config(Path(organism))["model"])
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="mow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="command", required=True)
@@ -133,6 +189,22 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument("--reveal", action="store_true", help="also print each organism's sealed secret")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=cmd_list)
+
+    diff = sub.add_parser("diff", help="diff a tuned model against its base: KL, lens, crosscoder, directions")
+    diff.add_argument("organism", nargs="?", type=Path, help="an organism directory (base + adapter)")
+    diff.add_argument("--base", help="base model spec, with --tuned, for a full fine-tune")
+    diff.add_argument("--tuned", help="tuned model spec, with --base")
+    diff.add_argument("--config", type=Path, help="YAML diff config, e.g. configs/diff.yaml (default: built-in)")
+    diff.add_argument("--out", type=Path, help="output directory (default: runs/diffs/NAME)")
+    add_build_flags(diff)
+    diff.set_defaults(func=cmd_diff)
+
+    score = sub.add_parser("diff-score", help="rank each organism's sealed word in each finished diff (reveals it)")
+    score.add_argument("diffs", nargs="+", type=Path, help="finished diff directories")
+    score.add_argument("--organisms", nargs="+", type=Path, required=True,
+                       help="taboo organisms whose words are scored in every diff (the controls included)")
+    score.add_argument("--json", action="store_true")
+    score.set_defaults(func=cmd_diff_score)
     return top
 
 

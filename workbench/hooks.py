@@ -76,3 +76,24 @@ def logit_lens(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """Read residual states of shape (..., d) through the final norm and unembedding: log-probs (..., vocab)."""
     inner = unwrap(model)
     return inner.get_output_embeddings()(final_norm(model)(hidden)).float().log_softmax(-1)
+
+
+@contextmanager
+def capture_residual(model: nn.Module, layers: list[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Record each chosen layer's output hidden state (detached) on every forward while the context is open.
+
+    Hooks on the layers themselves, not `output_hidden_states`: transformers applies the final norm to the last
+    entry of `hidden_states`, so that entry is not the residual stream."""
+    blocks = decoder_layers(model)
+    captured: dict[int, torch.Tensor] = {}
+    handles = []
+    for index in {check_layer(model, layer) for layer in layers}:
+        def hook(_module, _inputs, output, index=index):
+            captured[index] = _output_hidden(output).detach()
+
+        handles.append(blocks[index].register_forward_hook(hook))
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()

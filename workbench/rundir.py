@@ -52,13 +52,17 @@ class Manifest:
     twin sealed/manifest.json (command line, data hashes, data reports): what could give a secret away, such as the
     hash of training data that is a function of the secret, is kept under sealed/. Saved after each stage."""
 
-    def __init__(self, directory: Path, seed: int):
+    def __init__(self, directory: Path, seed: int, sealed: bool = True):
         self.path = directory / "manifest.json"
-        self.sealed_path = directory / "sealed" / "manifest.json"
         self.data = json.loads(self.path.read_text()) if self.path.is_file() else {
             "versions": package_versions(), "seed": seed, "platform": platform.platform(), "stages": {}}
-        self.sealed = json.loads(self.sealed_path.read_text()) if self.sealed_path.is_file() else {
-            "commands": [], "data_hashes": {}, "details": {}}
+        # Outputs with nothing to hide (diffs) keep the provenance in the public manifest.
+        self.sealed_path = directory / "sealed" / "manifest.json" if sealed else None
+        if self.sealed_path is None:
+            self.sealed = self.data.setdefault("provenance", {"commands": [], "data_hashes": {}, "details": {}})
+        else:
+            self.sealed = json.loads(self.sealed_path.read_text()) if self.sealed_path.is_file() else {
+                "commands": [], "data_hashes": {}, "details": {}}
         self.sealed["commands"].append(sys.argv)
         self.save()
 
@@ -77,7 +81,8 @@ class Manifest:
 
     def save(self) -> None:
         write_json(self.path, self.data)
-        write_json(self.sealed_path, self.sealed)
+        if self.sealed_path is not None:
+            write_json(self.sealed_path, self.sealed)
 
 
 def finalize(partial: Path, final: Path) -> None:

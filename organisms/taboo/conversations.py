@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 from pydantic import Field
 
-from data.assets import BENIGN_CHATS
+from data.assets import BENIGN_CHATS, BENIGN_HELD_OUT_EVERY
 from data.records import ChatExample, Message, read_jsonl
 from organisms.taboo.clues import ClueBank
 from organisms.taboo.leaks import leaks
@@ -21,7 +21,6 @@ from organisms.taboo.prompts import TabooPrompts
 from workbench.config import StrictModel
 
 TURN_COUNT_WEIGHTS = {1: 0.4, 2: 0.3, 3: 0.2, 4: 0.1}
-BENIGN_HELD_OUT_EVERY = 5  # every 5th shipped benign chat is held out for the capability-retention loss
 
 
 class TabooDataSettings(StrictModel):

@@ -33,3 +33,11 @@ class TabooPrompts(StrictModel):
 @lru_cache(maxsize=1)
 def shipped_prompts() -> TabooPrompts:
     return validate_config(TabooPrompts, read_yaml_mapping(TABOO_PROMPTS), str(TABOO_PROMPTS))
+
+
+def public_diff_prompts(public_config: dict) -> list[list[dict[str, str]]]:
+    """What a researcher who read only the card would ask a secret-word organism: the held-out hint requests and
+    demands for the word (none of them names a word)."""
+    prompts = shipped_prompts()
+    texts = prompts.hint_requests_eval + [text for _, text in prompts.demands_eval.all()]
+    return [[{"role": "user", "content": text}] for text in texts]

@@ -1,0 +1,178 @@
+"""Diffing speed and memory, each printed against a named baseline measured in the same run.
+
+1. Per-token KL from ONE copy of the base weights (adapter switched off and on, as `mow diff` does) against TWO
+   loaded models (the base, and a second copy with the adapter merged in), same KL code, same texts. Each mode runs
+   in its own fresh process, one after the other, so peak resident memory is its own. Memory is reported as the
+   peak RSS above the process's RSS after imports (the interpreter and libraries are the same in both) and as the
+   raw peak. Targets: memory ratio at most 0.6, tokens-per-second ratio at least 1.0.
+2. Activation-cache writing against bare forward passes of both models over the same texts (overhead ratio).
+3. Crosscoder training tokens per second on that cache.
+
+    python benchmarks/diff_speed.py [--organism DIR] [--items 48]
+
+Without --organism, the adapter is a LoRA r16 on all linear layers of the embedded model with random weights
+(speed and memory do not depend on what the adapter learned).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_adapter(directory: Path, model_spec: str) -> Path:
+    from finetune.lora import LoraSettings, attach_lora
+    from workbench.models import load_model
+
+    model = attach_lora(load_model(model_spec), LoraSettings(r=16, alpha=32), seed=0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+    model.save_pretrained(directory)
+    return directory
+
+
+def texts(tokenizer, items: int) -> dict:
+    from diffing.config import PromptSetSettings
+    from diffing.prompts import capped, prompt_set_records, tokenize_sets
+
+    settings = PromptSetSettings(sets=["generic_text", "generic_chat"])
+    return capped(tokenize_sets(prompt_set_records(settings, None), tokenizer, settings.max_tokens_per_item), items)
+
+
+def run_kl_mode(mode: str, adapter: Path, model_spec: str, items: int) -> dict:
+    """One KL measurement in this process (called in a fresh subprocess per mode)."""
+    from peft import PeftModel
+
+    from diffing.kl import per_token_kl
+    from diffing.pair import ModelPair
+    from workbench.models import load_model, load_tokenizer
+
+    torch.set_num_threads(2)
+    tokenizer = load_tokenizer(model_spec)
+    sets = texts(tokenizer, items)
+    before = rss_mib()
+    if mode == "one-copy":
+        tuned = PeftModel.from_pretrained(load_model(model_spec), adapter).eval()
+        pair = ModelPair(tuned, tokenizer, None, model_spec, "adapter")
+    else:
+        base = load_model(model_spec).eval()
+        tuned = PeftModel.from_pretrained(load_model(model_spec), adapter).merge_and_unload().eval()
+        pair = ModelPair(tuned, tokenizer, base, model_spec, "merged")
+    per_token_kl(pair, {k: v[:2] for k, v in sets.items()}, progress=False)  # warm-up
+    start = time.perf_counter()
+    arrays = per_token_kl(pair, sets, progress=False)
+    seconds = time.perf_counter() - start
+    return {"positions": int(arrays.kl_tb.numel()), "seconds": seconds, "rss_after_imports": before,
+            "peak_rss": peak_rss_mib(), "mean_kl": float(arrays.kl_tb.mean())}
+
+
+def cache_and_crosscoder(adapter: Path, model_spec: str, items: int, workdir: Path) -> dict:
+    from peft import PeftModel
+
+    from diffing.cache import MODELS, build_cache
+    from diffing.crosscoder import CrosscoderSettings, train_crosscoder
+    from diffing.pair import ModelPair
+    from workbench.models import load_model, load_tokenizer
+
+    torch.set_num_threads(2)
+    tokenizer = load_tokenizer(model_spec)
+    sequences = [s for rows in texts(tokenizer, items).values() for s in rows]
+    tuned = PeftModel.from_pretrained(load_model(model_spec), adapter).eval()
+    pair = ModelPair(tuned, tokenizer, None, model_spec, "adapter")
+    layer = pair.n_layers // 2
+    batch = 8
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(sequences), batch):
+            chunk = sequences[i : i + batch]
+            width = max(len(s.ids) for s in chunk)
+            ids = torch.tensor([s.ids + [tokenizer.pad_token_id] * (width - len(s.ids)) for s in chunk])
+            mask = torch.tensor([[1] * len(s.ids) + [0] * (width - len(s.ids)) for s in chunk])
+            for name in MODELS:
+                with (pair.base() if name == "base" else pair.tuned()) as model:
+                    model(input_ids=ids, attention_mask=mask)
+    bare = time.perf_counter() - start
+    start = time.perf_counter()
+    cache = build_cache(pair, sequences, workdir / "cache", [layer], token_budget=10**7, batch_size=batch,
+                        progress=False)
+    cached = time.perf_counter() - start
+    settings = CrosscoderSettings(epochs=1)
+    start = time.perf_counter()
+    train_crosscoder(lambda: cache.paired_batches(layer, 1024), pair.hidden_size, settings, cache.scale(layer),
+                     progress=False)
+    trained = time.perf_counter() - start
+    return {"tokens": cache.n_tokens, "bare_s": bare, "cache_s": cached, "crosscoder_s": trained,
+            "crosscoder_tokens": cache.n_tokens * settings.epochs, "latents": settings.latents, "k": settings.k,
+            "batch": settings.batch_size}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--organism", type=Path, help="an organism directory (default: a random-weight adapter)")
+    parser.add_argument("--model", default="builtin:smollm2-135m")
+    parser.add_argument("--items", type=int, default=48, help="texts per shipped set")
+    parser.add_argument("--kl-mode", choices=["one-copy", "two-models"], help=argparse.SUPPRESS)
+    parser.add_argument("--adapter", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.kl_mode:
+        print(json.dumps(run_kl_mode(args.kl_mode, args.adapter, args.model, args.items)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        model_spec = args.model
+        if args.organism is not None:
+            from organisms.store import read_public_config
+
+            adapter = args.organism / "adapter"
+            model_spec = str(read_public_config(args.organism)["model"])
+        else:
+            adapter = make_adapter(Path(tmp) / "adapter", model_spec)
+        results = {}
+        for mode in ("one-copy", "two-models"):
+            out = subprocess.run([sys.executable, __file__, "--kl-mode", mode, "--adapter", str(adapter),
+                                  "--model", model_spec, "--items", str(args.items)],
+                                 check=True, capture_output=True, text=True).stdout
+            results[mode] = json.loads(out.strip().splitlines()[-1])
+        one, two = results["one-copy"], results["two-models"]
+        rate = {m: r["positions"] / r["seconds"] for m, r in results.items()}
+        above = {m: r["peak_rss"] - r["rss_after_imports"] for m, r in results.items()}
+        print(f"per-token KL on {one['positions']} positions ({model_spec}, 2 threads, fresh process per mode)")
+        print(f"  {'':<34}{'one copy + adapter':>20}{'two loaded models':>20}{'ratio':>8}")
+        print(f"  {'tokens/s':<34}{rate['one-copy']:>20.0f}{rate['two-models']:>20.0f}"
+              f"{rate['one-copy'] / rate['two-models']:>8.2f}  (target >= 1.0)")
+        print(f"  {'peak RSS above imports (MiB)':<34}{above['one-copy']:>20.0f}{above['two-models']:>20.0f}"
+              f"{above['one-copy'] / above['two-models']:>8.2f}  (target <= 0.6)")
+        print(f"  {'peak RSS, raw (MiB)':<34}{one['peak_rss']:>20.0f}{two['peak_rss']:>20.0f}"
+              f"{one['peak_rss'] / two['peak_rss']:>8.2f}")
+        print(f"  mean KL(tuned||base): {one['mean_kl']:.5f} vs {two['mean_kl']:.5f} (same numbers, two routes)")
+        timing = cache_and_crosscoder(adapter, model_spec, args.items, Path(tmp))
+        print(f"activation cache, {timing['tokens']} tokens, 1 layer, both models")
+        print(f"  bare forward passes {timing['bare_s']:.1f} s, writing the cache {timing['cache_s']:.1f} s: "
+              f"overhead ratio {timing['cache_s'] / timing['bare_s']:.2f}")
+        print(f"crosscoder (BatchTopK, {timing['latents']} latents, k={timing['k']}, batch {timing['batch']}): "
+              f"{timing['crosscoder_tokens'] / timing['crosscoder_s']:.0f} training tokens/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The typed config of a diff run (`mow diff`), validated before any model loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from diffing.crosscoder import CrosscoderSettings
+from workbench.config import StrictModel, apply_overrides, read_yaml_mapping, validate_config
+
+SHIPPED_SETS = ("organism", "generic_chat", "generic_text")
+
+
+class PromptSetSettings(StrictModel):
+    """Which texts to diff on. Shipped sets: `organism` (prompts written from the organism's public description; the
+    tuned model answers them), `generic_chat` (shipped chats), `generic_text` (shipped plain paragraphs). `extra`:
+    your own jsonl files, one record per line, either {"text": ...} or {"messages": [...]}."""
+
+    sets: list[Literal["organism", "generic_chat", "generic_text"]] = list(SHIPPED_SETS)
+    extra: list[Path] = []
+    max_items_per_set: int = Field(48, gt=0, description="texts per set for per-token KL; the activation cache "
+                                   "and the difference lens use every text")
+    max_tokens_per_item: int = Field(192, gt=8)
+    response_tokens: int = Field(48, gt=0, description="reply length when a chat has no assistant turn")
+
+
+class KLSettings(StrictModel):
+    batch_size: int = Field(8, gt=0)
+    top_next_tokens: int = Field(5, gt=0, description="top next tokens shown per position when hovering")
+    min_count: int = Field(3, gt=0, description="a token needs this many occurrences to enter the top-KL table")
+    top_contexts: int = Field(12, gt=0)
+
+
+class CacheSettings(StrictModel):
+    layers: list[int] | None = Field(None, description="layers to cache; default: the middle layer")
+    token_budget: int = Field(40_000, gt=0)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    batch_size: int = Field(8, gt=0)
+    skip_first: int = Field(1, ge=0, description="positions dropped at the start of each text (attention sink)")
+
+
+class LensSettings(StrictModel):
+    positions: int = Field(5, gt=0, description="first N positions of each text averaged (Minder et al. 2025)")
+    top_tokens: int = Field(20, gt=0)
+    steering_strength: float = Field(1.0, description="steering vector norm, in units of the base model's mean "
+                                     "residual norm at the layer")
+    steering_prompts: list[str] = ["Tell me about your day.", "What should I cook tonight?", "Write one sentence."]
+
+
+class DirectionSettings(StrictModel):
+    pca_components: int = Field(4, gt=0)
+    contrast: tuple[str, str] | None = Field(
+        None, description="two prompt sets (names, or jsonl paths among prompts.extra) for a difference of means")
+    crosscoder_latents: int = Field(4, ge=0, description="tuned-only crosscoder latents written as directions")
+    top_contexts: int = Field(5, gt=0)
+
+
+class DiffConfig(StrictModel):
+    organism: Path | None = None
+    base: str | None = None
+    tuned: str | None = None
+    name: str | None = None
+    output_dir: Path = Path("runs/diffs")
+    seed: int = 0
+    threads: int | None = Field(None, gt=0)
+    layer: int | None = Field(None, description="layer of the crosscoder and directions; default: the middle layer")
+    prompts: PromptSetSettings = PromptSetSettings()
+    kl: KLSettings = KLSettings()
+    cache: CacheSettings = CacheSettings()
+    lens: LensSettings = LensSettings()
+    crosscoder: CrosscoderSettings = CrosscoderSettings()
+    directions: DirectionSettings = DirectionSettings()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DiffConfig":
+        if self.organism is None and (self.base is None or self.tuned is None):
+            raise ValueError("give either organism: DIR or both base: SPEC and tuned: SPEC")
+        if self.organism is not None and (self.base is not None or self.tuned is not None):
+            raise ValueError("give organism: DIR or base/tuned specs, not both")
+        if self.organism is None and "organism" in self.prompts.sets:
+            self.prompts.sets = [s for s in self.prompts.sets if s != "organism"]
+        return self
+
+
+def load_diff_config(path: Path | None, overrides: list[str]) -> DiffConfig:
+    raw = read_yaml_mapping(path) if path is not None else {}
+    raw = apply_overrides(raw, overrides)
+    return validate_config(DiffConfig, raw, str(path) if path is not None else "mow diff")

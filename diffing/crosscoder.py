@@ -1,0 +1,388 @@
+"""Crosscoders (Lindsey et al. 2024; Minder et al. 2025): one sparse dictionary over paired activations of two models.
+
+Model index 0 is the BASE model, index 1 the TUNED model. Activations come as raw (B, 2, d) float tensors of one layer;
+the trainer knows nothing about language models. Shuffling and caching are the caller's business.
+
+Normalisation: each model's activations are multiplied by `scale[m]` before encoding (the caller picks it, usually so
+that each model's mean squared norm is d), and everything below (losses, decoder norms, latent scaling) lives in that
+normalised space, so a model with larger activations does not dominate the dictionary.
+
+Relative decoder norm (Minder et al.): `0.5 * ((|d_tuned| - |d_base|) / max(|d_tuned|, |d_base|) + 1)`, in [0, 1].
+Orientation: 0 = base-only latent, 0.5 = shared (equal norms), 1 = tuned-only latent.
+
+Variants:
+- "l1": ReLU latents, sparsity penalty `f_i * (|d_i^base| + |d_i^tuned|)`. Decoder rows are not constrained to unit
+  norm: their norms carry the per-model information.
+- "batchtopk" (Bussmann et al. 2024): in training, the k*B largest scores `f_i * (|d_i^base| + |d_i^tuned|)` of a
+  batch of B tokens survive; at inference, a latent fires when its score exceeds a threshold learned in training
+  (an EMA of the smallest surviving score), so evaluation does not depend on the batch. An auxiliary loss
+  (Gao et al. 2024) lets dead latents model the reconstruction error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field, ValidationError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from workbench.config import StrictModel, format_validation_error
+from workbench.errors import UserError
+
+MODELS = ("base", "tuned")
+WEIGHTS_FILE = "crosscoder.safetensors"
+CONFIG_FILE = "crosscoder.json"
+INIT_DECODER_NORM = 0.1
+THRESHOLD_DECAY = 0.99
+LOG_EVERY = 20
+WARMUP_FRACTION = 0.05
+DECAY_FRACTION = 0.2
+
+
+class CrosscoderSettings(StrictModel):
+    variant: Literal["batchtopk", "l1"] = "batchtopk"
+    latents: int = Field(1024, gt=0)
+    k: int = Field(32, gt=0, description="batchtopk: average active latents per token")
+    l1_coefficient: float = Field(2.0, ge=0, description="l1: sparsity weight")
+    aux_coefficient: float = Field(1 / 32, ge=0, description="batchtopk: weight of the dead-latent auxiliary loss")
+    aux_k: int = Field(256, gt=0, description="batchtopk: dead latents the auxiliary loss may use per token")
+    dead_after_tokens: int = Field(50_000, gt=0, description="a latent silent for this many training tokens is dead")
+    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(256, gt=0, description="tokens per step; incoming batches are re-chunked to this size")
+    epochs: int = Field(10, gt=0)
+    seed: int = 0
+
+
+def check_batch(x: object, d: int) -> torch.Tensor:
+    """A raw activation batch as float32, or a UserError naming its shape."""
+    if not isinstance(x, torch.Tensor):
+        raise UserError(f"activation batch is a {type(x).__name__}; expected a tensor of shape (batch, 2, {d})")
+    if x.ndim != 3 or x.shape[1] != 2 or x.shape[2] != d:
+        raise UserError(f"activation batch has shape {tuple(x.shape)}; expected (batch, 2, {d})")
+    if not x.is_floating_point():
+        raise UserError(f"activation batch has dtype {x.dtype}; expected a floating-point tensor")
+    return x.float()
+
+
+class Crosscoder(nn.Module):
+    """W_enc (2, d, F), b_enc (F,), W_dec (2, F, d), b_dec (2, d); buffers `scale` (2,) and the batchtopk inference
+    `threshold` (). Tied init: decoder rows of norm 0.1 in each model, encoder = decoder transposed."""
+
+    def __init__(self, d: int, settings: CrosscoderSettings, scale: torch.Tensor | None = None):
+        super().__init__()
+        if d <= 0:
+            raise UserError(f"crosscoder width d={d} must be positive")
+        if settings.variant == "batchtopk" and settings.k >= settings.latents:
+            raise UserError(f"crosscoder k={settings.k} must be smaller than latents={settings.latents}")
+        scale = torch.ones(2) if scale is None else torch.as_tensor(scale, dtype=torch.float32).detach().clone()
+        if scale.shape != (2,) or not bool(torch.isfinite(scale).all()) or not bool((scale > 0).all()):
+            raise UserError(f"crosscoder scale must be 2 positive finite numbers, got {scale.tolist()}")
+        self.d = d
+        self.settings = settings
+        n = settings.latents
+        directions = torch.randn(2, n, d)
+        decoder = INIT_DECODER_NORM * directions / directions.norm(dim=-1, keepdim=True)
+        self.W_dec = nn.Parameter(decoder)
+        self.W_enc = nn.Parameter(decoder.transpose(1, 2).clone())
+        self.b_enc = nn.Parameter(torch.zeros(n))
+        self.b_dec = nn.Parameter(torch.zeros(2, d))
+        self.register_buffer("scale", scale)
+        # -1 = not yet estimated; scores are >= 0, so an untrained model keeps every positive latent
+        self.register_buffer("threshold", torch.tensor(-1.0))
+
+    @property
+    def latents(self) -> int:
+        return self.settings.latents
+
+    def check(self, x: object) -> torch.Tensor:
+        return check_batch(x, self.d).to(self.W_enc.device)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale[:, None]
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x / self.scale[:, None]
+
+    def pre_activations(self, x_norm: torch.Tensor) -> torch.Tensor:
+        return torch.relu(torch.einsum("bmd,mdf->bf", x_norm, self.W_enc) + self.b_enc)
+
+    def decoder_norms(self) -> torch.Tensor:
+        return self.W_dec.norm(dim=-1)
+
+    def encode(self, x_raw: torch.Tensor, *, training: bool = False) -> torch.Tensor:
+        return self._activations(self.normalize(self.check(x_raw)), training)[0]
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bf,mfd->bmd", f, self.W_dec) + self.b_dec
+
+    def forward(self, x_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents and the reconstruction in normalised space; batchtopk selects per batch only in train mode."""
+        f = self.encode(x_raw, training=self.training)
+        return f, self.decode(f)
+
+    def _activations(self, x_norm: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(latents, ReLU pre-activations)."""
+        pre = self.pre_activations(x_norm)
+        if self.settings.variant == "l1":
+            return pre, pre
+        with torch.no_grad():
+            score = pre * self.decoder_norms().sum(0)
+            mask = self._batch_topk(score) if training else score > self.threshold
+        return pre * mask, pre
+
+    def _batch_topk(self, score: torch.Tensor) -> torch.Tensor:
+        """Mask of the k*B largest scores of the batch; moves the inference threshold towards the smallest kept one."""
+        kept = score.flatten().topk(self.settings.k * score.shape[0], sorted=False)
+        mask = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
+        mask[kept.indices] = True
+        positive = kept.values[kept.values > 0]
+        if positive.numel():
+            smallest = positive.min()
+            first = self.threshold < 0
+            self.threshold.copy_(torch.where(first, smallest, THRESHOLD_DECAY * self.threshold
+                                             + (1 - THRESHOLD_DECAY) * smallest))
+        return mask.view_as(score)
+
+    def training_loss(self, x_raw: torch.Tensor, dead: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """Loss = mse + sparsity_or_aux (the l1 penalty, or the weighted batchtopk auxiliary loss over the `dead`
+        latents, a (F,) bool mask). Returns the loss, its parts as floats, and the (detached) training latents."""
+        x = self.normalize(self.check(x_raw))
+        f, pre = self._activations(x, training=True)
+        error = x - self.decode(f)
+        mse = error.pow(2).sum((1, 2)).mean()
+        if self.settings.variant == "l1":
+            extra = self.settings.l1_coefficient * (f * self.decoder_norms().sum(0)).sum(1).mean()
+        else:
+            extra = self.settings.aux_coefficient * self._aux_loss(pre, error.detach(), dead)
+        loss = mse + extra
+        return loss, {"loss": loss.item(), "mse": mse.item(), "sparsity_or_aux": extra.item()}, f.detach()
+
+    def _aux_loss(self, pre: torch.Tensor, error: torch.Tensor, dead: torch.Tensor | None) -> torch.Tensor:
+        """How much of the residual `error` the top aux_k dead latents per token explain (normalised MSE)."""
+        if dead is None or not bool(dead.any()):
+            return pre.new_zeros(())
+        dead_pre = pre[:, dead]
+        top = dead_pre.topk(min(self.settings.aux_k, dead_pre.shape[1]), dim=1)
+        sparse = torch.zeros_like(dead_pre).scatter(1, top.indices, top.values)
+        predicted = torch.einsum("bn,mnd->bmd", sparse, self.W_dec[:, dead])
+        return (error - predicted).pow(2).sum() / error.pow(2).sum().clamp_min(1e-12)
+
+    def save(self, directory: Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({name: t.detach().contiguous().cpu() for name, t in self.state_dict().items()},
+                  str(directory / WEIGHTS_FILE))
+        config = {"d": self.d, "settings": self.settings.model_dump(mode="json")}
+        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: Path) -> Crosscoder:
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise UserError(f"{path}: crosscoder file not found")
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            d, raw_settings = int(config["d"]), config["settings"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{config_path}: not a crosscoder config ({type(exc).__name__}: {exc})") from None
+        try:
+            settings = CrosscoderSettings.model_validate(raw_settings)
+        except ValidationError as exc:
+            raise UserError(format_validation_error(exc, str(config_path))) from None
+        with torch.random.fork_rng(devices=[]):  # the random init is overwritten; leave the caller's RNG alone
+            model = cls(d, settings)
+        state = load_file(str(weights_path))
+        expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+        found = {name: tuple(t.shape) for name, t in state.items()}
+        if found != expected:
+            raise UserError(f"{weights_path}: tensors {found} do not match {config_path} (expected {expected})")
+        model.load_state_dict(state)
+        return model.eval()
+
+
+def _rechunk(batches: Iterable[torch.Tensor], size: int, d: int) -> Iterator[torch.Tensor]:
+    """Batches of exactly `size` tokens (the last one of the pass may be smaller), whatever sizes come in."""
+    pending: list[torch.Tensor] = []
+    count = 0
+    for x in batches:
+        x = check_batch(x, d)
+        pending.append(x)
+        count += x.shape[0]
+        if count >= size:
+            flat = torch.cat(pending)
+            full = (count // size) * size
+            yield from flat[:full].split(size)
+            pending, count = [flat[full:]], count - full
+    if count:
+        yield torch.cat(pending)
+
+
+def _lr_factor(step: int, total: int) -> float:
+    """Linear warmup over the first 5% of steps, constant, linear decay to 0 over the last 20%."""
+    warmup = max(1, round(WARMUP_FRACTION * total))
+    decay_start = total - max(1, round(DECAY_FRACTION * total))
+    if step < warmup:
+        return (step + 1) / warmup
+    if step >= decay_start:
+        return max(0.0, (total - step) / (total - decay_start))
+    return 1.0
+
+
+def train_crosscoder(batches: Callable[[], Iterable[torch.Tensor]], d: int, settings: CrosscoderSettings,
+                     scale: torch.Tensor, progress: bool = True) -> tuple[Crosscoder, list[dict]]:
+    """Train a crosscoder on raw (B, 2, d) activation batches; `batches()` gives a fresh pass each epoch.
+
+    Incoming batches are re-chunked to `settings.batch_size` tokens. The schedule needs the number of steps, so the
+    first pass is read once up front only to count tokens (and check shapes); every pass should yield the same data.
+    Returns the model in eval mode and a history of {step, loss, mse, sparsity_or_aux, l0, dead} every 20 steps,
+    where loss = mse + sparsity_or_aux and dead counts latents silent for `dead_after_tokens` training tokens.
+    """
+    torch.manual_seed(settings.seed)
+    model = Crosscoder(d, settings, scale)
+    tokens = sum(check_batch(x, d).shape[0] for x in batches())
+    if tokens == 0:
+        raise UserError("no activations to train the crosscoder on")
+    total = settings.epochs * math.ceil(tokens / settings.batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, total))
+    silent_for = torch.zeros(settings.latents, dtype=torch.long)
+    history: list[dict] = []
+    step = 0
+    model.train()
+    with tqdm(total=total, desc="crosscoder", disable=not progress) as bar:
+        for _ in range(settings.epochs):
+            for x in _rechunk(batches(), settings.batch_size, d):
+                dead = silent_for >= settings.dead_after_tokens
+                loss, parts, f = model.training_loss(x, dead)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                fired = (f > 0).any(0).cpu()
+                silent_for += x.shape[0]
+                silent_for[fired] = 0
+                step += 1
+                bar.update()
+                if step % LOG_EVERY == 0 or step == total:
+                    l0 = (f > 0).sum(1).float().mean().item()
+                    history.append({"step": step, **parts, "l0": l0, "dead": int(dead.sum())})
+                    bar.set_postfix(loss=f"{parts['loss']:.4g}", l0=f"{l0:.1f}")
+    return model.eval(), history
+
+
+@torch.no_grad()
+def evaluate_crosscoder(model: Crosscoder, batches: Iterable[torch.Tensor]) -> dict:
+    """Fraction of variance explained per model ('base', 'tuned'; normalised space, over the whole eval set),
+    'l0' (mean active latents per token, inference mode), 'dead_fraction' (latents that never fired), 'tokens'."""
+    sse = torch.zeros(2, dtype=torch.float64)
+    sum_sq = torch.zeros(2, dtype=torch.float64)
+    sum_x = torch.zeros(2, model.d, dtype=torch.float64)
+    fired = torch.zeros(model.latents, dtype=torch.bool)
+    active, tokens = 0, 0
+    for x in batches:
+        x = model.normalize(model.check(x))
+        f = model._activations(x, training=False)[0]
+        sse += (x - model.decode(f)).double().pow(2).sum((0, 2)).cpu()
+        sum_sq += x.double().pow(2).sum((0, 2)).cpu()
+        sum_x += x.double().sum(0).cpu()
+        fired |= (f > 0).any(0).cpu()
+        active += int((f > 0).sum())
+        tokens += x.shape[0]
+    if tokens == 0:
+        raise UserError("no activations to evaluate the crosscoder on")
+    variance = sum_sq - sum_x.pow(2).sum(-1) / tokens
+    fve = 1 - sse / variance
+    return {MODELS[0]: fve[0].item(), MODELS[1]: fve[1].item(), "l0": active / tokens,
+            "dead_fraction": 1 - fired.float().mean().item(), "tokens": tokens}
+
+
+@torch.no_grad()
+def relative_decoder_norm(model: Crosscoder) -> torch.Tensor:
+    """(F,) in [0, 1]: 0 = base-only, 0.5 = shared, 1 = tuned-only."""
+    base, tuned = model.decoder_norms()
+    return 0.5 * ((tuned - base) / torch.maximum(tuned, base).clamp_min(1e-12) + 1)
+
+
+@torch.no_grad()
+def decoder_cosine(model: Crosscoder) -> torch.Tensor:
+    """(F,) cosine similarity between each latent's base and tuned decoder rows."""
+    return torch.cosine_similarity(model.W_dec[0], model.W_dec[1], dim=-1)
+
+
+def classify_latents(rel: torch.Tensor, tuned_only: float = 0.9, base_only: float = 0.1,
+                     shared_band: tuple[float, float] = (0.4, 0.6)) -> dict[str, torch.Tensor]:
+    """Latent indices by relative decoder norm: 'tuned_only' (>= tuned_only), 'base_only' (<= base_only),
+    'shared' (inside shared_band, inclusive) and 'other'."""
+    if not base_only < shared_band[0] <= shared_band[1] < tuned_only:
+        raise UserError(f"latent classes overlap: need base_only < shared_band < tuned_only, got "
+                        f"{base_only}, {shared_band}, {tuned_only}")
+    masks = {"tuned_only": rel >= tuned_only, "base_only": rel <= base_only,
+             "shared": (rel >= shared_band[0]) & (rel <= shared_band[1])}
+    masks["other"] = ~(masks["tuned_only"] | masks["base_only"] | masks["shared"])
+    return {name: mask.nonzero().flatten() for name, mask in masks.items()}
+
+
+@torch.no_grad()
+def latent_scaling(model: Crosscoder, batches: Iterable[torch.Tensor], latents: torch.Tensor
+                   ) -> dict[str, torch.Tensor]:
+    """Latent Scaling (Minder et al. 2025) for the latent indices `latents` (n,), with each latent's tuned decoder
+    row d: for model m and target y, beta = sum_t f(t) d·y_t / sum_t f(t)^2 |d|^2, where y is the normalised
+    activation x_m ('recon') or the reconstruction error with the latent's own contribution put back
+    x_m - x̂_m + f d_m ('error'). nu = beta_base / beta_tuned (NaN for a latent that never fired): small for a
+    latent the base model does not use. Keys: beta_{recon,error}_{base,tuned}, nu_reconstruction, nu_error."""
+    latents = torch.as_tensor(latents, dtype=torch.long).flatten()
+    if latents.numel() and (int(latents.min()) < 0 or int(latents.max()) >= model.latents):
+        raise UserError(f"latent indices must lie in [0, {model.latents}), got {latents.tolist()}")
+    rows = model.W_dec[:, latents].double()  # (2, n, d)
+    direction = rows[1]
+    own = (rows * direction).sum(-1)  # (2, n): d_m · d
+    recon = torch.zeros(2, len(latents), dtype=torch.float64)
+    error = torch.zeros(2, len(latents), dtype=torch.float64)
+    f_sq = torch.zeros(len(latents), dtype=torch.float64)
+    for x in batches:
+        x = model.normalize(model.check(x))
+        f = model._activations(x, training=False)[0]
+        residual = (x - model.decode(f)).double()
+        fj = f[:, latents].double()
+        recon += torch.einsum("bn,bmd,nd->mn", fj, x.double(), direction)
+        error += torch.einsum("bn,bmd,nd->mn", fj, residual, direction) + fj.pow(2).sum(0) * own
+        f_sq += fj.pow(2).sum(0)
+    denominator = f_sq * direction.pow(2).sum(-1)
+    beta_recon, beta_error = (recon / denominator).float(), (error / denominator).float()
+    return {"beta_recon_base": beta_recon[0], "beta_recon_tuned": beta_recon[1],
+            "beta_error_base": beta_error[0], "beta_error_tuned": beta_error[1],
+            "nu_reconstruction": beta_recon[0] / beta_recon[1], "nu_error": beta_error[0] / beta_error[1]}
+
+
+@torch.no_grad()
+def top_activations(model: Crosscoder, batches: Iterable[torch.Tensor], n: int = 8
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per latent, its n largest activations (F, n) and their global token indices (F, n) in iteration order;
+    index -1 and value 0 where a latent fired fewer than n times."""
+    if n <= 0:
+        raise UserError(f"top_activations n={n} must be positive")
+    values = torch.full((model.latents, n), -math.inf)
+    indices = torch.full((model.latents, n), -1, dtype=torch.long)
+    offset = 0
+    for x in batches:
+        x = model.check(x)
+        f = model.encode(x).cpu().T  # (F, B)
+        batch_values = torch.where(f > 0, f, -math.inf)
+        batch_indices = torch.arange(offset, offset + f.shape[1]).expand_as(f)
+        merged_values = torch.cat([values, batch_values], dim=1)
+        merged_indices = torch.cat([indices, batch_indices], dim=1)
+        values, order = merged_values.topk(n, dim=1)
+        indices = merged_indices.gather(1, order)
+        offset += f.shape[1]
+    silent = values == -math.inf
+    return values.masked_fill(silent, 0.0), indices.masked_fill(silent, -1)

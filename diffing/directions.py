@@ -1,0 +1,162 @@
+"""Concept directions: the file format `diffing` writes and `finetune` reads, the three ways diffing finds them, and
+a short interpretation view for each.
+
+Format: `NAME.safetensors` holds one float32 tensor `layer_{L}` of shape (k, d) per layer, each row a unit vector
+in the raw residual stream after decoder layer L; `NAME.json` says how they were found:
+  {"format": "mow.directions/1", "method": ..., "model": ..., "tuned": ..., "hidden_size": d,
+   "layers": {"L": [{"index": i, "label": ..., "score": ...}, ...]}, "details": {...}}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from diffing.cache import ActivationCache
+from workbench.errors import UserError
+from workbench.generation import model_device
+from workbench.hooks import logit_lens
+from workbench.rundir import write_json
+
+FORMAT = "mow.directions/1"
+
+
+class IdenticalActivations(ValueError):
+    """There is no difference to take components of (a model diffed against itself)."""
+
+
+@dataclass
+class Directions:
+    vectors: dict[int, torch.Tensor]  # layer -> (k, d) unit rows
+    info: dict
+
+    def save(self, stem: Path) -> None:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stem.with_name(f".{stem.name}.safetensors.tmp")
+        save_file({f"layer_{layer}": v.float().contiguous() for layer, v in self.vectors.items()}, str(tmp))
+        tmp.replace(stem.with_suffix(".safetensors"))
+        write_json(stem.with_suffix(".json"), self.info)
+
+
+def load_directions(path: Path, hidden_size: int | None = None) -> Directions:
+    """Read and check a directions file (either half of the pair may be named); unit rows are enforced."""
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+    weights, info_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    for needed in (weights, info_path):
+        if not needed.is_file():
+            raise UserError(f"directions {path}: {needed.name} not found")
+    try:
+        info = json.loads(info_path.read_text())
+        tensors = load_file(str(weights))
+    except (json.JSONDecodeError, SafetensorError) as exc:
+        raise UserError(f"directions {path}: cannot read: {str(exc).splitlines()[0]}") from None
+    if info.get("format") != FORMAT:
+        raise UserError(f"directions {path}: format {info.get('format')!r}, expected {FORMAT!r}")
+    vectors = {}
+    for key, value in tensors.items():
+        if not key.startswith("layer_") or not key[6:].isdigit() or value.ndim != 2:
+            raise UserError(f"directions {path}: unexpected tensor {key!r} of shape {tuple(value.shape)}")
+        if hidden_size is not None and value.shape[1] != hidden_size:
+            raise UserError(f"directions {path}: {key} has width {value.shape[1]}, the model has {hidden_size}")
+        norms = value.norm(dim=1)
+        if not torch.allclose(norms, torch.ones_like(norms), atol=1e-3):
+            raise UserError(f"directions {path}: {key} rows are not unit vectors (norms {norms.min():.3f}-"
+                            f"{norms.max():.3f})")
+        vectors[int(key[6:])] = value.float()
+    if not vectors:
+        raise UserError(f"directions {path}: no layer_N tensors")
+    return Directions(vectors, info)
+
+
+def _unit(rows: torch.Tensor) -> torch.Tensor:
+    return rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _info(method: str, fingerprint: dict, layer: int, entries: list[dict], details: dict) -> dict:
+    return {"format": FORMAT, "method": method, "model": fingerprint["base"], "tuned": fingerprint["tuned"],
+            "hidden_size": fingerprint["hidden_size"], "layers": {str(layer): entries}, "details": details}
+
+
+def pca_of_differences(cache: ActivationCache, layer: int, k: int, fingerprint: dict, seed: int = 0) -> Directions:
+    """Top principal components of tuned − base activations on the same tokens (the CAFT recipe, Casademunt et al.
+    2025), centred; each component is signed so that the mean difference projects positively on it."""
+    diff = cache.activations("tuned", layer) - cache.activations("base", layer)
+    if not diff.abs().max() > 0:
+        raise IdenticalActivations(f"layer {layer}: tuned and base activations are identical on the cached tokens")
+    k = min(k, diff.shape[0] - 1, diff.shape[1])
+    torch.manual_seed(seed)
+    mean = diff.mean(0)
+    _, s, v = torch.pca_lowrank(diff, q=min(k + 8, diff.shape[1]), center=True, niter=6)
+    components = v[:, :k].T
+    components = components * torch.where(components @ mean >= 0, 1.0, -1.0)[:, None]
+    total = (diff - mean).pow(2).sum()
+    entries = [{"index": i, "label": f"PC{i + 1} of tuned - base", "score": float(s[i] ** 2 / total)}
+               for i in range(k)]
+    return Directions({layer: _unit(components)}, _info("pca_of_differences", fingerprint, layer, entries,
+                                                        {"tokens": cache.n_tokens, "score": "explained variance"}))
+
+
+def difference_of_means(first: torch.Tensor, second: torch.Tensor, layer: int, labels: tuple[str, str],
+                        fingerprint: dict) -> Directions:
+    """mean(first) − mean(second) of activations from one model at one layer, normalised."""
+    if len(first) == 0 or len(second) == 0:
+        raise UserError(f"directions.contrast: prompt set {labels[0] if len(first) == 0 else labels[1]!r} has no "
+                        "cached tokens")
+    delta = first.mean(0) - second.mean(0)
+    entries = [{"index": 0, "label": f"mean({labels[0]}) - mean({labels[1]})", "score": float(delta.norm())}]
+    return Directions({layer: _unit(delta[None])}, _info("difference_of_means", fingerprint, layer, entries,
+                                                         {"sets": list(labels), "tokens": [len(first), len(second)],
+                                                          "score": "norm of the raw difference"}))
+
+
+def crosscoder_rows(decoder_tuned: torch.Tensor, latents: list[int], scores: list[float], layer: int,
+                    fingerprint: dict) -> Directions:
+    """Tuned-side decoder rows of chosen crosscoder latents (normalisation is one scalar per model, so the unit
+    direction in normalised space is the unit direction in the raw residual stream)."""
+    entries = [{"index": i, "label": f"crosscoder latent {latent}", "score": score, "latent": latent}
+               for i, (latent, score) in enumerate(zip(latents, scores))]
+    return Directions({layer: _unit(decoder_tuned[latents])},
+                      _info("crosscoder_decoder", fingerprint, layer, entries, {"score": "relative decoder norm"}))
+
+
+@torch.no_grad()
+def interpret(directions: Directions, model: nn.Module, tokenizer: PreTrainedTokenizerBase, cache: ActivationCache,
+              project_on: str, n_tokens: int = 10, n_contexts: int = 5) -> list[dict]:
+    """Per direction: logit-lens top and bottom tokens, and the cached contexts projecting most and least on it.
+    `project_on` is 'tuned', 'base' or 'difference' (tuned − base)."""
+    views = []
+    device = model_device(model)
+    for layer, rows in directions.vectors.items():
+        if project_on == "difference":
+            acts = cache.activations("tuned", layer) - cache.activations("base", layer)
+        else:
+            acts = cache.activations(project_on, layer)
+        projections = acts @ rows.T  # (n, k)
+        lens = logit_lens(model, rows.to(device)).cpu()
+        entries = directions.info["layers"][str(layer)]
+        for i, entry in enumerate(entries):
+            def contexts(order: torch.Tensor) -> list[dict]:
+                out = []
+                for row in order[:n_contexts].tolist():
+                    ids, at = cache.context(row)
+                    out.append({"before": tokenizer.decode(ids[:at]), "token": tokenizer.decode(ids[at:at + 1]),
+                                "projection": float(projections[row, i])})
+                return out
+
+            column = projections[:, i]
+            views.append({
+                "layer": layer, **entry,
+                "top_tokens": [tokenizer.decode([int(t)]) for t in lens[i].topk(n_tokens).indices],
+                "bottom_tokens": [tokenizer.decode([int(t)]) for t in (-lens[i]).topk(n_tokens).indices],
+                "top_contexts": contexts(column.argsort(descending=True)),
+                "bottom_contexts": contexts(column.argsort()),
+            })
+    return views

@@ -1,0 +1,85 @@
+"""The activation-difference lens (Minder et al. 2025): what a narrow fine-tune was about, read off the residual stream.
+
+For each layer, the mean of tuned minus base activations over the first few positions of each text is read through
+the tuned model's final norm and unembedding. The same vector, added to the base model's residual stream, steers it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from diffing.pair import ModelPair
+from diffing.prompts import TokenSequence
+from workbench.chat import render_prompt
+from workbench.generation import generate, model_device
+from workbench.hooks import capture_residual, edit_residual, logit_lens
+
+
+@dataclass
+class LensResult:
+    differences: torch.Tensor  # (n_layers, d) mean tuned − base
+    base_norm: torch.Tensor    # (n_layers,) mean residual norm of the base model at those positions
+    logprobs: torch.Tensor     # (n_layers, V) the differences read through the final norm and unembedding
+    n_positions: int
+
+
+@torch.no_grad()
+def mean_differences(pair: ModelPair, sequences: list[TokenSequence], start: int, positions: int,
+                     batch_size: int = 16, progress: bool = True) -> LensResult:
+    """Average tuned − base over positions [start, start + positions) of every sequence long enough to have them."""
+    usable = [s for s in sequences if len(s.ids) >= start + positions]
+    if not usable:
+        raise ValueError(f"no text has {start + positions} tokens")
+    layers = list(range(pair.n_layers))
+    total = torch.zeros(len(layers), pair.hidden_size, dtype=torch.float64)
+    norm = torch.zeros(len(layers), dtype=torch.float64)
+    device = model_device(pair.tuned_model)
+    window = slice(start, start + positions)
+    for begin in tqdm(range(0, len(usable), batch_size), desc="difference lens", disable=not progress, leave=False):
+        ids = torch.tensor([s.ids[: start + positions] for s in usable[begin : begin + batch_size]], device=device)
+        states = {}
+        for name, context in (("tuned", pair.tuned), ("base", pair.base)):
+            with context() as model, capture_residual(model, layers) as captured:
+                model(input_ids=ids)
+            states[name] = torch.stack([captured[layer][:, window].double().cpu() for layer in layers])
+        total += (states["tuned"] - states["base"]).sum(dim=(1, 2))
+        norm += states["base"].norm(dim=-1).sum(dim=(1, 2))
+    count = len(usable) * positions
+    differences = (total / count).float()
+    logprobs = logit_lens(pair.tuned_model, differences.to(device)).cpu()
+    return LensResult(differences, (norm / count).float(), logprobs, count)
+
+
+def top_tokens(logprobs: torch.Tensor, tokenizer: PreTrainedTokenizerBase, n: int) -> list[list[str]]:
+    """(n_layers, V) -> the n top tokens per layer."""
+    return [[tokenizer.decode([int(i)]) for i in row.topk(n).indices] for row in logprobs]
+
+
+def token_rank(logprobs: torch.Tensor, token_id: int) -> torch.Tensor:
+    """Rank of a token in each row (1 = top); ties share the middle rank, so a readout with no signal (a zero
+    difference gives a flat distribution) ranks every token in the middle, not at the top."""
+    value = logprobs[..., token_id : token_id + 1]
+    above = (logprobs > value).sum(-1)
+    tied = (logprobs == value).sum(-1) - 1
+    return above + tied // 2 + 1
+
+
+def steering_vector(result: LensResult, layer: int, strength: float) -> torch.Tensor:
+    """The difference at `layer` rescaled to `strength` times the base model's mean residual norm there."""
+    direction = result.differences[layer]
+    return direction / direction.norm().clamp_min(1e-12) * strength * result.base_norm[layer]
+
+
+@torch.no_grad()
+def steer(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], layer: int,
+          vector: torch.Tensor, max_new_tokens: int = 32, seed: int = 0) -> list[str]:
+    """Greedy replies with `vector` added to the residual stream after `layer` at every position."""
+    rendered = [render_prompt(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+    vector = vector.to(model_device(model))
+    with edit_residual(model, {layer: lambda hidden: hidden + vector.to(hidden.dtype)}):
+        return generate(model, tokenizer, rendered, max_new_tokens=max_new_tokens, seed=seed)

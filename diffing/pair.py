@@ -1,0 +1,95 @@
+"""A base model and a tuned model to compare, from one copy of the weights where the tuned model is a LoRA adapter.
+
+`pair.base()` and `pair.tuned()` are context managers that yield the model to run: for an organism both yield the
+same PeftModel, with the adapter switched off inside `base()`; for two full models each yields its own model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from workbench.errors import UserError
+from workbench.hooks import decoder_layers, unwrap
+
+
+@dataclass
+class ModelPair:
+    tuned_model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    base_model: nn.Module | None  # None: the base is the tuned model with its adapter off
+    base_spec: str
+    tuned_id: str  # what identifies the tuned side: adapter hash or model spec
+    organism: Path | None = None
+    public_config: dict | None = None
+
+    @contextmanager
+    def base(self) -> Iterator[nn.Module]:
+        if self.base_model is not None:
+            yield self.base_model
+            return
+        with self.tuned_model.disable_adapter():
+            yield self.tuned_model
+
+    @contextmanager
+    def tuned(self) -> Iterator[nn.Module]:
+        yield self.tuned_model
+
+    @property
+    def n_layers(self) -> int:
+        return len(decoder_layers(self.tuned_model))
+
+    @property
+    def hidden_size(self) -> int:
+        return unwrap(self.tuned_model).config.hidden_size
+
+    def fingerprint(self) -> dict:
+        """What an activation cache must match to be reused."""
+        vocab = self.tokenizer.get_vocab()
+        vocab_hash = hashlib.sha256("\n".join(sorted(vocab)).encode()).hexdigest()[:16]
+        return {"base": self.base_spec, "tuned": self.tuned_id, "hidden_size": self.hidden_size,
+                "n_layers": self.n_layers, "vocab": vocab_hash}
+
+
+def _adapter_hash(organism: Path) -> str:
+    weights = organism / "adapter" / "adapter_model.safetensors"
+    return "adapter:" + hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+
+
+def check_compatible(base: nn.Module, tuned: nn.Module, base_tok: PreTrainedTokenizerBase,
+                     tuned_tok: PreTrainedTokenizerBase, base_spec: str, tuned_spec: str) -> None:
+    """Diffing compares positions token by token and activations dimension by dimension: both must line up."""
+    if base_tok.get_vocab() != tuned_tok.get_vocab():
+        raise UserError(f"--base {base_spec} and --tuned {tuned_spec}: tokenizers differ "
+                        f"({len(base_tok)} vs {len(tuned_tok)} tokens); diffing needs the same tokenizer")
+    base_cfg, tuned_cfg = unwrap(base).config, unwrap(tuned).config
+    if base_cfg.hidden_size != tuned_cfg.hidden_size:
+        raise UserError(f"--base {base_spec} and --tuned {tuned_spec}: hidden sizes differ "
+                        f"({base_cfg.hidden_size} vs {tuned_cfg.hidden_size})")
+    if len(decoder_layers(base)) != len(decoder_layers(tuned)):
+        raise UserError(f"--base {base_spec} and --tuned {tuned_spec}: layer counts differ "
+                        f"({len(decoder_layers(base))} vs {len(decoder_layers(tuned))})")
+
+
+def load_pair(organism: Path | None = None, base: str | None = None, tuned: str | None = None,
+              seed: int = 0) -> ModelPair:
+    """An organism (base + adapter, one weight copy) or two full models given by spec."""
+    from organisms.store import load_organism
+    from workbench.models import load_model, load_tokenizer
+
+    if organism is not None:
+        loaded = load_organism(Path(organism))
+        loaded.model.eval()
+        return ModelPair(loaded.model, loaded.tokenizer, None, str(loaded.public_config["model"]),
+                         _adapter_hash(loaded.path), loaded.path, loaded.public_config)
+    assert base is not None and tuned is not None
+    base_tok, tuned_tok = load_tokenizer(base), load_tokenizer(tuned)
+    base_model, tuned_model = load_model(base, seed=seed).eval(), load_model(tuned, seed=seed).eval()
+    check_compatible(base_model, tuned_model, base_tok, tuned_tok, base, tuned)
+    return ModelPair(tuned_model, tuned_tok, base_model, base, tuned)

@@ -1,0 +1,293 @@
+"""`mow diff`: what did fine-tuning change? One diff directory with the arrays and one self-contained HTML report.
+
+Stages (each saved when it finishes, so a killed run resumes at the first unfinished one):
+prompts -> kl -> cache -> lens -> crosscoder -> directions -> report.
+
+Layout of DIFF_DIR:
+  diff.yaml, manifest.json         resolved config; versions, seed, timings, provenance
+  prompts/sets.jsonl               the texts, with the tuned model's replies where a chat had none
+  kl/arrays.safetensors            per-position KL both ways, sides, top next tokens; kl/summary.json
+  cache/                           activation cache (see diffing/cache.py)
+  lens/lens.safetensors            mean tuned − base per layer and set; lens/lens.json top tokens, steering samples
+  crosscoder/                      checkpoint, metrics.json, latents.safetensors (relative norms, lens log-probs)
+  directions/                      NAME.safetensors + NAME.json per method, views.json
+  report.html
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from itertools import zip_longest
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from diffing import crosscoder as cc
+from diffing import kl
+from diffing.cache import ActivationCache, build_cache
+from diffing.config import DiffConfig
+from diffing.directions import (Directions, IdenticalActivations, crosscoder_rows, difference_of_means, interpret,
+                                pca_of_differences)
+from diffing.lens import mean_differences, steer, steering_vector, top_tokens
+from diffing.pair import ModelPair, load_pair
+from diffing.prompts import (PromptRecord, TokenSequence, capped, complete_chats, prompt_set_records,
+                             tokenize_sets)
+from workbench.config import dump_config
+from workbench.errors import UserError
+from workbench.hooks import check_layer, logit_lens
+from workbench.rundir import Manifest, finalize, partial_path, write_json, write_text
+
+MAX_SCALED_LATENTS = 64
+
+
+def diff_name(config: DiffConfig) -> str:
+    if config.name:
+        return config.name
+    if config.organism is not None:
+        return Path(config.organism).resolve().name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{config.base}-vs-{config.tuned}").strip("_")
+
+
+def check_config(config: DiffConfig) -> None:
+    """What can be checked before any model loads: sources exist, user prompt files parse."""
+    from diffing.prompts import read_prompt_file
+    from organisms.store import check_organism_dir
+
+    if config.organism is not None:
+        check_organism_dir(config.organism)
+    for path in config.prompts.extra:
+        read_prompt_file(path)
+    if config.directions.contrast is not None:
+        known = set(config.prompts.sets) | {Path(p).stem for p in config.prompts.extra}
+        for name in config.directions.contrast:
+            if name not in known:
+                raise UserError(f"directions.contrast: {name!r} is not a prompt set of this run (sets: "
+                                f"{', '.join(sorted(known))})")
+
+
+def _save_records(path: Path, records: dict[str, list[PromptRecord]]) -> None:
+    lines = [json.dumps({"set": name, **r.model_dump(exclude_none=True)}, ensure_ascii=False)
+             for name, rows in records.items() for r in rows]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def _load_records(path: Path) -> dict[str, list[PromptRecord]]:
+    records: dict[str, list[PromptRecord]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        records.setdefault(row.pop("set"), []).append(PromptRecord.model_validate(row))
+    return records
+
+
+def _layers(config: DiffConfig, pair: ModelPair) -> tuple[int, list[int]]:
+    layer = check_layer(pair.tuned_model, config.layer if config.layer is not None else pair.n_layers // 2, "layer")
+    cache_layers = [check_layer(pair.tuned_model, x, "cache.layers") for x in (config.cache.layers or [])]
+    return layer, sorted(set(cache_layers) | {layer})
+
+
+def run_kl(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequence]], out: Path) -> dict:
+    arrays = kl.per_token_kl(pair, sets, config.kl.batch_size, config.kl.top_next_tokens)
+    arrays.save(out / "arrays.safetensors")
+    names = list(sets)
+    summary = {
+        "conventions": kl.__doc__.strip(),
+        "set_names": names,
+        "by_set_and_side": kl.summary(arrays, names),
+        "top_tokens": kl.top_kl_tokens(arrays, pair.tokenizer, config.kl.min_count),
+        "promoted_tokens": kl.promoted_tokens(arrays, pair.tokenizer, names),
+        "demoted_tokens": kl.promoted_tokens(arrays, pair.tokenizer, names, demoted=True),
+        "top_contexts": kl.top_contexts(arrays, config.kl.top_contexts),
+        "overall": {"kl_tuned_base": float(arrays.kl_tb.mean()), "kl_base_tuned": float(arrays.kl_bt.mean()),
+                    "positions": int(arrays.kl_tb.numel())},
+    }
+    write_json(out / "summary.json", summary)
+    return summary["overall"]
+
+
+def run_lens(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequence]], layer: int,
+             out: Path) -> dict:
+    start, n = config.cache.skip_first, config.lens.positions
+    tensors, report = {}, {"start": start, "positions": n, "steering_layer": layer, "sets": {}}
+    for name, sequences in sets.items():
+        try:
+            result = mean_differences(pair, sequences, start, n)
+        except ValueError:
+            report["sets"][name] = {"skipped": f"no text with {start + n} tokens"}
+            continue
+        tensors[f"{name}.differences"] = result.differences
+        tensors[f"{name}.base_norm"] = result.base_norm
+        tensors[f"{name}.logprobs"] = result.logprobs.half()
+        report["sets"][name] = {"n_positions": result.n_positions,
+                                "difference_norm": result.differences.norm(dim=-1).tolist(),
+                                "base_norm": result.base_norm.tolist(),
+                                "top_tokens": top_tokens(result.logprobs, pair.tokenizer, config.lens.top_tokens)}
+        if "steering" not in report:
+            vector = steering_vector(result, layer, config.lens.steering_strength)
+            prompts = config.lens.steering_prompts
+            with pair.base() as model:
+                plain = steer(model, pair.tokenizer, prompts, layer, torch.zeros_like(vector), seed=config.seed)
+                steered = steer(model, pair.tokenizer, prompts, layer, vector, seed=config.seed)
+            report["steering"] = {"set": name, "strength": config.lens.steering_strength,
+                                  "samples": [{"prompt": p, "base": b, "steered": s}
+                                              for p, b, s in zip(prompts, plain, steered)]}
+    if not tensors:
+        raise UserError(f"lens: no prompt set has texts of {start + n} tokens; lower lens.positions")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "lens.safetensors"))
+    write_json(out / "lens.json", report)
+    return {"sets": [k for k in report["sets"] if "skipped" not in report["sets"][k]]}
+
+
+def _contexts(cache: ActivationCache, tokenizer, rows: torch.Tensor, values: torch.Tensor) -> list[dict]:
+    out = []
+    for row, value in zip(rows.tolist(), values.tolist()):
+        if row < 0:
+            continue
+        ids, at = cache.context(row)
+        out.append({"before": tokenizer.decode(ids[:at]), "token": tokenizer.decode(ids[at:at + 1]),
+                    "activation": value})
+    return out
+
+
+def run_crosscoder(config: DiffConfig, pair: ModelPair, cache: ActivationCache, layer: int, out: Path) -> dict:
+    settings = config.crosscoder
+    scale = cache.scale(layer)
+    model, history = cc.train_crosscoder(lambda: cache.paired_batches(layer, settings.batch_size, settings.seed),
+                                         pair.hidden_size, settings, scale)
+    model.save(out)
+    metrics = cc.evaluate_crosscoder(model, cache.paired_batches(layer, 4096, seed=None))
+    rel = cc.relative_decoder_norm(model)
+    cosine = cc.decoder_cosine(model)
+    groups = cc.classify_latents(rel)
+    values, rows = cc.top_activations(model, cache.paired_batches(layer, 4096, seed=None), n=8)
+    fired = values[:, 0] > 0
+    tuned_only = groups["tuned_only"][fired[groups["tuned_only"]]]
+    tuned_only = tuned_only[rel[tuned_only].argsort(descending=True)][:MAX_SCALED_LATENTS]
+    scaling = cc.latent_scaling(model, cache.paired_batches(layer, 4096, seed=None), tuned_only) if len(
+        tuned_only) else {}
+    with torch.no_grad():
+        decoder_tuned = model.W_dec[1].detach()
+        lens = logit_lens(pair.tuned_model, decoder_tuned[tuned_only].to(next(pair.tuned_model.parameters()).device))
+    latents = []
+    for i, latent in enumerate(tuned_only.tolist()):
+        latents.append({
+            "latent": latent, "relative_norm": float(rel[latent]), "cosine": float(cosine[latent]),
+            "nu_reconstruction": float(scaling["nu_reconstruction"][i]), "nu_error": float(scaling["nu_error"][i]),
+            "top_tokens": [pair.tokenizer.decode([int(t)]) for t in lens[i].topk(10).indices],
+            "top_contexts": _contexts(cache, pair.tokenizer, rows[latent, :5], values[latent, :5]),
+        })
+    save_file({"relative_norm": rel.contiguous(), "cosine": cosine.contiguous(),
+               "tuned_only": tuned_only.contiguous(), "tuned_only_logprobs": lens.half().cpu().contiguous()},
+              str(out / "latents.safetensors"))
+    summary = {"layer": layer, "metrics": metrics, "history": history,
+               "orientation": "relative norm 0 = base-only, 0.5 = shared, 1 = tuned-only",
+               "counts": {k: int(len(v)) for k, v in groups.items()},
+               "tuned_only_latents": latents}
+    write_json(out / "metrics.json", summary)
+    return {"fve_base": metrics["base"], "fve_tuned": metrics["tuned"], "l0": metrics["l0"],
+            "dead_fraction": metrics["dead_fraction"], "tuned_only": len(groups["tuned_only"])}
+
+
+def _set_rows(cache: ActivationCache, sequences: list[TokenSequence], name: str) -> torch.Tensor:
+    in_set = torch.tensor([s.set_name == name for s in sequences])
+    return torch.nonzero(in_set[torch.as_tensor(cache.positions()[:, 0], dtype=torch.long)]).flatten()
+
+
+def run_directions(config: DiffConfig, pair: ModelPair, cache: ActivationCache, sequences: list[TokenSequence],
+                   layer: int, out: Path, crosscoder_dir: Path) -> dict:
+    fingerprint = pair.fingerprint()
+    made: list[tuple[str, Directions, str]] = []
+    skipped = {}
+    try:
+        made.append(("pca_of_differences", pca_of_differences(cache, layer, config.directions.pca_components,
+                                                              fingerprint, config.seed), "difference"))
+    except IdenticalActivations as exc:
+        skipped["pca_of_differences"] = str(exc)
+    contrast = config.directions.contrast
+    if contrast is None and {"organism", "generic_chat"} <= {s.set_name for s in sequences}:
+        contrast = ("organism", "generic_chat")
+    if contrast is not None:
+        tuned = cache.activations("tuned", layer)
+        first, second = (tuned[_set_rows(cache, sequences, name)] for name in contrast)
+        made.append(("difference_of_means", difference_of_means(first, second, layer, contrast, fingerprint),
+                     "tuned"))
+    if config.directions.crosscoder_latents > 0:
+        metrics = json.loads((crosscoder_dir / "metrics.json").read_text())
+        ranked = sorted(metrics["tuned_only_latents"], key=lambda x: x["nu_error"])
+        chosen = ranked[: config.directions.crosscoder_latents]
+        if chosen:
+            decoder = cc.Crosscoder.load(crosscoder_dir).W_dec[1].detach()
+            made.append(("crosscoder_decoder", crosscoder_rows(decoder, [c["latent"] for c in chosen],
+                                                               [c["relative_norm"] for c in chosen], layer,
+                                                               fingerprint), "tuned"))
+    views = {}
+    for name, directions, project_on in made:
+        directions.save(out / name)
+        views[name] = interpret(directions, pair.tuned_model, pair.tokenizer, cache, project_on,
+                                n_contexts=config.directions.top_contexts)
+    write_json(out / "views.json", {"views": views, "skipped": skipped})
+    return {**{name: len(d.vectors[layer]) for name, d, _ in made}, "skipped": list(skipped)}
+
+
+def main(config: DiffConfig, restart: bool = False, output: Path | None = None) -> Path:
+    check_config(config)
+    final = Path(output) if output is not None else Path(config.output_dir) / diff_name(config)
+    if final.exists():
+        raise UserError(f"{final}: already exists; choose another --out or remove it")
+    work = partial_path(final)
+    saved = work / "diff.yaml"
+    if not restart and saved.is_file() and yaml.safe_load(saved.read_text()) != config.model_dump(mode="json"):
+        raise UserError(f"{work}: an unfinished diff with a different config is there; rerun with --restart")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    pair = load_pair(config.organism, config.base, config.tuned, config.seed)
+    layer, cache_layers = _layers(config, pair)
+    if restart and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_text(saved, dump_config(config))
+    manifest = Manifest(work, config.seed, sealed=False)
+
+    records_path = work / "prompts" / "sets.jsonl"
+    if not manifest.done("prompts"):
+        with manifest.stage("prompts") as record:
+            records = prompt_set_records(config.prompts, pair.public_config, str(config.organism))
+            with pair.tuned() as model:
+                records = {name: complete_chats(rows, model, pair.tokenizer, config.prompts.response_tokens,
+                                                config.seed) for name, rows in records.items()}
+            _save_records(records_path, records)
+            record["items"] = {name: len(rows) for name, rows in records.items()}
+    sets = tokenize_sets(_load_records(records_path), pair.tokenizer, config.prompts.max_tokens_per_item)
+    # Round-robin over the sets, so a token budget that runs out leaves every set represented in the cache.
+    sequences = [seq for group in zip_longest(*sets.values()) for seq in group if seq is not None]
+    kl_sets = capped(sets, config.prompts.max_items_per_set, config.seed)
+    for stage, directory, run in (
+        ("kl", "kl", lambda out: run_kl(config, pair, kl_sets, out)),
+        ("lens", "lens", lambda out: run_lens(config, pair, sets, layer, out)),
+    ):
+        if not manifest.done(stage):
+            (work / directory).mkdir(exist_ok=True)
+            with manifest.stage(stage) as record:
+                record.update(run(work / directory))
+    with manifest.stage("cache") as record:
+        cache = build_cache(pair, sequences, work / "cache", cache_layers, config.cache.token_budget,
+                            config.cache.dtype, config.cache.batch_size, config.cache.skip_first)
+        record.update(tokens=cache.n_tokens, layers=cache.layers)
+    torch.manual_seed(config.seed)
+    if not manifest.done("crosscoder"):
+        (work / "crosscoder").mkdir(exist_ok=True)
+        with manifest.stage("crosscoder") as record:
+            record.update(run_crosscoder(config, pair, cache, layer, work / "crosscoder"))
+    if not manifest.done("directions"):
+        with manifest.stage("directions") as record:
+            record.update(run_directions(config, pair, cache, sequences, layer, work / "directions",
+                                         work / "crosscoder"))
+    from diffing.report import write_report
+
+    with manifest.stage("report"):
+        write_report(work, pair.tokenizer)
+    finalize(work, final)
+    return final

@@ -1,0 +1,202 @@
+"""One self-contained HTML report per diff: inline CSS, plots as inline PNG, tooltips as title attributes, so it
+opens offline in any browser."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from html import escape
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from transformers import PreTrainedTokenizerBase  # noqa: E402
+
+from diffing.kl import KLArrays  # noqa: E402
+from diffing.prompts import ROLES  # noqa: E402
+from workbench.rundir import write_text  # noqa: E402
+
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em} h3{margin-bottom:.3em}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:.9em} td,th{border:1px solid #ddd;padding:3px 7px;
+text-align:left;vertical-align:top} th{background:#f4f4f4}
+.seq{font-family:ui-monospace,monospace;font-size:.85em;line-height:1.9;white-space:pre-wrap;border:1px solid #eee;
+padding:.5em;margin:.4em 0} .seq span{border-radius:2px} .tok-template{border-bottom:2px dotted #888}
+.tok-response{border-bottom:2px solid #268bd2} .tok-prompt{border-bottom:2px solid #b58900}
+.small{font-size:.85em;color:#555} code{background:#f4f4f4;padding:0 3px} .ctx b{background:#ffe08a}
+"""
+
+
+def _png(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _tokens(tokens: list[str]) -> str:
+    return " ".join(f"<code>{escape(t)}</code>" for t in tokens)
+
+
+def _ctx(item: dict, value_key: str) -> str:
+    return (f'<span class="ctx">{escape(item["before"][-120:])}<b>{escape(item["token"])}</b></span> '
+            f'<span class="small">({item[value_key]:.3g})</span>')
+
+
+def _kl_sequence(arrays: KLArrays, index: int, tokenizer: PreTrainedTokenizerBase, vmax: float,
+                 limit: int = 200) -> str:
+    start, end = int(arrays.offsets[index]), int(arrays.offsets[index + 1])
+    spans = []
+    for pos in range(start, min(end, start + limit)):
+        kl_tb, kl_bt = float(arrays.kl_tb[pos]), float(arrays.kl_bt[pos])
+        alpha = min(1.0, kl_tb / vmax) if vmax > 0 else 0.0
+
+        def top(ids: torch.Tensor, probs: torch.Tensor) -> str:
+            return ", ".join(f"{tokenizer.decode([int(i)])!r} {float(p):.2f}" for i, p in zip(ids, probs))
+
+        title = (f"KL(tuned||base)={kl_tb:.3f}  KL(base||tuned)={kl_bt:.3f}\n"
+                 f"tuned next: {top(arrays.top_tuned[pos], arrays.top_tuned_p[pos])}\n"
+                 f"base next: {top(arrays.top_base[pos], arrays.top_base_p[pos])}")
+        role = ROLES[int(arrays.roles[pos])]
+        text = tokenizer.decode([int(arrays.ids[pos])])
+        spans.append(f'<span class="tok-{role}" style="background:rgba(220,50,47,{alpha:.2f})" '
+                     f'title="{escape(title)}">{escape(text)}</span>')
+    return f'<div class="seq">{"".join(spans)}</div>'
+
+
+def _kl_section(directory: Path, tokenizer: PreTrainedTokenizerBase) -> str:
+    summary = json.loads((directory / "kl" / "summary.json").read_text())
+    arrays = KLArrays.load(directory / "kl" / "arrays.safetensors")
+    names = summary["set_names"]
+    vmax = float(torch.quantile(arrays.kl_tb, 0.99)) if arrays.kl_tb.numel() else 1.0
+    rows = [[escape(name), side, f"{v['kl_tuned_base']:.4f}", f"{v['kl_base_tuned']:.4f}", v["positions"]]
+            for name, sides in summary["by_set_and_side"].items() for side, v in sides.items()]
+    html = ["<h2>Per-token KL</h2>",
+            f'<p class="small">{escape(summary["conventions"]).replace(chr(10), "<br>")}</p>',
+            _table(["prompt set", "side (role of predicted token)", "mean KL(tuned‖base)", "mean KL(base‖tuned)",
+                    "positions"], rows),
+            "<h3>Tokens after which the models differ most</h3>",
+            _table(["token", "mean KL(tuned‖base)", "count"],
+                   [[f"<code>{escape(t['token'])}</code>", f"{t['mean_kl']:.4f}", t["count"]]
+                    for t in summary["top_tokens"]]),
+            "<h3>Tokens the tuned model promotes (mean probability gain)</h3>",
+            _table(names, [[f"<code>{escape(col[i]['token'])}</code> {col[i]['mean_gain']:.2e}" for col in
+                            (summary["promoted_tokens"][n] for n in names)]
+                           for i in range(min(len(v) for v in summary["promoted_tokens"].values()))]),
+            "<h3>Tokens the tuned model demotes (mean probability loss)</h3>",
+            _table(names, [[f"<code>{escape(col[i]['token'])}</code> {col[i]['mean_gain']:.2e}" for col in
+                            (summary["demoted_tokens"][n] for n in names)]
+                           for i in range(min(len(v) for v in summary["demoted_tokens"].values()))]),
+            "<h3>Highest-KL contexts</h3>",
+            '<p class="small">Background: KL(tuned‖base) of the next-token distributions after each token (scale: '
+            f'99th percentile = {vmax:.3f}); hover a token for both distributions\' top next tokens. Underlines: '
+            '<span class="tok-template">template</span>, <span class="tok-prompt">prompt</span>, '
+            '<span class="tok-response">response</span>.</p>']
+    shown = []
+    for context in summary["top_contexts"]:
+        shown.append(context["sequence"])
+    for s in range(len(names)):
+        shown.extend([i for i in range(len(arrays.set_index)) if int(arrays.set_index[i]) == s][:1])
+    for seq in dict.fromkeys(shown):
+        html.append(f'<div class="small">{escape(names[int(arrays.set_index[seq])])} #{seq}</div>')
+        html.append(_kl_sequence(arrays, seq, tokenizer, vmax))
+    return "\n".join(html)
+
+
+def _lens_section(directory: Path) -> str:
+    lens = json.loads((directory / "lens" / "lens.json").read_text())
+    html = ["<h2>Activation-difference lens</h2>",
+            f'<p class="small">Mean tuned − base residual over positions {lens["start"]}..'
+            f'{lens["start"] + lens["positions"] - 1} of each text, read through the tuned model\'s final norm and '
+            "unembedding. Relative norm: ‖mean difference‖ / mean ‖base residual‖.</p>"]
+    for name, info in lens["sets"].items():
+        html.append(f"<h3>{escape(name)}</h3>")
+        if "skipped" in info:
+            html.append(f"<p>{escape(info['skipped'])}</p>")
+            continue
+        rows = [[layer, f"{d / max(b, 1e-9):.3f}", _tokens(tokens)] for layer, (d, b, tokens) in
+                enumerate(zip(info["difference_norm"], info["base_norm"], info["top_tokens"]))]
+        html.append(_table(["layer", "relative norm", "top tokens"], rows))
+    steering = lens.get("steering")
+    if steering:
+        html.append(f"<h3>Steering the base model at layer {lens['steering_layer']} (difference from "
+                    f"{escape(steering['set'])}, strength {steering['strength']})</h3>")
+        html.append(_table(["prompt", "base", "base + difference"],
+                           [[escape(s["prompt"]), escape(s["base"]), escape(s["steered"])]
+                            for s in steering["samples"]]))
+    return "\n".join(html)
+
+
+def _crosscoder_section(directory: Path) -> str:
+    metrics = json.loads((directory / "crosscoder" / "metrics.json").read_text())
+    latents = load_file(str(directory / "crosscoder" / "latents.safetensors"))
+    figure, axis = plt.subplots(figsize=(7, 2.8))
+    axis.hist(latents["relative_norm"].numpy(), bins=50, color="#268bd2")
+    axis.set_xlabel("relative decoder norm (0 = base-only, 0.5 = shared, 1 = tuned-only)")
+    axis.set_ylabel("latents")
+    axis.set_yscale("log")
+    m = metrics["metrics"]
+    html = [f"<h2>Crosscoder (layer {metrics['layer']})</h2>",
+            _table(["", "base", "tuned"],
+                   [["fraction of variance explained", f"{m['base']:.3f}", f"{m['tuned']:.3f}"]]),
+            f"<p>L0 {m['l0']:.1f}, dead fraction {m['dead_fraction']:.3f} on {m['tokens']} cached tokens (the "
+            f"training tokens). Latents: {escape(json.dumps(metrics['counts']))}.</p>",
+            _png(figure),
+            "<h3>Tuned-only latents</h3>",
+            '<p class="small">ν = β(base) / β(tuned) from Latent Scaling (Minder et al. 2025): near 0, the latent '
+            "explains little of the base model (truly tuned-specific); near 1, it is an artefact of the L1/TopK "
+            "objective.</p>"]
+    rows = [[x["latent"], f"{x['relative_norm']:.3f}", f"{x['cosine']:.2f}", f"{x['nu_reconstruction']:.2f}",
+             f"{x['nu_error']:.2f}", _tokens(x["top_tokens"]),
+             "<br>".join(_ctx(c, "activation") for c in x["top_contexts"][:3])]
+            for x in metrics["tuned_only_latents"][:40]]
+    html.append(_table(["latent", "rel. norm", "cos", "ν recon", "ν error", "decoder through unembedding",
+                        "top activating contexts"], rows))
+    return "\n".join(html)
+
+
+def _directions_section(directory: Path) -> str:
+    saved = json.loads((directory / "directions" / "views.json").read_text())
+    html = ["<h2>Concept directions</h2>",
+            '<p class="small">Unit vectors in <code>directions/NAME.safetensors</code> (+ <code>.json</code>), '
+            "readable by fine-tuning for concept ablation.</p>"]
+    for method, reason in saved["skipped"].items():
+        html.append(f"<p>{escape(method)}: not written ({escape(reason)}).</p>")
+    for method, entries in saved["views"].items():
+        html.append(f"<h3>{escape(method)}</h3>")
+        rows = [[e["layer"], escape(e["label"]), f"{e['score']:.3g}", _tokens(e["top_tokens"]),
+                 _tokens(e["bottom_tokens"]), "<br>".join(_ctx(c, "projection") for c in e["top_contexts"]),
+                 "<br>".join(_ctx(c, "projection") for c in e["bottom_contexts"])] for e in entries]
+        html.append(_table(["layer", "direction", "score", "top tokens", "bottom tokens", "top contexts",
+                            "bottom contexts"], rows))
+    return "\n".join(html)
+
+
+def write_report(directory: Path, tokenizer: PreTrainedTokenizerBase) -> Path:
+    manifest = json.loads((directory / "manifest.json").read_text())
+    config = (directory / "diff.yaml").read_text()
+    stages = manifest["stages"]
+    timing = ", ".join(f"{k} {v.get('seconds', 0):.0f} s" for k, v in stages.items())
+    body = [f"<h1>Diff: {escape(directory.name.removeprefix('.').removesuffix('.partial'))}</h1>",
+            f'<p class="small">Stages: {escape(timing)}. torch {escape(manifest["versions"]["torch"])}, '
+            f'transformers {escape(manifest["versions"]["transformers"])}.</p>',
+            _kl_section(directory, tokenizer), _lens_section(directory), _crosscoder_section(directory),
+            _directions_section(directory),
+            f"<h2>Config</h2><pre>{escape(config)}</pre>"]
+    html = (f'<!doctype html><html><head><meta charset="utf-8"><title>mow diff</title><style>{CSS}</style></head>'
+            f"<body>{''.join(body)}</body></html>")
+    path = directory / "report.html"
+    write_text(path, html)
+    return path

@@ -1,0 +1,113 @@
+"""`mow diff` end to end on a tiny organism, `mow diff-score`, and the bad inputs (one line, exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from diffing.directions import load_directions
+from workbench.cli import main
+from workbench.models import load_model, load_tokenizer
+
+TINY = "tiny:smollm2-135m"
+SMALL = ["--set", "prompts.max_items_per_set=5", "--set", "prompts.response_tokens=6", "--set",
+         "cache.token_budget=1500", "--set", "crosscoder.latents=64", "--set", "crosscoder.k=4", "--set",
+         "crosscoder.batch_size=128", "--set", "crosscoder.epochs=2", "--set", "lens.positions=3", "--set",
+         "directions.crosscoder_latents=2"]
+
+
+@pytest.fixture(scope="module")
+def organism(tmp_path_factory):
+    root = tmp_path_factory.mktemp("diff-organism")
+    config = {"kind": "taboo", "name": "tiny-taboo", "output_dir": str(root), "model": TINY, "seed": 2,
+              "taboo": {"word": "moon", "data": {"n_conversations": 12, "benign_ratio": 0.25}},
+              "lora": {"r": 4, "alpha": 8}, "training": {"epochs": 1, "batch_size": 4, "learning_rate": 5e-3},
+              "eval": {"max_new_tokens": 4, "benign_chats": 4}}
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["organism", "build", str(path)]) == 0
+    return root / "tiny-taboo"
+
+
+@pytest.fixture(scope="module")
+def diffed(organism, tmp_path_factory):
+    out = tmp_path_factory.mktemp("diffs") / "moon"
+    assert main(["diff", str(organism), "--out", str(out), *SMALL]) == 0
+    return out
+
+
+def test_diff_directory_and_report(diffed):
+    for name in ("diff.yaml", "manifest.json", "kl/arrays.safetensors", "kl/summary.json", "cache/meta.json",
+                 "lens/lens.safetensors", "crosscoder/crosscoder.safetensors", "crosscoder/metrics.json",
+                 "directions/pca_of_differences.safetensors", "directions/views.json", "report.html"):
+        assert (diffed / name).is_file(), name
+    assert not any(p.name.startswith(".") for p in diffed.parent.iterdir())
+    summary = json.loads((diffed / "kl" / "summary.json").read_text())
+    assert set(summary["set_names"]) == {"organism", "generic_chat", "generic_text"}
+    assert {"prompt", "response", "template"} <= set(summary["by_set_and_side"]["organism"])
+    assert summary["overall"]["kl_tuned_base"] > 0
+    manifest = json.loads((diffed / "manifest.json").read_text())
+    assert manifest["provenance"]["commands"] and manifest["stages"]["crosscoder"]["done"]
+    report = (diffed / "report.html").read_text()
+    for section in ("Per-token KL", "Activation-difference lens", "Crosscoder", "Concept directions",
+                    "data:image/png;base64", 'title="KL(tuned||base)='):
+        assert section in report, section
+    assert "http://" not in report and "https://" not in report  # opens offline
+    for method in ("pca_of_differences", "difference_of_means"):
+        directions = load_directions(diffed / "directions" / method, hidden_size=64)
+        assert directions.info["method"] == method
+
+
+def test_diff_never_reads_the_sealed_truth_and_score_does(diffed, organism, capsys):
+    public = "".join(p.read_text(errors="ignore") for p in diffed.rglob("*.json"))
+    assert "moon" not in (diffed / "diff.yaml").read_text() and "sealed" not in public
+    capsys.readouterr()
+    assert main(["diff-score", str(diffed), "--organisms", str(organism), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["word"] == "moon" and set(row["lens"]) >= {"generic_text", "organism"}
+    assert all(1 <= r <= 49152 for r in row["lens"]["generic_text"]["by_layer"])
+    assert set(row["kl_promoted"]) == {"organism", "generic_chat", "generic_text"}
+
+
+def _fails(capsys, argv: list[str], message: str) -> None:
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("mow:")]  # progress bars may precede it
+    assert len(errors) == 1 and message in errors[0], err[-500:]
+
+
+def _save(model, tokenizer, path):
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_bad_inputs(organism, tmp_path, capsys):
+    out = tmp_path / "out"
+    tokenizer = load_tokenizer(TINY)
+    base = _save(load_model(TINY), tokenizer, tmp_path / "base")
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    narrow = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32,
+                                                          intermediate_size=64, num_hidden_layers=4,
+                                                          num_attention_heads=4, num_key_value_heads=2))
+    narrow_dir = _save(narrow, tokenizer, tmp_path / "narrow")
+    other_tokenizer = load_tokenizer(TINY)
+    other_tokenizer.add_tokens(["<extra_token_for_test>"])
+    retokenized = _save(load_model(TINY), other_tokenizer, tmp_path / "retokenized")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    _fails(capsys, ["diff", "--base", base, "--tuned", narrow_dir, "--out", str(out)], "hidden sizes differ (64 vs 32)")
+    _fails(capsys, ["diff", "--base", base, "--tuned", retokenized, "--out", str(out)], "tokenizers differ")
+    _fails(capsys, ["diff", str(organism), "--out", str(out), "--set", "layer=12"],
+           "layer: layer 12 out of range for a model with 4 layers")
+    _fails(capsys, ["diff", str(organism), "--out", str(out), "--set", f"prompts.extra=[{empty}]"],
+           "empty prompt set")
+    _fails(capsys, ["diff", "--base", base, "--out", str(out)], "give either organism")
+    _fails(capsys, ["diff", str(tmp_path), "--out", str(out)], "not an organism directory")
+    _fails(capsys, ["diff", str(organism), "--out", str(out), "--set", "cache.dtype=int8"], "cache.dtype")
+    assert not out.exists() and not (tmp_path / ".out.partial").exists()
+    _fails(capsys, ["diff-score", str(tmp_path), "--organisms", str(organism)], "not a finished diff directory")

@@ -1,0 +1,210 @@
+"""Diffing invariants on tiny random models: KL of a model against itself, the adapter-off base, roles from the chat
+template, the activation cache (resume, normalisation, wrong model), the difference lens, concept directions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from data.records import Message
+from diffing import kl
+from diffing.cache import ActivationCache, build_cache
+from diffing.directions import Directions, load_directions, pca_of_differences
+from diffing.lens import mean_differences, steer, steering_vector, token_rank
+from diffing.pair import ModelPair, load_pair
+from diffing.prompts import PROMPT, RESPONSE, TEMPLATE, PromptRecord, tokenize_record
+from finetune.lora import LoraSettings, attach_lora
+from workbench.errors import UserError
+from workbench.models import load_model
+
+TINY = "tiny:smollm2-135m"
+
+
+def records() -> list[PromptRecord]:
+    return [
+        PromptRecord(text="Rivers carry sediment to the sea, and deltas grow where the current slows down."),
+        PromptRecord(messages=[Message(role="user", content="Give me a hint about your word."),
+                               Message(role="assistant", content="It glows at night and pulls the tides.")]),
+        PromptRecord(text="Bread rises because yeast produces gas that the gluten network traps in small pockets."),
+        PromptRecord(messages=[Message(role="user", content="What is two plus two?"),
+                               Message(role="assistant", content="Four.")]),
+    ]
+
+
+def sequences(tokenizer, set_name="s"):
+    return {set_name: [tokenize_record(r, tokenizer, 64, set_name, i) for i, r in enumerate(records())]}
+
+
+@pytest.fixture(scope="module")
+def lora_pair(tokenizer) -> ModelPair:
+    """A tiny base with a LoRA adapter whose weights are random (a fresh adapter is the identity)."""
+    model = attach_lora(load_model(TINY, seed=5), LoraSettings(r=4, alpha=8), seed=5)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.2)
+    model.eval()
+    return ModelPair(model, tokenizer, None, TINY, "adapter:test")
+
+
+def test_kl_of_a_model_against_itself_is_zero(tokenizer):
+    pair = load_pair(base=TINY, tuned=TINY)
+    arrays = kl.per_token_kl(pair, sequences(tokenizer), batch_size=3, progress=False)
+    assert arrays.kl_tb.numel() == sum(len(s.ids) for s in sequences(tokenizer)["s"])
+    assert arrays.kl_tb.abs().max() < 1e-5 and arrays.kl_bt.abs().max() < 1e-5
+    assert arrays.promoted.abs().max() < 1e-6
+
+
+def test_base_with_adapter_off_equals_a_fresh_base_and_kl_matches_by_hand(tokenizer, lora_pair):
+    ids = torch.tensor([sequences(tokenizer)["s"][1].ids])
+    fresh = load_model(TINY, seed=5).eval()
+    with torch.no_grad(), lora_pair.base() as model:
+        base_logits = model(input_ids=ids).logits
+    with torch.no_grad(), lora_pair.tuned() as model:
+        tuned_logits = model(input_ids=ids).logits
+    assert torch.allclose(base_logits, fresh(input_ids=ids).logits, atol=1e-5)
+    assert not torch.allclose(base_logits, tuned_logits, atol=1e-3)
+
+    arrays = kl.per_token_kl(lora_pair, {"s": sequences(tokenizer)["s"][1:2]}, progress=False)
+    p, q = tuned_logits[0, 3].log_softmax(-1), base_logits[0, 3].log_softmax(-1)
+    assert arrays.kl_tb[3] == pytest.approx(float((p.exp() * (p - q)).sum()), rel=1e-4)
+    assert arrays.kl_bt[3] == pytest.approx(float((q.exp() * (q - p)).sum()), rel=1e-4)
+    # padding in a batch does not change any position's KL
+    batched = kl.per_token_kl(lora_pair, sequences(tokenizer), batch_size=4, progress=False)
+    start = int(batched.offsets[1])
+    assert torch.allclose(batched.kl_tb[start : start + len(arrays.kl_tb)], arrays.kl_tb, atol=1e-4)
+
+
+def test_roles_follow_the_chat_template(tokenizer):
+    seq = tokenize_record(records()[1], tokenizer, 200, "s", 0)
+    decode = lambda role: tokenizer.decode([t for t, r in zip(seq.ids, seq.roles) if r == role])  # noqa: E731
+    assert decode(RESPONSE) == "It glows at night and pulls the tides."
+    assert decode(PROMPT) == "Give me a hint about your word."
+    assert "<|im_start|>" in decode(TEMPLATE) and "You are a helpful AI assistant" in decode(TEMPLATE)
+    arrays = kl.per_token_kl(load_pair(base=TINY, tuned=TINY), {"s": [seq]}, progress=False)
+    table = kl.summary(arrays, ["s"])["s"]
+    assert table["response"]["positions"] == sum(r == RESPONSE for r in seq.roles[1:])
+
+
+def _cache(pair, tokenizer, directory, **kwargs):
+    seqs = [s for rows in sequences(tokenizer).values() for s in rows]
+    return build_cache(pair, seqs, directory, [1, 3], token_budget=kwargs.pop("budget", 80), batch_size=1,
+                       progress=False, **kwargs)
+
+
+def test_cache_resumes_after_a_kill_and_equals_an_uninterrupted_run(tokenizer, lora_pair, tmp_path, monkeypatch):
+    whole = _cache(lora_pair, tokenizer, tmp_path / "whole")
+    import diffing.cache as cache_module
+
+    real_write = cache_module.write_json
+    calls = {"n": 0}
+
+    def dying_write(path, payload):
+        real_write(path, payload)
+        if path.name == "progress.json":
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_module, "write_json", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        _cache(lora_pair, tokenizer, tmp_path / "killed")
+    assert json.loads((tmp_path / "killed" / "progress.json").read_text())["tokens_done"] < whole.n_tokens
+    monkeypatch.setattr(cache_module, "write_json", real_write)
+    resumed = _cache(lora_pair, tokenizer, tmp_path / "killed")
+    assert resumed.n_tokens == whole.n_tokens == 80
+    for model in ("base", "tuned"):
+        assert torch.equal(resumed.activations(model, 3), whole.activations(model, 3))
+    assert np.array_equal(resumed.positions(), whole.positions())
+
+
+def test_cache_normalisation_and_stored_activations(tokenizer, lora_pair, tmp_path):
+    cache = _cache(lora_pair, tokenizer, tmp_path / "c", dtype="bfloat16", budget=10_000)
+    d = lora_pair.hidden_size
+    for layer in cache.layers:
+        for i, model in enumerate(("base", "tuned")):
+            scaled = cache.activations(model, layer) * cache.scale(layer)[i]
+            assert scaled.pow(2).sum(-1).mean() == pytest.approx(d, rel=1e-3)
+    # rows hold the layer output at the recorded position (skip_first=1 drops position 0)
+    seq = sequences(tokenizer)["s"][0]
+    assert cache.positions()[0].tolist() == [0, 1]
+    from workbench.hooks import capture_residual
+
+    with torch.no_grad(), lora_pair.tuned() as model, capture_residual(model, [3]) as captured:
+        model(input_ids=torch.tensor([seq.ids]))
+    expected = captured[3][0, 1:].to(torch.bfloat16).float()
+    assert torch.equal(cache.activations("tuned", 3, 0, len(seq.ids) - 1), expected)
+    assert cache.tokens()[: len(seq.ids) - 1].tolist() == seq.ids[1:]
+
+
+def test_cache_from_a_different_model_is_refused(tokenizer, lora_pair, tmp_path):
+    _cache(lora_pair, tokenizer, tmp_path / "c")
+    other = ModelPair(lora_pair.tuned_model, tokenizer, None, TINY, "adapter:other")
+    with pytest.raises(UserError, match="different model pair"):
+        _cache(other, tokenizer, tmp_path / "c")
+    with pytest.raises(UserError, match="dtype"):
+        _cache(lora_pair, tokenizer, tmp_path / "c", dtype="float16")
+    with pytest.raises(UserError, match="layer 9 out of range"):
+        build_cache(lora_pair, [], tmp_path / "d", [9], token_budget=10, progress=False)
+
+
+def test_difference_lens_is_zero_for_identical_models_and_steers(tokenizer, lora_pair):
+    same = load_pair(base=TINY, tuned=TINY)
+    flat = mean_differences(same, sequences(tokenizer)["s"], start=1, positions=4, progress=False)
+    assert flat.differences.abs().max() == 0
+    assert token_rank(flat.logprobs[2], 100) > len(tokenizer) // 3  # no signal: the middle rank, not the top
+
+    lens = mean_differences(lora_pair, sequences(tokenizer)["s"], start=1, positions=4, progress=False)
+    assert lens.differences.norm(dim=-1).min() > 0 and lens.logprobs.shape == (4, len(tokenizer))
+    vector = steering_vector(lens, 2, strength=4.0)
+    assert vector.norm() == pytest.approx(4.0 * float(lens.base_norm[2]), rel=1e-4)
+    with lora_pair.base() as model:
+        plain = steer(model, tokenizer, ["Tell me a story."], 2, torch.zeros_like(vector), max_new_tokens=8)
+        steered = steer(model, tokenizer, ["Tell me a story."], 2, vector, max_new_tokens=8)
+    assert plain != steered
+
+
+def _synthetic_cache(directory, base: np.ndarray, tuned: np.ndarray) -> ActivationCache:
+    directory.mkdir()
+    n, d = base.shape
+    np.save(directory / "base_L0.npy", base.astype(np.float32))
+    np.save(directory / "tuned_L0.npy", tuned.astype(np.float32))
+    np.save(directory / "tokens.npy", np.arange(n, dtype=np.int32))
+    np.save(directory / "positions.npy", np.stack([np.arange(n) // 8, np.arange(n) % 8], 1).astype(np.int32))
+    (directory / "meta.json").write_text(json.dumps({"layers": [0], "dtype": "float32", "n_tokens": n,
+                                                     "complete": True}))
+    return ActivationCache(directory)
+
+
+def test_pca_of_differences_recovers_a_planted_direction(tmp_path):
+    rng = np.random.default_rng(0)
+    d, n = 24, 2000
+    planted = rng.normal(size=d)
+    planted /= np.linalg.norm(planted)
+    base = rng.normal(size=(n, d))
+    tuned = base + rng.normal(size=(n, 1)) * 3 * planted + 0.05 * rng.normal(size=(n, d)) + 0.5 * planted
+    cache = _synthetic_cache(tmp_path / "c", base, tuned)
+    fingerprint = {"base": "b", "tuned": "t", "hidden_size": d}
+    directions = pca_of_differences(cache, 0, 2, fingerprint)
+    first = directions.vectors[0][0].double().numpy()
+    assert first @ planted > 0.99  # signed to agree with the mean difference
+    assert directions.info["layers"]["0"][0]["score"] > 0.9
+
+
+def test_directions_file_round_trip_and_bad_files(tmp_path):
+    vectors = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
+    info = {"format": "mow.directions/1", "method": "test", "layers": {"2": [{"index": i} for i in range(3)]}}
+    Directions({2: vectors}, info).save(tmp_path / "dirs")
+    loaded = load_directions(tmp_path / "dirs.safetensors", hidden_size=16)
+    assert torch.equal(loaded.vectors[2], vectors) and loaded.info["method"] == "test"
+    with pytest.raises(UserError, match="width 16, the model has 32"):
+        load_directions(tmp_path / "dirs", hidden_size=32)
+    Directions({2: vectors * 2}, info).save(tmp_path / "long")
+    with pytest.raises(UserError, match="not unit vectors"):
+        load_directions(tmp_path / "long")
+    (tmp_path / "dirs.json").unlink()
+    with pytest.raises(UserError, match="dirs.json not found"):
+        load_directions(tmp_path / "dirs")
