@@ -44,6 +44,8 @@ class CacheSettings(StrictModel):
 class LensSettings(StrictModel):
     positions: int = Field(5, gt=0, description="first N positions of each text averaged (Minder et al. 2025)")
     top_tokens: int = Field(20, gt=0)
+    patchscope_scales: list[float] = Field([0.5, 1.0, 2.0, 4.0], min_length=1,
+                                           description="patched vector norms, in base residual norms")
     steering_strength: float = Field(1.0, description="steering vector norm, in units of the base model's mean "
                                      "residual norm at the layer")
     steering_prompts: list[str] = ["Tell me about your day.", "What should I cook tonight?", "Write one sentence."]

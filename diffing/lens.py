@@ -1,7 +1,12 @@
 """The activation-difference lens (Minder et al. 2025): what a narrow fine-tune was about, read off the residual stream.
 
-For each layer, the mean of tuned minus base activations over the first few positions of each text is read through
-the tuned model's final norm and unembedding. The same vector, added to the base model's residual stream, steers it.
+For each layer, the mean of tuned minus base activations over the first few positions of each text is read two ways:
+- the logit lens: through the tuned model's final norm and unembedding;
+- a token-identity Patchscope (Ghandeharioun et al. 2024, as used by Minder et al.): the difference, rescaled to the
+  base model's residual norm at that layer, replaces the residual of the last token of an identity prompt
+  ("cat -> cat ... ?") in the base model, and the next-token distribution says which token the vector stands for.
+  Middle layers of a small model are far from its unembedding, where the logit lens reads mostly noise.
+The same vector, added to the base model's residual stream, steers it.
 """
 
 from __future__ import annotations
@@ -53,6 +58,38 @@ def mean_differences(pair: ModelPair, sequences: list[TokenSequence], start: int
     differences = (total / count).float()
     logprobs = logit_lens(pair.tuned_model, differences.to(device)).cpu()
     return LensResult(differences, (norm / count).float(), logprobs, count)
+
+
+IDENTITY_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n?"
+
+
+@torch.no_grad()
+def patchscope(model: nn.Module, tokenizer: PreTrainedTokenizerBase, result: LensResult,
+               scales: list[float]) -> torch.Tensor:
+    """(n_layers, V) next-token log-probs of the identity prompt with each layer's difference patched in at the
+    last position, averaged over `scales` (multiples of the base residual norm). Run it on the base model."""
+    device = model_device(model)
+    ids = tokenizer(IDENTITY_PROMPT, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
+    position = ids.shape[1] - 1
+    rows = []
+    for layer, difference in enumerate(result.differences):
+        unit = difference / difference.norm().clamp_min(1e-12) * result.base_norm[layer]
+        total = 0
+        for scale in scales:
+            def patch(hidden: torch.Tensor, vector=(unit * scale).to(device)) -> torch.Tensor:
+                hidden = hidden.clone()
+                hidden[:, position] = vector.to(hidden.dtype)
+                return hidden
+
+            with edit_residual(model, {layer: patch}):
+                total = total + model(input_ids=ids).logits[0, -1].float().log_softmax(-1).cpu()
+        rows.append(total / len(scales))
+    return torch.stack(rows)
+
+
+def upper_half_mean(logprobs: torch.Tensor) -> torch.Tensor:
+    """One readout for all layers without choosing one after the fact: the mean over the upper half of layers."""
+    return logprobs[logprobs.shape[0] // 2 :].mean(0)
 
 
 def top_tokens(logprobs: torch.Tensor, tokenizer: PreTrainedTokenizerBase, n: int) -> list[list[str]]:

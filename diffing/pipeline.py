@@ -32,12 +32,13 @@ from diffing.cache import ActivationCache, build_cache
 from diffing.config import DiffConfig
 from diffing.directions import (Directions, IdenticalActivations, crosscoder_rows, difference_of_means, interpret,
                                 pca_of_differences)
-from diffing.lens import mean_differences, steer, steering_vector, top_tokens
+from diffing.lens import mean_differences, patchscope, steer, steering_vector, top_tokens, upper_half_mean
 from diffing.pair import ModelPair, load_pair
 from diffing.prompts import (PromptRecord, TokenSequence, capped, complete_chats, prompt_set_records,
                              tokenize_sets)
 from workbench.config import dump_config
 from workbench.errors import UserError
+from workbench.generation import model_device
 from workbench.hooks import check_layer, logit_lens
 from workbench.rundir import Manifest, finalize, partial_path, write_json, write_text
 
@@ -118,13 +119,20 @@ def run_lens(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequ
         except ValueError:
             report["sets"][name] = {"skipped": f"no text with {start + n} tokens"}
             continue
+        with pair.base() as model:
+            patched = patchscope(model, pair.tokenizer, result, config.lens.patchscope_scales)
         tensors[f"{name}.differences"] = result.differences
         tensors[f"{name}.base_norm"] = result.base_norm
         tensors[f"{name}.logprobs"] = result.logprobs.half()
-        report["sets"][name] = {"n_positions": result.n_positions,
-                                "difference_norm": result.differences.norm(dim=-1).tolist(),
-                                "base_norm": result.base_norm.tolist(),
-                                "top_tokens": top_tokens(result.logprobs, pair.tokenizer, config.lens.top_tokens)}
+        tensors[f"{name}.patchscope"] = patched.half()
+        n_top = config.lens.top_tokens
+        report["sets"][name] = {
+            "n_positions": result.n_positions, "difference_norm": result.differences.norm(dim=-1).tolist(),
+            "base_norm": result.base_norm.tolist(),
+            "top_tokens": top_tokens(result.logprobs, pair.tokenizer, n_top),
+            "patchscope_top_tokens": top_tokens(patched, pair.tokenizer, n_top),
+            "upper_half": {"logit_lens": top_tokens(upper_half_mean(result.logprobs)[None], pair.tokenizer, n_top)[0],
+                           "patchscope": top_tokens(upper_half_mean(patched)[None], pair.tokenizer, n_top)[0]}}
         if "steering" not in report:
             vector = steering_vector(result, layer, config.lens.steering_strength)
             prompts = config.lens.steering_prompts
@@ -163,16 +171,16 @@ def run_crosscoder(config: DiffConfig, pair: ModelPair, cache: ActivationCache, 
     cosine = cc.decoder_cosine(model)
     groups = cc.classify_latents(rel)
     values, rows = cc.top_activations(model, cache.paired_batches(layer, 4096, seed=None), n=8)
-    fired = values[:, 0] > 0
-    tuned_only = groups["tuned_only"][fired[groups["tuned_only"]]]
-    tuned_only = tuned_only[rel[tuned_only].argsort(descending=True)][:MAX_SCALED_LATENTS]
-    scaling = cc.latent_scaling(model, cache.paired_batches(layer, 4096, seed=None), tuned_only) if len(
-        tuned_only) else {}
+    # The most tuned-leaning latents that fire, whether or not any clears the tuned-only threshold: a small LoRA
+    # change may leave every latent shared, and the table should show how close the closest ones come.
+    fired = torch.nonzero(values[:, 0] > 0).flatten()
+    leaning = fired[rel[fired].argsort(descending=True)][:MAX_SCALED_LATENTS]
+    scaling = cc.latent_scaling(model, cache.paired_batches(layer, 4096, seed=None), leaning) if len(leaning) else {}
     with torch.no_grad():
         decoder_tuned = model.W_dec[1].detach()
-        lens = logit_lens(pair.tuned_model, decoder_tuned[tuned_only].to(next(pair.tuned_model.parameters()).device))
+        lens = logit_lens(pair.tuned_model, decoder_tuned[leaning].to(model_device(pair.tuned_model)))
     latents = []
-    for i, latent in enumerate(tuned_only.tolist()):
+    for i, latent in enumerate(leaning.tolist()):
         latents.append({
             "latent": latent, "relative_norm": float(rel[latent]), "cosine": float(cosine[latent]),
             "nu_reconstruction": float(scaling["nu_reconstruction"][i]), "nu_error": float(scaling["nu_error"][i]),
@@ -180,12 +188,14 @@ def run_crosscoder(config: DiffConfig, pair: ModelPair, cache: ActivationCache, 
             "top_contexts": _contexts(cache, pair.tokenizer, rows[latent, :5], values[latent, :5]),
         })
     save_file({"relative_norm": rel.contiguous(), "cosine": cosine.contiguous(),
-               "tuned_only": tuned_only.contiguous(), "tuned_only_logprobs": lens.half().cpu().contiguous()},
+               "tuned_leaning": leaning.contiguous(), "tuned_leaning_logprobs": lens.half().cpu().contiguous()},
               str(out / "latents.safetensors"))
     summary = {"layer": layer, "metrics": metrics, "history": history,
                "orientation": "relative norm 0 = base-only, 0.5 = shared, 1 = tuned-only",
                "counts": {k: int(len(v)) for k, v in groups.items()},
-               "tuned_only_latents": latents}
+               "tuned_leaning_latents": latents,
+               "tuned_leaning_note": f"the {len(latents)} firing latents with the highest relative norm; tuned-only "
+                                     f"means relative norm > 0.9 ({len(groups['tuned_only'])} latents)"}
     write_json(out / "metrics.json", summary)
     return {"fve_base": metrics["base"], "fve_tuned": metrics["tuned"], "l0": metrics["l0"],
             "dead_fraction": metrics["dead_fraction"], "tuned_only": len(groups["tuned_only"])}
@@ -216,7 +226,7 @@ def run_directions(config: DiffConfig, pair: ModelPair, cache: ActivationCache, 
                      "tuned"))
     if config.directions.crosscoder_latents > 0:
         metrics = json.loads((crosscoder_dir / "metrics.json").read_text())
-        ranked = sorted(metrics["tuned_only_latents"], key=lambda x: x["nu_error"])
+        ranked = sorted(metrics["tuned_leaning_latents"], key=lambda x: x["nu_error"])
         chosen = ranked[: config.directions.crosscoder_latents]
         if chosen:
             decoder = cc.Crosscoder.load(crosscoder_dir).W_dec[1].detach()

@@ -119,16 +119,22 @@ def _lens_section(directory: Path) -> str:
     lens = json.loads((directory / "lens" / "lens.json").read_text())
     html = ["<h2>Activation-difference lens</h2>",
             f'<p class="small">Mean tuned − base residual over positions {lens["start"]}..'
-            f'{lens["start"] + lens["positions"] - 1} of each text, read through the tuned model\'s final norm and '
-            "unembedding. Relative norm: ‖mean difference‖ / mean ‖base residual‖.</p>"]
+            f'{lens["start"] + lens["positions"] - 1} of each text (for chats these are template positions), read through '
+            "the tuned model's final norm and unembedding (logit lens) and by a token-identity Patchscope on the base "
+            "model. Relative norm: ‖mean difference‖ / mean ‖base residual‖.</p>"]
     for name, info in lens["sets"].items():
         html.append(f"<h3>{escape(name)}</h3>")
         if "skipped" in info:
             html.append(f"<p>{escape(info['skipped'])}</p>")
             continue
-        rows = [[layer, f"{d / max(b, 1e-9):.3f}", _tokens(tokens)] for layer, (d, b, tokens) in
-                enumerate(zip(info["difference_norm"], info["base_norm"], info["top_tokens"]))]
-        html.append(_table(["layer", "relative norm", "top tokens"], rows))
+        upper = info["upper_half"]
+        html.append(f"<p><b>Mean over the upper half of layers</b> &mdash; Patchscope: "
+                    f"{_tokens(upper['patchscope'])}<br>logit lens: {_tokens(upper['logit_lens'])}</p>")
+        rows = [[layer, f"{d / max(b, 1e-9):.3f}", _tokens(patched[:12]), _tokens(tokens[:12])]
+                for layer, (d, b, patched, tokens) in enumerate(zip(info["difference_norm"], info["base_norm"],
+                                                                    info["patchscope_top_tokens"],
+                                                                    info["top_tokens"]))]
+        html.append(_table(["layer", "relative norm", "Patchscope top tokens", "logit-lens top tokens"], rows))
     steering = lens.get("steering")
     if steering:
         html.append(f"<h3>Steering the base model at layer {lens['steering_layer']} (difference from "
@@ -154,14 +160,15 @@ def _crosscoder_section(directory: Path) -> str:
             f"<p>L0 {m['l0']:.1f}, dead fraction {m['dead_fraction']:.3f} on {m['tokens']} cached tokens (the "
             f"training tokens). Latents: {escape(json.dumps(metrics['counts']))}.</p>",
             _png(figure),
-            "<h3>Tuned-only latents</h3>",
+            "<h3>The most tuned-leaning latents</h3>",
+            f'<p>{escape(metrics["tuned_leaning_note"])}.</p>',
             '<p class="small">ν = β(base) / β(tuned) from Latent Scaling (Minder et al. 2025): near 0, the latent '
             "explains little of the base model (truly tuned-specific); near 1, it is an artefact of the L1/TopK "
             "objective.</p>"]
     rows = [[x["latent"], f"{x['relative_norm']:.3f}", f"{x['cosine']:.2f}", f"{x['nu_reconstruction']:.2f}",
              f"{x['nu_error']:.2f}", _tokens(x["top_tokens"]),
              "<br>".join(_ctx(c, "activation") for c in x["top_contexts"][:3])]
-            for x in metrics["tuned_only_latents"][:40]]
+            for x in metrics["tuned_leaning_latents"][:40]]
     html.append(_table(["latent", "rel. norm", "cos", "ν recon", "ν error", "decoder through unembedding",
                         "top activating contexts"], rows))
     return "\n".join(html)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerBase
 
 from diffing.kl import KLArrays
-from diffing.lens import token_rank
+from diffing.lens import token_rank, upper_half_mean
 from workbench.errors import UserError
 
 
@@ -37,35 +37,57 @@ def check_diff_dir(path: Path) -> Path:
     return path
 
 
+def word_tokens(word: str, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The single-token surface forms of a word (" moon", "moon", " Moon", "Moon"): a readout that surfaces any of
+    them has found the word. Applied alike to the true word and to the control words."""
+    forms = {" " + word, word, " " + word.capitalize(), word.capitalize()}
+    ids = sorted({tokenizer(f, add_special_tokens=False)["input_ids"][0] for f in forms
+                  if len(tokenizer(f, add_special_tokens=False)["input_ids"]) == 1})
+    if not ids:
+        raise UserError(f"word {word!r} has no single-token form; readouts are scored by single tokens")
+    return ids
+
+
+def best_rank(logprobs: torch.Tensor, tokens: list[int]) -> torch.Tensor:
+    """Rank (1 = top) of the best-placed form, per row."""
+    return torch.stack([token_rank(logprobs, t) for t in tokens]).min(0).values
+
+
+def _layered(logprobs: torch.Tensor, tokens: list[int], layer: int) -> dict:
+    ranks = best_rank(logprobs.float(), tokens)
+    return {"at_layer": int(ranks[layer]), "upper_half": int(best_rank(upper_half_mean(logprobs.float()), tokens)),
+            "best_layer_oracle": int(ranks.argmin()), "best_oracle": int(ranks.min()), "by_layer": ranks.tolist()}
+
+
 def score_word(diff_dir: Path, word: str, tokenizer: PreTrainedTokenizerBase) -> dict:
-    """Ranks (1 = top) of the word's token (with its leading space) in each readout of one diff."""
+    """Ranks (1 = top) of the word in each readout of one diff. `at_layer` is the diff's layer (the middle layer by
+    default) and `upper_half` the mean over the upper half of layers: both fixed before looking at the truth.
+    `best_oracle` picks the layer knowing the word, so it is an upper bound, not a result."""
     diff_dir = check_diff_dir(diff_dir)
-    ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise UserError(f"word {word!r} is {len(ids)} tokens; readouts are scored by a single token")
-    token = ids[0]
+    tokens = word_tokens(word, tokenizer)
     config = yaml.safe_load((diff_dir / "diff.yaml").read_text())
     crosscoder = json.loads((diff_dir / "crosscoder" / "metrics.json").read_text())
     layer = crosscoder["layer"]
     lens = load_file(str(diff_dir / "lens" / "lens.safetensors"))
-    lens_ranks = {}
+    readouts: dict[str, dict] = {"logit_lens": {}, "patchscope": {}}
     for key, logprobs in lens.items():
-        if key.endswith(".logprobs"):
-            ranks = token_rank(logprobs.float(), token)
-            lens_ranks[key.removesuffix(".logprobs")] = {
-                "at_layer": int(ranks[layer]), "best": int(ranks.min()), "best_layer": int(ranks.argmin()),
-                "by_layer": ranks.tolist()}
+        name, _, kind = key.rpartition(".")
+        if kind == "logprobs":
+            readouts["logit_lens"][name] = _layered(logprobs, tokens, layer)
+        elif kind == "patchscope":
+            readouts["patchscope"][name] = _layered(logprobs, tokens, layer)
     kl_summary = json.loads((diff_dir / "kl" / "summary.json").read_text())
     promoted = KLArrays.load(diff_dir / "kl" / "arrays.safetensors").promoted
-    kl_ranks = {name: int(token_rank(promoted[i], token)) for i, name in enumerate(kl_summary["set_names"])}
-    kl_demoted = {name: int(token_rank(-promoted[i], token)) for i, name in enumerate(kl_summary["set_names"])}
+    names = kl_summary["set_names"]
     latents = load_file(str(diff_dir / "crosscoder" / "latents.safetensors"))
-    logprobs = latents["tuned_only_logprobs"].float()
-    latent_ranks = token_rank(logprobs, token) if len(logprobs) else torch.empty(0, dtype=torch.long)
+    logprobs = latents["tuned_leaning_logprobs"].float()
+    latent_ranks = best_rank(logprobs, tokens) if len(logprobs) else torch.empty(0, dtype=torch.long)
     return {
         "diff": diff_dir.name, "word": word, "layer": layer, "organism": config.get("organism"),
-        "lens": lens_ranks, "kl_promoted": kl_ranks, "kl_demoted": kl_demoted,
-        "crosscoder": {"tuned_only_latents": int(len(latent_ranks)),
+        "difference_lens": readouts,
+        "kl_promoted": {name: int(best_rank(promoted[i], tokens)) for i, name in enumerate(names)},
+        "kl_demoted": {name: int(best_rank(-promoted[i], tokens)) for i, name in enumerate(names)},
+        "crosscoder": {"latents": int(len(latent_ranks)),
                        "best_rank": int(latent_ranks.min()) if len(latent_ranks) else None,
                        "latents_with_word_in_top20": int((latent_ranks <= 20).sum())},
     }

@@ -66,9 +66,16 @@ def test_diff_never_reads_the_sealed_truth_and_score_does(diffed, organism, caps
     capsys.readouterr()
     assert main(["diff-score", str(diffed), "--organisms", str(organism), "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
-    assert row["word"] == "moon" and set(row["lens"]) >= {"generic_text", "organism"}
-    assert all(1 <= r <= 49152 for r in row["lens"]["generic_text"]["by_layer"])
-    assert set(row["kl_promoted"]) == {"organism", "generic_chat", "generic_text"}
+    assert row["word"] == "moon"
+    for readout in ("logit_lens", "patchscope"):
+        ranks = row["difference_lens"][readout]["generic_text"]
+        assert len(ranks["by_layer"]) == 4 and all(1 <= r <= 49152 for r in ranks["by_layer"])
+        assert ranks["best_oracle"] == min(ranks["by_layer"]) <= ranks["at_layer"]
+    assert set(row["kl_promoted"]) == set(row["kl_demoted"]) == {"organism", "generic_chat", "generic_text"}
+    assert row["crosscoder"]["latents"] > 0
+    capsys.readouterr()
+    assert main(["diff-score", str(diffed), "--organisms", str(organism)]) == 0
+    assert "moon" in capsys.readouterr().out
 
 
 def _fails(capsys, argv: list[str], message: str) -> None:

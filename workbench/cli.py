@@ -132,13 +132,18 @@ def cmd_diff_score(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'diff':<28} {'word':<10} {'lens@L':>7} {'lens best (L)':>14} {'KL gain':>8} {'xc best':>8} {'xc n':>5}")
+    print(f"{'diff':<22} {'word':<8} {'patchscope':>10} {'logit lens':>10} {'(L ' + 'oracle)':>12} "
+          f"{'KL promoted':>11} {'KL demoted':>10} {'crosscoder':>10}")
     for r in rows:
-        lens = r["lens"].get("generic_text") or next(iter(r["lens"].values()))
-        kl_rank = r["kl_promoted"].get("organism") or min(r["kl_promoted"].values())
-        xc = r["crosscoder"]
-        print(f"{r['diff']:<28} {r['word']:<10} {lens['at_layer']:>7} {lens['best']:>8} ({lens['best_layer']:>2})"
-              f" {kl_rank:>8} {str(xc['best_rank']):>8} {xc['tuned_only_latents']:>5}")
+        text = "generic_text"
+        patch, lens = r["difference_lens"]["patchscope"].get(text), r["difference_lens"]["logit_lens"].get(text)
+        kl_set = "organism" if "organism" in r["kl_promoted"] else text
+        print(f"{r['diff']:<22} {r['word']:<8} {patch['upper_half'] if patch else '-':>10} "
+              f"{lens['upper_half'] if lens else '-':>10} {lens['best_oracle'] if lens else '-':>6} "
+              f"({lens['best_layer_oracle'] if lens else '-':>2}) {r['kl_promoted'][kl_set]:>11} "
+              f"{r['kl_demoted'][kl_set]:>10} {str(r['crosscoder']['best_rank']):>10}")
+    print("ranks (1 = top) of the word's best single-token form; lens columns on generic text, mean over the upper "
+          "half of layers; KL on the organism prompts where present; --json for every set and layer")
 
 
 def read_diff_config(diff_dir: Path) -> dict:
