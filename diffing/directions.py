@@ -117,6 +117,23 @@ def difference_of_means(first: torch.Tensor, second: torch.Tensor, layer: int, l
                                                           "score": "norm of the raw difference"}))
 
 
+def difference_lens_rows(differences: torch.Tensor, base_norm: torch.Tensor, set_name: str,
+                         fingerprint: dict) -> Directions:
+    """The difference-lens vectors (mean tuned − base over the first positions of `set_name`), one per layer: a
+    steering vector for every layer; `score` is the difference's norm relative to the base residual norm, the scale
+    that reproduces it (multiply the unit vector by score × base norm)."""
+    norms = differences.norm(dim=-1)
+    if not norms.max() > 0:
+        raise IdenticalActivations("the difference lens is zero at every layer")
+    layers = [layer for layer in range(len(differences)) if norms[layer] > 0]
+    info = _info("difference_lens", fingerprint, layers[0], [], {"set": set_name, "score": "‖difference‖ / mean "
+                                                                  "‖base residual‖", "base_norm": base_norm.tolist()})
+    info["layers"] = {str(layer): [{"index": 0, "label": f"mean tuned - base, first positions of {set_name}",
+                                    "score": float(norms[layer] / base_norm[layer].clamp_min(1e-12))}]
+                      for layer in layers}
+    return Directions({layer: _unit(differences[layer][None]) for layer in layers}, info)
+
+
 def crosscoder_rows(decoder_tuned: torch.Tensor, latents: list[int], scores: list[float], layer: int,
                     fingerprint: dict) -> Directions:
     """Tuned-side decoder rows of chosen crosscoder latents (normalisation is one scalar per model, so the unit
@@ -135,15 +152,17 @@ def interpret(directions: Directions, model: nn.Module, tokenizer: PreTrainedTok
     views = []
     device = model_device(model)
     for layer, rows in directions.vectors.items():
-        if project_on == "difference":
-            acts = cache.activations("tuned", layer) - cache.activations("base", layer)
-        else:
-            acts = cache.activations(project_on, layer)
-        projections = acts @ rows.T  # (n, k)
+        cached = layer in cache.layers  # contexts only where activations were cached; tokens everywhere
+        if cached and project_on == "difference":
+            projections = (cache.activations("tuned", layer) - cache.activations("base", layer)) @ rows.T
+        elif cached:
+            projections = cache.activations(project_on, layer) @ rows.T  # (n, k)
         lens = logit_lens(model, rows.to(device)).cpu()
         entries = directions.info["layers"][str(layer)]
         for i, entry in enumerate(entries):
             def contexts(order: torch.Tensor) -> list[dict]:
+                if not cached:
+                    return []
                 out = []
                 for row in order[:n_contexts].tolist():
                     ids, at = cache.context(row)
@@ -151,7 +170,7 @@ def interpret(directions: Directions, model: nn.Module, tokenizer: PreTrainedTok
                                 "projection": float(projections[row, i])})
                 return out
 
-            column = projections[:, i]
+            column = projections[:, i] if cached else torch.empty(0)
             views.append({
                 "layer": layer, **entry,
                 "top_tokens": [tokenizer.decode([int(t)]) for t in lens[i].topk(n_tokens).indices],

@@ -30,8 +30,8 @@ from diffing import crosscoder as cc
 from diffing import kl
 from diffing.cache import ActivationCache, build_cache
 from diffing.config import DiffConfig
-from diffing.directions import (Directions, IdenticalActivations, crosscoder_rows, difference_of_means, interpret,
-                                pca_of_differences)
+from diffing.directions import (Directions, IdenticalActivations, crosscoder_rows, difference_lens_rows,
+                                difference_of_means, interpret, pca_of_differences)
 from diffing.lens import mean_differences, patchscope, steer, steering_vector, top_tokens, upper_half_mean
 from diffing.pair import ModelPair, load_pair
 from diffing.prompts import (PromptRecord, TokenSequence, capped, complete_chats, prompt_set_records,
@@ -207,7 +207,7 @@ def _set_rows(cache: ActivationCache, sequences: list[TokenSequence], name: str)
 
 
 def run_directions(config: DiffConfig, pair: ModelPair, cache: ActivationCache, sequences: list[TokenSequence],
-                   layer: int, out: Path, crosscoder_dir: Path) -> dict:
+                   layer: int, out: Path, crosscoder_dir: Path, lens_file: Path) -> dict:
     fingerprint = pair.fingerprint()
     made: list[tuple[str, Directions, str]] = []
     skipped = {}
@@ -216,6 +216,14 @@ def run_directions(config: DiffConfig, pair: ModelPair, cache: ActivationCache, 
                                                               fingerprint, config.seed), "difference"))
     except IdenticalActivations as exc:
         skipped["pca_of_differences"] = str(exc)
+    lens = load_file(str(lens_file))
+    lens_set = "generic_text" if "generic_text.differences" in lens else next(iter(lens)).rpartition(".")[0]
+    try:
+        made.append(("difference_lens", difference_lens_rows(lens[f"{lens_set}.differences"],
+                                                             lens[f"{lens_set}.base_norm"], lens_set, fingerprint),
+                     "difference"))
+    except IdenticalActivations as exc:
+        skipped["difference_lens"] = str(exc)
     contrast = config.directions.contrast
     if contrast is None and {"organism", "generic_chat"} <= {s.set_name for s in sequences}:
         contrast = ("organism", "generic_chat")
@@ -239,7 +247,7 @@ def run_directions(config: DiffConfig, pair: ModelPair, cache: ActivationCache, 
         views[name] = interpret(directions, pair.tuned_model, pair.tokenizer, cache, project_on,
                                 n_contexts=config.directions.top_contexts)
     write_json(out / "views.json", {"views": views, "skipped": skipped})
-    return {**{name: len(d.vectors[layer]) for name, d, _ in made}, "skipped": list(skipped)}
+    return {**{name: sum(len(v) for v in d.vectors.values()) for name, d, _ in made}, "skipped": list(skipped)}
 
 
 def main(config: DiffConfig, restart: bool = False, output: Path | None = None) -> Path:
@@ -294,7 +302,7 @@ def main(config: DiffConfig, restart: bool = False, output: Path | None = None) 
     if not manifest.done("directions"):
         with manifest.stage("directions") as record:
             record.update(run_directions(config, pair, cache, sequences, layer, work / "directions",
-                                         work / "crosscoder"))
+                                         work / "crosscoder", work / "lens" / "lens.safetensors"))
     from diffing.report import write_report
 
     with manifest.stage("report"):

@@ -208,3 +208,39 @@ def test_directions_file_round_trip_and_bad_files(tmp_path):
     (tmp_path / "dirs.json").unlink()
     with pytest.raises(UserError, match="dirs.json not found"):
         load_directions(tmp_path / "dirs")
+
+
+def test_words_are_scored_by_their_best_single_token_form(tokenizer):
+    from diffing.score import best_rank, word_tokens
+
+    forms = word_tokens("moon", tokenizer)
+    assert tokenizer(" moon", add_special_tokens=False)["input_ids"][0] in forms and len(forms) >= 2
+    logprobs = torch.zeros(2, len(tokenizer))
+    logprobs[0, forms[-1]] = 5.0  # one form on top in row 0
+    logprobs[1, 7] = 5.0  # another token on top in row 1; all forms tie below it
+    ranks = best_rank(logprobs, forms)
+    assert ranks[0] == 1 and ranks[1] > len(tokenizer) // 3
+    with pytest.raises(UserError, match="no single-token form"):
+        word_tokens("antidisestablishmentarianism", tokenizer)
+
+
+def test_patchscope_depends_on_the_patched_vector_only_through_its_direction(tokenizer, lora_pair):
+    """One distribution per layer; the vector is rescaled to the base norm, so its own length does not matter but
+    its direction does."""
+    from diffing.lens import LensResult, patchscope, upper_half_mean
+
+    layers, d = lora_pair.n_layers, lora_pair.hidden_size
+    torch.manual_seed(0)
+    differences = torch.randn(layers, d)
+
+    def run(diff: torch.Tensor) -> torch.Tensor:
+        result = LensResult(diff, torch.full((layers,), 3.0), torch.zeros(layers, len(tokenizer)), 1)
+        with lora_pair.base() as model:
+            return patchscope(model, tokenizer, result, [1.0, 2.0])
+
+    patched = run(differences)
+    assert patched.shape == (layers, len(tokenizer))
+    assert torch.allclose(patched.logsumexp(-1), torch.zeros(layers), atol=1e-4)
+    assert torch.allclose(run(differences * 10), patched, atol=1e-4)
+    assert not torch.allclose(run(torch.randn(layers, d)), patched, atol=1e-3)
+    assert torch.equal(upper_half_mean(patched), patched[layers // 2 :].mean(0))
