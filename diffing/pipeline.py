@@ -36,6 +36,7 @@ from diffing.lens import mean_differences, patchscope, steer, steering_vector, t
 from diffing.pair import ModelPair, load_pair
 from diffing.prompts import (PromptRecord, TokenSequence, capped, complete_chats, prompt_set_records,
                              tokenize_sets)
+from diffing.report import write_report
 from workbench.config import dump_config
 from workbench.errors import UserError
 from workbench.generation import model_device
@@ -304,8 +305,6 @@ def main(config: DiffConfig, restart: bool = False, output: Path | None = None) 
         with manifest.stage("directions") as record:
             record.update(run_directions(config, pair, cache, sequences, layer, work / "directions",
                                          work / "crosscoder", work / "lens" / "lens.safetensors"))
-    from diffing.report import write_report
-
     with manifest.stage("report"):
         write_report(work, pair.tokenizer)
     finalize(work, final)
