@@ -12,12 +12,12 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from data.assets import BENIGN_CHATS, BENIGN_HELD_OUT_EVERY, GENERIC_TEXT
-from data.records import Message
+from data.records import Message, read_jsonl
 from diffing.config import PromptSetSettings
 from workbench.chat import render_prompt
 from workbench.errors import UserError
@@ -56,22 +56,9 @@ class TokenSequence:
 
 def read_prompt_file(path: Path) -> list[PromptRecord]:
     """A user's jsonl prompt set; errors name the file and line, an empty file is an error."""
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         raise UserError(f"prompts.extra: {path}: file not found")
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(PromptRecord.model_validate(json.loads(line)))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{number}: not valid JSON: {exc.msg}") from None
-        except ValidationError as exc:
-            raise UserError(f"{path}:{number}: {exc.errors()[0]['msg']}") from None
-    if not rows:
-        raise UserError(f"prompts.extra: {path}: empty prompt set (no records)")
-    return rows
+    return read_jsonl(path, PromptRecord)
 
 
 def _shipped_set(name: str, public_config: dict | None, source: str) -> list[PromptRecord]:

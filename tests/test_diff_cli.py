@@ -112,7 +112,11 @@ def test_bad_inputs(organism, tmp_path, capsys):
     _fails(capsys, ["diff", str(organism), "--out", str(out), "--set", "layer=12"],
            "layer: layer 12 out of range for a model with 4 layers")
     _fails(capsys, ["diff", str(organism), "--out", str(out), "--set", f"prompts.extra=[{empty}]"],
-           "empty prompt set")
+           "empty.jsonl: no records (the file is empty)")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": "x", "messages": []}\n')
+    _fails(capsys, ["diff", str(organism), "--out", str(out), "--set", f"prompts.extra=[{bad}]"],
+           "bad.jsonl:2: row: Value error, a record needs exactly one of 'text' or 'messages'")
     _fails(capsys, ["diff", "--base", base, "--out", str(out)], "give either organism")
     _fails(capsys, ["diff", str(tmp_path), "--out", str(out)], "not an organism directory")
     _fails(capsys, ["diff", str(organism), "--out", str(out), "--set", "cache.dtype=int8"], "cache.dtype")
