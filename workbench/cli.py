@@ -132,12 +132,12 @@ def cmd_diff_score(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'diff':<22} {'word':<8} {'patchscope':>10} {'logit lens':>10} {'(L ' + 'oracle)':>12} "
+    print(f"{'diff':<22} {'word':<8} {'patchscope':>10} {'logit lens':>10} {'oracle (L)':>12} "
           f"{'KL promoted':>11} {'KL demoted':>10} {'crosscoder':>10}")
     for r in rows:
         text = "generic_text"
         patch, lens = r["difference_lens"]["patchscope"].get(text), r["difference_lens"]["logit_lens"].get(text)
-        kl_set = "organism" if "organism" in r["kl_promoted"] else text
+        kl_set = next((s for s in ("organism", text) if s in r["kl_promoted"]), next(iter(r["kl_promoted"])))
         print(f"{r['diff']:<22} {r['word']:<8} {patch['upper_half'] if patch else '-':>10} "
               f"{lens['upper_half'] if lens else '-':>10} {lens['best_oracle'] if lens else '-':>6} "
               f"({lens['best_layer_oracle'] if lens else '-':>2}) {r['kl_promoted'][kl_set]:>11} "
