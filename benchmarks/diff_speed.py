@@ -106,10 +106,7 @@ def cache_and_crosscoder(adapter: Path, model_spec: str, items: int, workdir: Pa
     start = time.perf_counter()
     with torch.no_grad():
         for i in range(0, len(sequences), batch):
-            chunk = sequences[i : i + batch]
-            width = max(len(s.ids) for s in chunk)
-            ids = torch.tensor([s.ids + [tokenizer.pad_token_id] * (width - len(s.ids)) for s in chunk])
-            mask = torch.tensor([[1] * len(s.ids) + [0] * (width - len(s.ids)) for s in chunk])
+            ids, mask = pair.batch([s.ids for s in sequences[i : i + batch]])
             for name in MODELS:
                 with (pair.base() if name == "base" else pair.tuned()) as model:
                     model(input_ids=ids, attention_mask=mask)

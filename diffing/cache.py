@@ -20,6 +20,7 @@ from typing import Iterator
 import numpy as np
 import torch
 from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
 
 from diffing.pair import ModelPair
 from diffing.prompts import TokenSequence
@@ -82,6 +83,11 @@ class ActivationCache:
 
     def positions(self) -> np.ndarray:
         return np.array(self._array("positions")[: self.n_tokens])
+
+    def context_text(self, row: int, tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
+        """The cached text before `row` and the row's own token, decoded (for top-activating context tables)."""
+        ids, at = self.context(row)
+        return {"before": tokenizer.decode(ids[:at]), "token": tokenizer.decode(ids[at : at + 1])}
 
     def context(self, row: int, window: int = 16) -> tuple[list[int], int]:
         """Token ids of the cached text up to and including `row` (same sequence), and the row's index in them."""
@@ -154,18 +160,12 @@ def build_cache(pair: ModelPair, sequences: list[TokenSequence], directory: Path
     acts = {(m, layer): open_array(f"{m}_L{layer}", (token_budget, d), storage) for m in MODELS for layer in layers}
     state = json.loads(progress_file.read_text()) if not fresh else {"sequences_done": 0, "tokens_done": 0}
     done_seq, done_tok = state["sequences_done"], state["tokens_done"]
-    pad = pair.tokenizer.pad_token_id if pair.tokenizer.pad_token_id is not None else 0
     device = model_device(pair.tuned_model)
     bar = tqdm(total=min(token_budget, sum(len(s.ids) - skip_first for s in usable)), initial=done_tok,
                desc="activation cache", disable=not progress, leave=False)
     while done_seq < len(usable) and done_tok < token_budget:
         batch = usable[done_seq : done_seq + batch_size]
-        width = max(len(s.ids) for s in batch)
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for row, seq in enumerate(batch):
-            input_ids[row, : len(seq.ids)] = torch.tensor(seq.ids)
-            mask[row, : len(seq.ids)] = 1
+        input_ids, mask = pair.batch([s.ids for s in batch])
         outputs = {}
         for model_name in MODELS:
             context = pair.base() if model_name == "base" else pair.tuned()

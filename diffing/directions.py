@@ -165,9 +165,7 @@ def interpret(directions: Directions, model: nn.Module, tokenizer: PreTrainedTok
                     return []
                 out = []
                 for row in order[:n_contexts].tolist():
-                    ids, at = cache.context(row)
-                    out.append({"before": tokenizer.decode(ids[:at]), "token": tokenizer.decode(ids[at:at + 1]),
-                                "projection": float(projections[row, i])})
+                    out.append({**cache.context_text(row, tokenizer), "projection": float(projections[row, i])})
                 return out
 
             column = projections[:, i] if cached else torch.empty(0)

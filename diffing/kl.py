@@ -53,16 +53,6 @@ class KLArrays:
         return cls(**load_file(str(path)))
 
 
-def _pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(input_ids)
-    for row, ids in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        mask[row, : len(ids)] = 1
-    return input_ids, mask
-
-
 @torch.no_grad()
 def _final_hidden(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Last hidden states (after the final norm) at the real positions, flattened: (positions, d). The unembedding
@@ -92,7 +82,6 @@ def per_token_kl(pair: ModelPair, sets: dict[str, list[TokenSequence]], batch_si
     if not sequences:
         raise UserError("per-token KL: no text of at least 2 tokens in the prompt sets")
     vocab_size = unwrap(pair.tuned_model).get_output_embeddings().weight.shape[0]
-    pad = pair.tokenizer.pad_token_id if pair.tokenizer.pad_token_id is not None else 0
     # Outputs are preallocated: small long-lived tensors appended between the large per-chunk ones fragment the
     # heap, and resident memory then grew by ~20 MB per chunk (measured).
     lengths = torch.tensor([len(seq.ids) for seq in sequences])
@@ -106,7 +95,7 @@ def per_token_kl(pair: ModelPair, sets: dict[str, list[TokenSequence]], batch_si
     bar = tqdm(range(0, len(sequences), batch_size), desc="per-token KL", disable=not progress, leave=False)
     for start in bar:
         batch = sequences[start : start + batch_size]
-        input_ids, mask = _pad([seq.ids for seq in batch], pad)
+        input_ids, mask = pair.batch([seq.ids for seq in batch])
         with pair.tuned() as model:
             tuned_hidden = _final_hidden(model, input_ids, mask)
         with pair.base() as model:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -40,6 +41,20 @@ class ModelPair:
     @contextmanager
     def tuned(self) -> Iterator[nn.Module]:
         yield self.tuned_model
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    def batch(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded input ids and attention mask for token-id lists (positions stay aligned with the lists)."""
+        width = max(len(ids) for ids in sequences)
+        input_ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for row, ids in enumerate(sequences):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = 1
+        return input_ids, mask
 
     @property
     def n_layers(self) -> int:

@@ -151,17 +151,6 @@ def run_lens(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequ
     return {"sets": [k for k in report["sets"] if "skipped" not in report["sets"][k]]}
 
 
-def _contexts(cache: ActivationCache, tokenizer, rows: torch.Tensor, values: torch.Tensor) -> list[dict]:
-    out = []
-    for row, value in zip(rows.tolist(), values.tolist()):
-        if row < 0:
-            continue
-        ids, at = cache.context(row)
-        out.append({"before": tokenizer.decode(ids[:at]), "token": tokenizer.decode(ids[at:at + 1]),
-                    "activation": value})
-    return out
-
-
 def run_crosscoder(config: DiffConfig, pair: ModelPair, cache: ActivationCache, layer: int, out: Path) -> dict:
     settings = config.crosscoder
     scale = cache.scale(layer)
@@ -187,7 +176,8 @@ def run_crosscoder(config: DiffConfig, pair: ModelPair, cache: ActivationCache, 
             "latent": latent, "relative_norm": float(rel[latent]), "cosine": float(cosine[latent]),
             "nu_reconstruction": float(scaling["nu_reconstruction"][i]), "nu_error": float(scaling["nu_error"][i]),
             "top_tokens": [pair.tokenizer.decode([int(t)]) for t in lens[i].topk(10).indices],
-            "top_contexts": _contexts(cache, pair.tokenizer, rows[latent, :5], values[latent, :5]),
+            "top_contexts": [{**cache.context_text(row, pair.tokenizer), "activation": value}
+                             for row, value in zip(rows[latent, :5].tolist(), values[latent, :5].tolist()) if row >= 0],
         })
     save_file({"relative_norm": rel.contiguous(), "cosine": cosine.contiguous(),
                "tuned_leaning": leaning.contiguous(), "tuned_leaning_logprobs": lens.half().cpu().contiguous()},

@@ -104,9 +104,7 @@ def _kl_section(directory: Path, tokenizer: PreTrainedTokenizerBase) -> str:
             f'99th percentile = {vmax:.3f}); hover a token for both distributions\' top next tokens. Underlines: '
             '<span class="tok-template">template</span>, <span class="tok-prompt">prompt</span>, '
             '<span class="tok-response">response</span>.</p>']
-    shown = []
-    for context in summary["top_contexts"]:
-        shown.append(context["sequence"])
+    shown = [context["sequence"] for context in summary["top_contexts"]]
     for s in range(len(names)):
         shown.extend([i for i in range(len(arrays.set_index)) if int(arrays.set_index[i]) == s][:1])
     for seq in dict.fromkeys(shown):
