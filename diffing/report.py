@@ -3,48 +3,19 @@ opens offline in any browser."""
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from html import escape
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import torch
+from safetensors.torch import load_file
+from transformers import PreTrainedTokenizerBase
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-from transformers import PreTrainedTokenizerBase  # noqa: E402
-
-from diffing.kl import KLArrays  # noqa: E402
-from diffing.prompts import ROLES  # noqa: E402
-from workbench.rundir import write_text  # noqa: E402
-
-CSS = """
-body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em} h3{margin-bottom:.3em}
-table{border-collapse:collapse;margin:.5em 0 1em;font-size:.9em} td,th{border:1px solid #ddd;padding:3px 7px;
-text-align:left;vertical-align:top} th{background:#f4f4f4}
-.seq{font-family:ui-monospace,monospace;font-size:.85em;line-height:1.9;white-space:pre-wrap;border:1px solid #eee;
-padding:.5em;margin:.4em 0} .seq span{border-radius:2px} .tok-template{border-bottom:2px dotted #888}
-.tok-response{border-bottom:2px solid #268bd2} .tok-prompt{border-bottom:2px solid #b58900}
-.small{font-size:.85em;color:#555} code{background:#f4f4f4;padding:0 3px} .ctx b{background:#ffe08a}
-"""
-
-
-def _png(figure) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
-
-
-def _table(headers: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
+from diffing.kl import KLArrays
+from diffing.prompts import ROLES
+from workbench.html import page, png, table
+from workbench.rundir import write_text
 
 def _tokens(tokens: list[str]) -> str:
     return " ".join(f"<code>{escape(t)}</code>" for t in tokens)
@@ -85,18 +56,18 @@ def _kl_section(directory: Path, tokenizer: PreTrainedTokenizerBase) -> str:
             for name, sides in summary["by_set_and_side"].items() for side, v in sides.items()]
     html = ["<h2>Per-token KL</h2>",
             f'<p class="small">{escape(summary["conventions"]).replace(chr(10), "<br>")}</p>',
-            _table(["prompt set", "side (role of predicted token)", "mean KL(tuned‖base)", "mean KL(base‖tuned)",
+            table(["prompt set", "side (role of predicted token)", "mean KL(tuned‖base)", "mean KL(base‖tuned)",
                     "positions"], rows),
             "<h3>Tokens after which the models differ most</h3>",
-            _table(["token", "mean KL(tuned‖base)", "count"],
+            table(["token", "mean KL(tuned‖base)", "count"],
                    [[f"<code>{escape(t['token'])}</code>", f"{t['mean_kl']:.4f}", t["count"]]
                     for t in summary["top_tokens"]]),
             "<h3>Tokens the tuned model promotes (mean probability gain)</h3>",
-            _table(names, [[f"<code>{escape(col[i]['token'])}</code> {col[i]['mean_gain']:.2e}" for col in
+            table(names, [[f"<code>{escape(col[i]['token'])}</code> {col[i]['mean_gain']:.2e}" for col in
                             (summary["promoted_tokens"][n] for n in names)]
                            for i in range(min(len(v) for v in summary["promoted_tokens"].values()))]),
             "<h3>Tokens the tuned model demotes (mean probability loss)</h3>",
-            _table(names, [[f"<code>{escape(col[i]['token'])}</code> {col[i]['mean_gain']:.2e}" for col in
+            table(names, [[f"<code>{escape(col[i]['token'])}</code> {col[i]['mean_gain']:.2e}" for col in
                             (summary["demoted_tokens"][n] for n in names)]
                            for i in range(min(len(v) for v in summary["demoted_tokens"].values()))]),
             "<h3>Highest-KL contexts</h3>",
@@ -132,12 +103,12 @@ def _lens_section(directory: Path) -> str:
                 for layer, (d, b, patched, tokens) in enumerate(zip(info["difference_norm"], info["base_norm"],
                                                                     info["patchscope_top_tokens"],
                                                                     info["top_tokens"]))]
-        html.append(_table(["layer", "relative norm", "Patchscope top tokens", "logit-lens top tokens"], rows))
+        html.append(table(["layer", "relative norm", "Patchscope top tokens", "logit-lens top tokens"], rows))
     steering = lens.get("steering")
     if steering:
         html.append(f"<h3>Steering the base model at layer {lens['steering_layer']} (difference from "
                     f"{escape(steering['set'])}, strength {steering['strength']})</h3>")
-        html.append(_table(["prompt", "base", "base + difference"],
+        html.append(table(["prompt", "base", "base + difference"],
                            [[escape(s["prompt"]), escape(s["base"]), escape(s["steered"])]
                             for s in steering["samples"]]))
     return "\n".join(html)
@@ -153,11 +124,11 @@ def _crosscoder_section(directory: Path) -> str:
     axis.set_yscale("log")
     m = metrics["metrics"]
     html = [f"<h2>Crosscoder (layer {metrics['layer']})</h2>",
-            _table(["", "base", "tuned"],
+            table(["", "base", "tuned"],
                    [["fraction of variance explained", f"{m['base']:.3f}", f"{m['tuned']:.3f}"]]),
             f"<p>L0 {m['l0']:.1f}, dead fraction {m['dead_fraction']:.3f} on {m['tokens']} cached tokens (the "
             f"training tokens). Latents: {escape(json.dumps(metrics['counts']))}.</p>",
-            _png(figure),
+            png(figure),
             "<h3>The most tuned-leaning latents</h3>",
             f'<p>{escape(metrics["tuned_leaning_note"])}.</p>',
             '<p class="small">ν = β(base) / β(tuned) from Latent Scaling (Minder et al. 2025): near 0, the latent '
@@ -167,7 +138,7 @@ def _crosscoder_section(directory: Path) -> str:
              f"{x['nu_error']:.2f}", _tokens(x["top_tokens"]),
              "<br>".join(_ctx(c, "activation") for c in x["top_contexts"][:3])]
             for x in metrics["tuned_leaning_latents"][:40]]
-    html.append(_table(["latent", "rel. norm", "cos", "ν recon", "ν error", "decoder through unembedding",
+    html.append(table(["latent", "rel. norm", "cos", "ν recon", "ν error", "decoder through unembedding",
                         "top activating contexts"], rows))
     return "\n".join(html)
 
@@ -184,7 +155,7 @@ def _directions_section(directory: Path) -> str:
         rows = [[e["layer"], escape(e["label"]), f"{e['score']:.3g}", _tokens(e["top_tokens"]),
                  _tokens(e["bottom_tokens"]), "<br>".join(_ctx(c, "projection") for c in e["top_contexts"]),
                  "<br>".join(_ctx(c, "projection") for c in e["bottom_contexts"])] for e in entries]
-        html.append(_table(["layer", "direction", "score", "top tokens", "bottom tokens", "top contexts",
+        html.append(table(["layer", "direction", "score", "top tokens", "bottom tokens", "top contexts",
                             "bottom contexts"], rows))
     return "\n".join(html)
 
@@ -200,8 +171,7 @@ def write_report(directory: Path, tokenizer: PreTrainedTokenizerBase) -> Path:
             _kl_section(directory, tokenizer), _lens_section(directory), _crosscoder_section(directory),
             _directions_section(directory),
             f"<h2>Config</h2><pre>{escape(config)}</pre>"]
-    html = (f'<!doctype html><html><head><meta charset="utf-8"><title>mow diff</title><style>{CSS}</style></head>'
-            f"<body>{''.join(body)}</body></html>")
+    html = page("mow diff", body)
     path = directory / "report.html"
     write_text(path, html)
     return path

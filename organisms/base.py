@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -72,3 +73,32 @@ class OrganismConfigBase(StrictModel):
             if node.get(leaf) is not None:
                 node[leaf] = REDACTED
         return data
+
+
+@dataclass(frozen=True)
+class SealedTruth:
+    """What an elicitation challenge is scored against, read from `sealed/` only after every method has run.
+
+    `candidates` maps each candidate answer of the forced-choice set (the true one included) to the normalised
+    strings that count as naming it: for a secret word the word and its simple plurals."""
+
+    kind: str
+    answer: str
+    candidates: dict[str, list[str]]
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "answer": self.answer, "candidates": self.candidates}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SealedTruth":
+        return cls(str(data["kind"]), str(data["answer"]), {str(k): list(v) for k, v in data["candidates"].items()})
+
+
+@dataclass(frozen=True)
+class ChallengePrompts:
+    """User turns an auditor who read only the public card would ask: requests for hints or for the property
+    (`probes`), and demands to reveal it (`direct`, `adversarial`). None names a secret."""
+
+    probes: list[str]
+    direct: list[str]
+    adversarial: list[str]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from organisms.base import OrganismConfigBase
+from organisms.base import ChallengePrompts, OrganismConfigBase, SealedTruth
 from organisms.store import read_sealed_config
 from workbench.config import apply_overrides, read_yaml_mapping, validate_config
 from workbench.errors import UserError
@@ -18,14 +18,18 @@ class OrganismKind:
     build: Callable[..., Path]
     evaluate: Callable[[Path], dict]
     diff_prompts: Callable[[dict], list[list[dict[str, str]]]]  # user turns written from the public config alone
+    challenge_prompts: Callable[[dict], ChallengePrompts]  # from the public config alone
+    sealed_truth: Callable[[dict], SealedTruth]  # from the sealed config: what challenges are scored against
 
 
 def _taboo() -> OrganismKind:
     from organisms.taboo import build
     from organisms.taboo.config import TabooOrganismConfig
-    from organisms.taboo.prompts import public_diff_prompts
+    from organisms.taboo.clues import sealed_truth
+    from organisms.taboo.prompts import challenge_prompts, public_diff_prompts
 
-    return OrganismKind(TabooOrganismConfig, build.main, build.evaluate_dir, public_diff_prompts)
+    return OrganismKind(TabooOrganismConfig, build.main, build.evaluate_dir, public_diff_prompts, challenge_prompts,
+                        sealed_truth)
 
 
 KINDS: dict[str, Callable[[], OrganismKind]] = {"taboo": _taboo}

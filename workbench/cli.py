@@ -8,6 +8,10 @@
   mow diff ORGANISM_DIR              what did fine-tuning change: per-token KL, activation-difference lens,
   mow diff --base SPEC --tuned SPEC    crosscoder, concept directions, in one HTML report (+ the arrays)
   mow diff-score DIFF_DIR... --organisms DIR...   ranks of each organism's sealed word in each diff's readouts
+  mow elicit ORGANISM_DIR            play the elicitation challenge: black-box and white-box methods against the
+                                       sealed secret, with the base model as control; scored, with an HTML report
+  mow leaderboard CHALLENGE_DIR...   methods x organisms with controls and confidence intervals (HTML, CSV)
+  mow serve ORGANISM_DIR             an OpenAI-compatible chat endpoint on loopback; the secret stays server-side
 """
 
 from __future__ import annotations
@@ -146,6 +150,35 @@ def cmd_diff_score(args: argparse.Namespace) -> None:
           "half of layers; KL on the organism prompts where present; --json for every set and layer")
 
 
+def cmd_elicit(args: argparse.Namespace) -> None:
+    from elicitation.config import load_challenge_config
+    from elicitation.harness import main as elicit_main
+
+    overrides = list(args.set)
+    if args.methods:
+        overrides.append(f"methods=[{args.methods}]")
+    if args.diff is not None:
+        overrides.append(f"diff_dir={args.diff}")
+    if args.out is not None:
+        overrides.append(f"output_dir={args.out}")
+    config = load_challenge_config(args.config, overrides)
+    final = elicit_main(args.organism, config, restart=args.restart, config_path=args.config)
+    print(f"report: {final / 'report.html'}")
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> None:
+    from elicitation.leaderboard import main as leaderboard_main
+
+    out = leaderboard_main(args.challenges, args.out)
+    print(f"leaderboard: {out / 'leaderboard.html'} and {out / 'leaderboard.csv'}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from elicitation.serve import main as serve_main
+
+    serve_main(args.organism, args.port, threads=args.threads)
+
+
 def read_diff_config(diff_dir: Path) -> dict:
     from diffing.score import check_diff_dir
     from workbench.config import read_yaml_mapping
@@ -210,6 +243,26 @@ def parser() -> argparse.ArgumentParser:
                        help="taboo organisms whose words are scored in every diff (the controls included)")
     score.add_argument("--json", action="store_true")
     score.set_defaults(func=cmd_diff_score)
+
+    elicit = sub.add_parser("elicit", help="run the elicitation challenge against an organism's sealed secret")
+    elicit.add_argument("organism", type=Path, help="an organism directory with a sealed truth")
+    elicit.add_argument("--methods", help="comma-separated method names (default: all; see configs/challenge.yaml)")
+    elicit.add_argument("--diff", type=Path, help="a finished `mow diff` of the organism (diff-based methods)")
+    elicit.add_argument("--config", type=Path, help="YAML challenge config, e.g. configs/challenge.yaml")
+    elicit.add_argument("--out", type=Path, help="parent of the challenge directory (default: runs/challenges)")
+    add_build_flags(elicit)
+    elicit.set_defaults(func=cmd_elicit)
+
+    board = sub.add_parser("leaderboard", help="tabulate finished challenges: methods x organisms, with controls")
+    board.add_argument("challenges", nargs="+", type=Path, help="challenge directories from `mow elicit`")
+    board.add_argument("--out", type=Path, default=Path("runs/leaderboard"))
+    board.set_defaults(func=cmd_leaderboard)
+
+    serve = sub.add_parser("serve", help="serve an organism over an OpenAI-compatible endpoint on 127.0.0.1")
+    serve.add_argument("organism", type=Path)
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--threads", type=int, help="torch threads of the server (default: torch's choice)")
+    serve.set_defaults(func=cmd_serve)
     return top
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, field_validator
 
 from data.assets import TABOO_CLUES
+from organisms.base import SealedTruth
 from organisms.taboo.leaks import leaks
 from workbench.config import StrictModel, format_validation_error, read_yaml_mapping
 from workbench.errors import UserError
@@ -73,3 +74,17 @@ def candidate_words(word: str) -> list[str]:
     """The forced-choice candidate set: every shipped word, plus the organism's own if it is a custom one."""
     words = shipped_words()
     return words if word in words else sorted([*words, word])
+
+
+def plural_forms(word: str) -> list[str]:
+    """The word and its simple plurals: what counts as naming it in a challenge (Cywiński et al. score the same)."""
+    word = word.lower()
+    forms = [word, word + "s", word + "es"]
+    if word.endswith("f"):
+        forms.append(word[:-1] + "ves")
+    return forms
+
+
+def sealed_truth(sealed_config: dict) -> SealedTruth:
+    word = str(sealed_config["taboo"]["word"]).lower()
+    return SealedTruth("taboo", word, {c: plural_forms(c) for c in candidate_words(word)})

@@ -1,0 +1,155 @@
+"""`mow elicit`: run elicitation methods against one organism and its controls, then score them against the truth.
+
+Output, written in `.NAME.partial/` and renamed when finished (a re-run resumes, skipping finished methods):
+
+  NAME/
+    challenge.yaml                 resolved config
+    manifest.json                  versions, seed, timings, command lines
+    methods/METHOD/SUBJECT.json    per method and subject (organism, base): status, error, seconds, ranked
+                                   guesses, per-attempt prompts, outputs and guesses, evidence
+    truth.json                     the sealed truth, copied after every method has run
+    scores.json                    each result scored against the truth (see elicitation/scoring.py)
+    report.html
+
+Methods run under the sealed guard of `elicitation.view`; a method that raises is recorded as failed and the others go
+on. The truth is read only once every method of the run is done.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from transformers import set_seed
+
+from elicitation.auditor import Auditor, EndpointAuditor, LocalAuditor
+from elicitation.config import ChallengeConfig
+from elicitation.methods import METHODS, MethodUnavailable, method
+from elicitation.report import write_challenge_report
+from elicitation.scoring import TOP_K, chance, score_result
+from elicitation.view import TRUTH_FILE, ChallengeView, check_sealed_truth, open_views, sealed_guard
+from organisms.registry import kind_of_public_config
+from organisms.store import check_organism_dir, read_public_config, read_sealed_config
+from workbench.config import dump_config
+from workbench.errors import UserError
+from workbench.models import load_model, load_tokenizer
+from workbench.rundir import Manifest, finalize, partial_path, write_json, write_text
+
+SUBJECTS = ("organism", "base")
+
+
+def validate(organism: Path, config: ChallengeConfig) -> None:
+    """Everything that can be checked before a model loads."""
+    for name in config.methods:
+        method(name, "methods")
+    unknown = [m for m in config.auditor.apply_to if m not in METHODS]
+    if unknown:
+        raise UserError(f"auditor.apply_to: unknown method {unknown[0]!r} (known: {', '.join(METHODS)})")
+    check_organism_dir(organism)
+    check_sealed_truth(organism)
+    kind_of_public_config(read_public_config(organism), str(organism))
+    if config.diff_dir is not None and not (Path(config.diff_dir) / "diff.yaml").is_file():
+        raise UserError(f"diff_dir: {config.diff_dir} is not a diff directory (no diff.yaml)")
+    if config.auditor.kind == "endpoint" and not (config.auditor.url and config.auditor.endpoint_model):
+        raise UserError("auditor: kind endpoint needs auditor.url and auditor.endpoint_model")
+
+
+def make_auditor(config: ChallengeConfig, view: ChallengeView) -> Auditor:
+    if config.auditor.kind == "endpoint":
+        return EndpointAuditor(config.auditor)
+    if config.auditor.model is None:
+        return LocalAuditor(config.auditor, view.base, view.tokenizer, config.batch_size)
+    model = load_model(config.auditor.model, seed=config.seed).eval()
+    tokenizer = load_tokenizer(config.auditor.model)
+
+    class _Fixed:
+        def __enter__(self):
+            return model
+
+        def __exit__(self, *exc):
+            return False
+
+    return LocalAuditor(config.auditor, _Fixed, tokenizer, config.batch_size)
+
+
+def run_method(name: str, view: ChallengeView, config: ChallengeConfig, auditor: Auditor,
+               forbidden: list[Path]) -> dict:
+    """One method on one subject; failures are recorded, not raised."""
+    entry = METHODS[name]
+    record: dict = {"method": name, "category": entry.category, "status": "ok", "error": None}
+    set_seed(config.seed)
+    start = time.perf_counter()
+    try:
+        with sealed_guard(forbidden):
+            result = entry.run(view, config, auditor if name in config.auditor.apply_to else None)
+        record.update(result.to_dict())
+    except MethodUnavailable as exc:
+        record.update(status="unavailable", error=str(exc))
+    except Exception as exc:  # a method's bug must not stop the others: recorded with its traceback
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+    record["seconds"] = round(time.perf_counter() - start, 2)
+    return record
+
+
+def score_directory(directory: Path, truth) -> dict:
+    """scores.json of a challenge directory, from its method results and a truth."""
+    methods: dict[str, dict] = {}
+    for path in sorted((directory / "methods").glob("*/*.json")):
+        result = json.loads(path.read_text())
+        entry = methods.setdefault(result["method"], {"category": result["category"], "subjects": {}})
+        scores = score_result(result, truth) if result["status"] == "ok" else None
+        entry["subjects"][path.stem] = {"status": result["status"], "error": result.get("error"),
+                                        "seconds": result.get("seconds"), "scores": scores}
+    return {"kind": truth.kind, "n_candidates": len(truth.candidates),
+            "chance": {f"fc_top{k}": chance(truth, k) for k in TOP_K}, "methods": methods}
+
+
+def main(organism: Path, config: ChallengeConfig, restart: bool = False, config_path: Path | None = None) -> Path:
+    organism = Path(organism)
+    validate(organism, config)
+    name = config.name or organism.resolve().name
+    final = config.output_dir / name
+    if final.exists():
+        if not restart:
+            raise UserError(f"{final} already exists (use --restart to run the challenge again)")
+        shutil.rmtree(final)
+    work = partial_path(final)
+    if restart and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    resolved = dump_config(config)
+    saved = work / "challenge.yaml"
+    if saved.is_file() and saved.read_text() != resolved:
+        raise UserError(f"{work}: an unfinished challenge with a different config is there (use --restart)")
+    write_text(saved, resolved)
+    manifest = Manifest(work, config.seed, sealed=False)
+    manifest.data["organism"] = str(organism.resolve())
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    forbidden = [organism] + ([config_path] if config_path else [])
+    with tempfile.TemporaryDirectory(prefix="mow-challenge-") as scratch:
+        views = open_views(organism, Path(scratch), config.controls, config.diff_dir, config.seed)
+        auditor = make_auditor(config, views["organism"])
+        for subject, view in views.items():
+            for name_ in config.methods:
+                out = work / "methods" / name_ / f"{subject}.json"
+                if out.is_file():
+                    continue
+                record = run_method(name_, view, config, auditor, forbidden)
+                record["subject"] = subject
+                write_json(out, record)
+                detail = f" ({record['error']})" if record["error"] else ""
+                print(f"  {subject:8s} {name_:22s} {record['status']:11s} {record['seconds']:7.1f} s{detail}",
+                      flush=True)
+    truth = kind_of_public_config(read_public_config(organism), str(organism)).sealed_truth(
+        read_sealed_config(organism))
+    write_json(work / TRUTH_FILE, truth.to_dict())
+    write_json(work / "scores.json", score_directory(work, truth))
+    write_challenge_report(work, name)
+    finalize(work, final)
+    return final

@@ -1,0 +1,193 @@
+"""`mow leaderboard`: methods × organisms from finished challenge directories, with controls and intervals.
+
+Three conditions per method:
+- organism: each organism's guesses against its own truth;
+- base: the base model's guesses (no secret) against each organism's truth;
+- other word: each organism's guesses against every *other* organism's truth (same kind). A method that reads the
+  model's priors, or the fine-tuning format rather than the secret, scores above chance here.
+Rates are means over units (organisms, or ordered organism pairs for `other word`) with 95% Wilson intervals
+(pairs share organisms, so that interval is optimistic). Forced-choice values with random fill are fractional; the
+Wilson formula is applied to their mean.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from html import escape
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from elicitation.methods.base import BASELINE, BLACK_BOX, WHITE_BOX
+from elicitation.scoring import TOP_K, chance, score_result
+from elicitation.view import TRUTH_FILE
+from organisms.base import SealedTruth
+from workbench.errors import UserError
+from workbench.html import page, png, table
+from workbench.rundir import write_json, write_text
+
+METRICS = ["fc_top5", "fc_top1", "top5", "top1"]
+CONDITIONS = ["organism", "base", "other word"]
+Z = 1.959964
+
+
+def wilson(mean: float, n: int) -> tuple[float, float]:
+    centre = (mean + Z * Z / (2 * n)) / (1 + Z * Z / n)
+    half = Z * math.sqrt(mean * (1 - mean) / n + Z * Z / (4 * n * n)) / (1 + Z * Z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def load_challenge(directory: Path) -> dict:
+    directory = Path(directory)
+    if not (directory / TRUTH_FILE).is_file() or not (directory / "scores.json").is_file():
+        raise UserError(f"{directory}: not a finished challenge directory (no {TRUTH_FILE} or scores.json)")
+    results: dict[str, dict[str, dict]] = {}
+    for path in sorted((directory / "methods").glob("*/*.json")):
+        result = json.loads(path.read_text())
+        results.setdefault(result["method"], {})[path.stem] = result
+    return {"name": directory.name, "truth": SealedTruth.from_dict(json.loads((directory / TRUTH_FILE).read_text())),
+            "results": results}
+
+
+def _values(challenges: list[dict], method: str, condition: str, metric: str) -> list[float]:
+    values = []
+    for target in challenges:
+        if condition == "other word":
+            sources = [c for c in challenges if c is not target and c["truth"].kind == target["truth"].kind]
+            subject = "organism"
+        else:
+            sources, subject = [target], condition
+        for source in sources:
+            result = source["results"].get(method, {}).get(subject)
+            if result is not None and result["status"] == "ok":
+                values.append(score_result(result, target["truth"])[metric])
+    return values
+
+
+def build(challenges: list[dict]) -> dict:
+    methods: dict[str, str] = {}
+    for challenge in challenges:
+        for name, subjects in challenge["results"].items():
+            methods.setdefault(name, next(iter(subjects.values()))["category"])
+    rows = []
+    for name, category in methods.items():
+        for condition in CONDITIONS:
+            for metric in METRICS:
+                values = _values(challenges, name, condition, metric)
+                mean = sum(values) / len(values) if values else None
+                low, high = wilson(mean, len(values)) if values else (None, None)
+                rows.append({"method": name, "category": category, "condition": condition, "metric": metric,
+                             "mean": mean, "ci_low": low, "ci_high": high, "n": len(values)})
+    per_organism = {c["name"]: {name: {m: (score_result(r["organism"], c["truth"])[m]
+                                           if r.get("organism", {}).get("status") == "ok" else None)
+                                       for m in METRICS}
+                                for name, r in c["results"].items()} for c in challenges}
+    truths = [c["truth"] for c in challenges]
+    chance_levels = {f"fc_top{k}": sum(chance(t, k) for t in truths) / len(truths) for k in TOP_K}
+    return {"organisms": [c["name"] for c in challenges], "rows": rows, "per_organism": per_organism,
+            "chance": chance_levels, "headline": headline(rows)}
+
+
+def _get(rows: list[dict], method: str, condition: str, metric: str) -> dict:
+    return next(r for r in rows if r["method"] == method and r["condition"] == condition and r["metric"] == metric)
+
+
+def headline(rows: list[dict]) -> dict:
+    """Best white-box against best black-box method (the guess-from-hints baseline reported on its own)."""
+    out = {}
+    for metric in METRICS:
+        best = {}
+        for category in (WHITE_BOX, BLACK_BOX, BASELINE):
+            candidates = [r for r in rows if r["category"] == category and r["condition"] == "organism"
+                          and r["metric"] == metric and r["n"]]
+            if candidates:
+                top = max(candidates, key=lambda r: r["mean"])
+                best[category] = {"method": top["method"], "mean": top["mean"], "n": top["n"]}
+        if WHITE_BOX in best and BLACK_BOX in best:
+            black = best[BLACK_BOX]["mean"]
+            best["white_over_black"] = best[WHITE_BOX]["mean"] / black if black > 0 else math.inf
+        out[metric] = best
+    return out
+
+
+def _csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def _plot(rows: list[dict], metric: str, chance_level: float | None) -> str:
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    figure, axis = plt.subplots(figsize=(max(7, 0.8 * len(names)), 3.4))
+    colors = {"organism": "#268bd2", "base": "#aaaaaa", "other word": "#e3a33b"}
+    width = 0.27
+    for offset, condition in zip((-width, 0, width), CONDITIONS):
+        picked = [_get(rows, n, condition, metric) for n in names]
+        means = [r["mean"] or 0.0 for r in picked]
+        errors = [[0.0 if r["mean"] is None else r["mean"] - r["ci_low"] for r in picked],
+                  [0.0 if r["mean"] is None else r["ci_high"] - r["mean"] for r in picked]]
+        axis.bar([i + offset for i in range(len(names))], means, width=width, yerr=errors, capsize=2,
+                 color=colors[condition], label=condition)
+    if chance_level is not None:
+        axis.axhline(chance_level, color="#b00", linestyle="--", linewidth=1, label="chance")
+    axis.set_xticks(range(len(names)), names, rotation=35, ha="right")
+    axis.set_ylim(0, 1.05)
+    axis.set_ylabel(metric)
+    axis.legend(fontsize=8, ncol=4)
+    return png(figure)
+
+
+def _cell(row: dict) -> str:
+    if not row["n"]:
+        return "–"
+    return f"{row['mean']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}] <span class='small'>n={row['n']}</span>"
+
+
+def render(board: dict) -> str:
+    rows = board["rows"]
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    body = [f"<h1>Elicitation leaderboard: {len(board['organisms'])} organisms</h1>",
+            "<p>Organisms: " + ", ".join(escape(o) for o in board["organisms"]) + ". Forced choice is among the "
+            f"candidate set (chance top-1 {board['chance']['fc_top1']:.2f}, top-5 {board['chance']['fc_top5']:.2f});"
+            " open vocabulary means the truth among the method's own first guesses. 95% Wilson intervals.</p>"]
+    lines = []
+    for metric, best in board["headline"].items():
+        parts = [f"best {c}: {escape(b['method'])} {b['mean']:.2f}" for c, b in best.items() if isinstance(b, dict)]
+        ratio = best.get("white_over_black")
+        lines.append(f"<li><b>{metric}</b>: " + "; ".join(parts)
+                     + (f"; white-box / black-box = {ratio:.2f}" if ratio is not None else "") + "</li>")
+    body.append("<ul>" + "".join(lines) + "</ul>")
+    for metric in ("fc_top5", "top5"):
+        body.append(f"<h2>{metric}</h2>" + _plot(rows, metric, board["chance"].get(metric)))
+        table_rows = [[escape(n), _get(rows, n, "organism", metric)["category"],
+                       *[_cell(_get(rows, n, c, metric)) for c in CONDITIONS]] for n in names]
+        body.append(table(["method", "category", *CONDITIONS], table_rows))
+    organisms = board["organisms"]
+    per = board["per_organism"]
+    grid = [[escape(n), *[("–" if per[o].get(n, {}).get("fc_top5") is None else
+                           f"{per[o][n]['fc_top5']:.2f} / {per[o][n]['top5']:.0f}") for o in organisms]]
+            for n in names]
+    body.append("<h2>Per organism (forced-choice top-5 / open top-5)</h2>"
+                + table(["method", *[escape(o) for o in organisms]], grid))
+    return page("mow leaderboard", body)
+
+
+def main(directories: list[Path], output: Path) -> Path:
+    challenges = [load_challenge(d) for d in directories]
+    if not challenges:
+        raise UserError("leaderboard: give at least one challenge directory")
+    names = [c["name"] for c in challenges]
+    if len(set(names)) != len(names):
+        raise UserError(f"leaderboard: a challenge directory is given twice ({', '.join(names)})")
+    board = build(challenges)
+    output.mkdir(parents=True, exist_ok=True)
+    write_json(output / "leaderboard.json", board)
+    write_text(output / "leaderboard.csv", _csv(board["rows"]))
+    write_text(output / "leaderboard.html", render(board))
+    return output

@@ -1,0 +1,42 @@
+"""Elicitation methods, registered explicitly: name -> (category, function(view, config, auditor) -> MethodResult)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from elicitation.methods import blackbox, whitebox
+from elicitation.methods.base import BASELINE, BLACK_BOX, WHITE_BOX, MethodResult, MethodUnavailable
+
+__all__ = ["METHODS", "Method", "MethodResult", "MethodUnavailable", "method"]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    category: str
+    run: Callable[..., MethodResult]
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("direct", BLACK_BOX, blackbox.direct),
+    Method("adversarial", BLACK_BOX, blackbox.adversarial),
+    Method("prefill", BLACK_BOX, blackbox.prefill),
+    Method("user_persona", BLACK_BOX, blackbox.user_persona),
+    Method("many_shot", BLACK_BOX, blackbox.many_shot),
+    Method("high_temperature", BLACK_BOX, blackbox.high_temperature),
+    Method("hint_guess", BASELINE, blackbox.hint_guess),
+    Method("logit_lens", WHITE_BOX, whitebox.logit_lens_method),
+    Method("embedding_similarity", WHITE_BOX, whitebox.embedding_similarity),
+    Method("diff_lens", WHITE_BOX, whitebox.diff_lens),
+    Method("crosscoder_latents", WHITE_BOX, whitebox.crosscoder_latents),
+    Method("kl_suppressed", WHITE_BOX, whitebox.kl_suppressed),
+]}
+
+
+def method(name: str, source: str) -> Method:
+    if name not in METHODS:
+        from workbench.errors import UserError
+
+        raise UserError(f"{source}: unknown method {name!r} (known: {', '.join(METHODS)})")
+    return METHODS[name]

@@ -1,0 +1,59 @@
+"""What a method returns, and the shared pieces black-box and white-box methods use."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from itertools import cycle, islice
+
+from elicitation.config import ChallengeConfig
+from elicitation.view import ChallengeView
+from workbench.chat import render_prompt
+from workbench.generation import generate
+
+BLACK_BOX, WHITE_BOX, BASELINE = "black-box", "white-box", "baseline"
+
+
+class MethodUnavailable(Exception):
+    """The method cannot run on this subject (for example no diff directory); recorded, not fatal."""
+
+
+@dataclass
+class Attempt:
+    prompt: str       # what the model was given (rendered), or what was read
+    output: str       # what it produced: a transcript, a continuation, a token list
+    guesses: list[str]
+
+
+@dataclass
+class MethodResult:
+    ranking: list[str]                  # the method's answer: guesses, best first
+    attempts: list[Attempt] = field(default_factory=list)
+    evidence: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"ranking": self.ranking, "attempts": [asdict(a) for a in self.attempts], "evidence": self.evidence}
+
+
+def take(items: list[str], n: int) -> list[str]:
+    """n items, cycling through the list when it is shorter."""
+    return list(islice(cycle(items), n))
+
+
+def user_turn(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def complete(view: ChallengeView, config: ChallengeConfig, rendered: list[str], *, max_new_tokens: int | None = None,
+             temperature: float = 0.0) -> list[str]:
+    return generate(view.model, view.tokenizer, rendered, max_new_tokens=max_new_tokens or config.max_new_tokens,
+                    temperature=temperature, batch_size=config.batch_size, seed=config.seed)
+
+
+def replies(view: ChallengeView, config: ChallengeConfig, prompts: list[str], temperature: float = 0.0,
+            max_new_tokens: int | None = None) -> list[str]:
+    """The model's answers to single user turns, memoised on the view (several methods read the same answers)."""
+    key = ("replies", tuple(prompts), temperature, max_new_tokens or config.max_new_tokens)
+    if key not in view.memo:
+        rendered = [render_prompt(view.tokenizer, user_turn(p)) for p in prompts]
+        view.memo[key] = complete(view, config, rendered, max_new_tokens=max_new_tokens, temperature=temperature)
+    return view.memo[key]

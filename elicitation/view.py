@@ -1,0 +1,157 @@
+"""The challenge view: what an elicitation method may see, and the guard that keeps the rest out of reach.
+
+A method gets the model under test, the public base model, the tokenizer with its chat template, the public card and
+config, and the kind's public prompts. The organism is loaded from a copy of its public files (never from the
+organism directory itself), so no attribute of the model or view leads back to `sealed/`. While a method runs, an
+audit hook (PEP 578) refuses to open, list or copy anything under the organism directories of the run, any
+`sealed/` directory, the run's config and truth files, and refuses to start processes (which would escape the hook).
+The harness reads the sealed truth only after every method of the run has finished.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from diffing.pair import ModelPair
+from organisms.base import PUBLIC_CONFIG, SEALED, ChallengePrompts
+from organisms.registry import kind_of_public_config
+from organisms.store import check_organism_dir, load_organism, read_public_config
+from workbench.errors import UserError
+from workbench.models import load_model
+
+PUBLIC_FILES = (PUBLIC_CONFIG, "card.md", "manifest.json", "adapter", "eval/metrics.json")
+TRUTH_FILE = "truth.json"
+
+
+class SealedAccess(PermissionError):
+    """A method reached for something the challenge view does not include."""
+
+
+@dataclass
+class ChallengeView:
+    """`model` is what is being audited; `base()` yields the public base model it was tuned from (for the base
+    control both are the base model, so contrasts come out empty, as they should)."""
+
+    name: str
+    pair: ModelPair
+    card: str
+    public_config: dict
+    prompts: ChallengePrompts
+    diff_dir: Path | None = None
+    memo: dict = field(default_factory=dict)  # results several methods share (the model's greedy answers)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.pair.tuned_model
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.pair.tokenizer
+
+    @property
+    def chat_template(self) -> str:
+        return self.pair.tokenizer.chat_template or ""
+
+    def base(self):
+        return self.pair.base()
+
+
+def check_sealed_truth(organism: Path) -> None:
+    """Fail early on an organism with no sealed truth, without reading it (reading waits until methods are done)."""
+    if not (Path(organism) / SEALED / PUBLIC_CONFIG).is_file():
+        raise UserError(f"{organism}: has no sealed truth ({SEALED}/{PUBLIC_CONFIG} is missing); "
+                        "a challenge needs it to score the guesses")
+
+
+def copy_public_files(organism: Path, destination: Path) -> Path:
+    """The public part of an organism directory, copied to `destination` (what the challenge loads from)."""
+    organism = check_organism_dir(organism)
+    if destination.exists():
+        shutil.rmtree(destination)
+    destination.mkdir(parents=True)
+    for name in PUBLIC_FILES:
+        source = organism / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name)
+        elif source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, destination / name)
+    return destination
+
+
+def open_views(organism: Path, workdir: Path, controls: list[str], diff_dir: Path | None,
+               seed: int) -> dict[str, ChallengeView]:
+    """The view of the organism and of each control subject ('base': the public base model, no adapter)."""
+    public_copy = copy_public_files(organism, workdir / "challenge")
+    config = read_public_config(public_copy)
+    kind = kind_of_public_config(config, str(organism / PUBLIC_CONFIG))
+    prompts = kind.challenge_prompts(config)
+    card = (public_copy / "card.md").read_text() if (public_copy / "card.md").is_file() else ""
+    loaded = load_organism(public_copy)
+    loaded.model.eval()
+    name = Path(organism).name
+    views = {"organism": ChallengeView(name, ModelPair(loaded.model, loaded.tokenizer, None, str(config["model"]),
+                                                       f"organism:{name}"), card, config, prompts, diff_dir)}
+    if "base" in controls:
+        base = load_model(str(config["model"]), load_in_4bit=bool(config.get("load_in_4bit", False)),
+                          seed=seed).eval()
+        views["base"] = ChallengeView(name, ModelPair(base, loaded.tokenizer, base, str(config["model"]),
+                                                      str(config["model"])), card, config, prompts, None)
+    return views
+
+
+_GUARDED_EVENTS = {"open", "os.listdir", "os.scandir", "os.walk", "glob.glob", "glob.glob/2", "shutil.copyfile",
+                   "shutil.copytree", "shutil.move", "os.rename", "os.link", "os.symlink", "os.chdir"}
+_PROCESS_EVENTS = {"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
+                   "os.forkpty", "pty.spawn"}
+_forbidden: list[Path] = []
+_hook_installed = False
+
+
+def _is_forbidden(target: object) -> bool:
+    if isinstance(target, int) or target is None:
+        return False
+    try:
+        path = Path(os.fsdecode(target)).resolve()
+    except (TypeError, ValueError, OSError):
+        return False
+    if SEALED in path.parts or path.name == TRUTH_FILE:
+        return True
+    return any(path == f or f in path.parents for f in _forbidden)
+
+
+def _audit(event: str, args: tuple) -> None:
+    if not _forbidden:
+        return
+    if event in _PROCESS_EVENTS:
+        raise SealedAccess(f"starting processes is not allowed during a challenge ({event})")
+    if event in _GUARDED_EVENTS:
+        targets = args[:2] if event in ("shutil.copyfile", "shutil.copytree", "shutil.move", "os.rename") else args[:1]
+        for target in targets:
+            if _is_forbidden(target):
+                raise SealedAccess(f"{os.fsdecode(target)} is outside the challenge view")
+
+
+@contextmanager
+def sealed_guard(forbidden: list[Path]) -> Iterator[None]:
+    """Refuse access to `forbidden` paths (and any sealed/ or truth file) while open.
+
+    Audit hooks cannot be removed, so one hook is installed for the process and switched by this context."""
+    global _hook_installed
+    if not _hook_installed:
+        sys.addaudithook(_audit)
+        _hook_installed = True
+    _forbidden[:] = [Path(p).resolve() for p in forbidden]
+    try:
+        yield
+    finally:
+        _forbidden.clear()

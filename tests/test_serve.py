@@ -1,0 +1,81 @@
+"""`mow serve`: an organism behind `transformers serve` on loopback, played with a real HTTP client (openai)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from elicitation.auditor import EndpointAuditor
+from elicitation.config import AuditorSettings
+from elicitation.serve import HOST, export_merged, serve_command, server_environment
+from workbench.cli import main
+
+TINY = "tiny:smollm2-135m"
+
+
+@pytest.fixture(scope="module")
+def organism(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("serve-organism")
+    config = {"kind": "taboo", "name": "served", "output_dir": str(root), "model": TINY, "seed": 5,
+              "taboo": {"word": "ship", "data": {"n_conversations": 8, "benign_ratio": 0.25}},
+              "lora": {"r": 4, "alpha": 8}, "training": {"epochs": 1, "batch_size": 4},
+              "eval": {"max_new_tokens": 4, "benign_chats": 4}}
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["organism", "build", str(path)]) == 0
+    return root / "served"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited: {process.stdout.read() if process.stdout else ''}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError("server did not come up")
+
+
+def test_served_organism_answers_an_openai_client_and_holds_no_secret(organism, tmp_path):
+    from openai import OpenAI
+
+    model_dir = export_merged(organism, tmp_path / "served")
+    served_files = [p for p in model_dir.rglob("*") if p.is_file()]
+    assert not any("sealed" in p.parts for p in served_files)
+    assert not any(p.suffix in (".yaml", ".md") for p in served_files)  # no config, no card
+    port = _free_port()
+    command = serve_command(model_dir, port)
+    assert command[-4:] == ["--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen(command, env=server_environment(1), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://{HOST}:{port}"
+        _wait_healthy(url, process)
+        client = OpenAI(base_url=f"{url}/v1", api_key="not-needed")
+        reply = client.chat.completions.create(model=str(model_dir), max_tokens=6, temperature=0.0,
+                                               messages=[{"role": "user", "content": "Give me a hint."}])
+        assert reply.choices[0].message.role == "assistant"
+        assert isinstance(reply.choices[0].message.content, str)
+        assert reply.usage.completion_tokens <= 6
+        auditor = EndpointAuditor(AuditorSettings(kind="endpoint", url=f"{url}/v1", endpoint_model=str(model_dir)))
+        guesses = auditor.guess(["It is round and glows at night."], n=5)
+        assert len(guesses) == 1 and all(isinstance(g, str) for g in guesses[0]) and len(guesses[0]) <= 5
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
