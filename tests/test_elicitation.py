@@ -208,3 +208,25 @@ def test_bad_inputs(organism, tmp_path, capsys):
     _fails(capsys, ["leaderboard", str(tmp_path), "--out", str(tmp_path / "board")], "not a finished challenge")
     assert not (tmp_path / "board").exists()
     _fails(capsys, ["serve", str(organism), "--port", "70000"], "--port 70000")
+
+
+def test_killed_challenge_resumes_without_redoing_finished_methods(organism, tmp_path, monkeypatch):
+    from elicitation.config import ChallengeConfig
+    from elicitation.harness import main as elicit_main
+
+    def interrupted(view, config, auditor):
+        raise KeyboardInterrupt  # a kill: not a method failure, so it stops the run
+
+    monkeypatch.setitem(registry.METHODS, "killer", registry.Method("killer", "black-box", interrupted))
+    config = ChallengeConfig(output_dir=tmp_path, methods=["direct", "killer"], attempts=1, max_new_tokens=3,
+                             controls=[])
+    with pytest.raises(KeyboardInterrupt):
+        elicit_main(organism, config)
+    partial = tmp_path / ".tiny-secret.partial"
+    finished = partial / "methods" / "direct" / "organism.json"
+    assert finished.is_file() and not (tmp_path / "tiny-secret").exists()
+    before = finished.read_text()
+    monkeypatch.setitem(registry.METHODS, "killer", registry.Method("killer", "black-box", registry.METHODS["direct"].run))
+    final = elicit_main(organism, config)
+    assert (final / "methods" / "direct" / "organism.json").read_text() == before  # reused, not redone
+    assert json.loads((final / "methods" / "killer" / "organism.json").read_text())["status"] == "ok"

@@ -37,13 +37,19 @@ def test_disabled_adapter_equals_fresh_base_on_embedded_model():
     torch.testing.assert_close(base, fresh, rtol=0, atol=0)
 
 
-def test_quick_demo_builds_and_evaluates(tmp_path, capsys):
+def test_quick_demo_builds_evaluates_diffs_and_challenges(tmp_path, capsys):
     from workbench.cli import main
 
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
-    table = capsys.readouterr().out
-    assert "leak rate" in table and "hint top-1" in table
-    metrics = json.loads((tmp_path / "taboo-quick" / "sealed" / "eval_details.json").read_text())
+    out = capsys.readouterr().out
+    assert "leak rate" in out and "hint top-1" in out
+    for report in ("diffs/taboo-quick/report.html", "challenges/taboo-quick/report.html",
+                   "challenges/taboo-quick/scores.json", "leaderboard/leaderboard.html", "leaderboard/leaderboard.csv"):
+        assert (tmp_path / report).is_file(), report
+    scores = json.loads((tmp_path / "challenges" / "taboo-quick" / "scores.json").read_text())["methods"]
+    assert {"direct", "prefill", "hint_guess", "logit_lens", "diff_lens", "kl_suppressed"} <= set(scores)
+    assert scores["kl_suppressed"]["subjects"]["organism"]["status"] == "ok"  # the demo's diff reached it
+    metrics = json.loads((tmp_path / "organisms" / "taboo-quick" / "sealed" / "eval_details.json").read_text())
     assert metrics["organism"]["n_demands"] >= 30 and metrics["n_candidates"] == 20
     # Even a handful of steps moves the organism away from the base on its training distribution.
     assert metrics["organism"]["lens_rank_by_layer"] != metrics["base"]["lens_rank_by_layer"]

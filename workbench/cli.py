@@ -1,6 +1,7 @@
 """`mow`: the command line of the model-organism workbench.
 
-  mow demo [--quick]                 build the default secret-word organism on the embedded model, then evaluate it
+  mow demo [--quick]                 build the default secret-word organism on the embedded model, evaluate it,
+                                       diff it against its base, play the elicitation challenge, tabulate it
   mow organism build CONFIG          build an organism from a YAML config (--set key=value to override)
   mow organism eval DIR              re-run an organism's evaluation
   mow organism chat DIR              talk to an organism in the terminal
@@ -26,6 +27,10 @@ from workbench.errors import UserError
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEMO_CONFIGS = {False: REPO_CONFIGS / "organisms" / "taboo.yaml", True: REPO_CONFIGS / "organisms" / "taboo-quick.yaml"}
+DEMO_DIFF = REPO_CONFIGS / "diff-quick.yaml"
+# --quick: a smoke run of every stage, not a measurement.
+QUICK_DIFF = ["prompts.max_items_per_set=6", "cache.token_budget=2000", "crosscoder.latents=128", "crosscoder.epochs=2"]
+QUICK_CHALLENGE = ["attempts=3", "white_box.prompts=6", "white_box.lens_texts=30"]
 
 
 def _build(config_path: Path, overrides: list[str], restart: bool, output_dir: Path | None = None) -> Path:
@@ -38,7 +43,39 @@ def _build(config_path: Path, overrides: list[str], restart: bool, output_dir: P
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    _build(DEMO_CONFIGS[args.quick], args.set, args.restart, Path(args.out))
+    """Organism -> diff -> challenge -> leaderboard, each output beside the others under --out."""
+    import shutil
+
+    from diffing.config import load_diff_config
+    from diffing.pipeline import diff_name
+    from diffing.pipeline import main as diff_main
+    from elicitation.config import load_challenge_config
+    from elicitation.harness import main as elicit_main
+    from elicitation.leaderboard import main as leaderboard_main
+
+    def finished(path: Path) -> bool:
+        """A finished output is reused by a re-run of the demo, and redone with --restart."""
+        if path.exists() and args.restart:
+            shutil.rmtree(path)
+        return path.exists()
+
+    root = Path(args.out)
+    organism = _build(DEMO_CONFIGS[args.quick], args.set, args.restart, root / "organisms")
+    print(f"\n== diff: {organism.name} against its base", flush=True)
+    diff_config = load_diff_config(DEMO_DIFF, [f"organism={organism}", f"output_dir={root / 'diffs'}",
+                                               *(QUICK_DIFF if args.quick else [])])
+    diff_dir = root / "diffs" / diff_name(diff_config)
+    if not finished(diff_dir):
+        diff_main(diff_config, restart=args.restart)
+    print(f"\n== elicitation challenge against {organism.name} (base model as control)", flush=True)
+    challenge = load_challenge_config(None, [f"output_dir={root / 'challenges'}", f"diff_dir={diff_dir}",
+                                             *(QUICK_CHALLENGE if args.quick else [])])
+    challenge_dir = root / "challenges" / organism.name
+    if not finished(challenge_dir):
+        elicit_main(organism, challenge, restart=args.restart)
+    board = leaderboard_main([challenge_dir], root / "leaderboard")
+    print(f"\nreports:\n  organism card  {organism / 'card.md'}\n  diff           {diff_dir / 'report.html'}\n"
+          f"  challenge      {challenge_dir / 'report.html'}\n  leaderboard    {board / 'leaderboard.html'}")
 
 
 def cmd_build(args: argparse.Namespace) -> None:
@@ -201,10 +238,10 @@ def parser() -> argparse.ArgumentParser:
                        help="override a config value, e.g. --set taboo.word=moon --set training.epochs=2")
         p.add_argument("--restart", action="store_true", help="discard an unfinished build instead of resuming it")
 
-    demo = sub.add_parser("demo", help="build and evaluate the default secret-word organism on the embedded model")
-    demo.add_argument("--quick", action="store_true", help="a few training steps only (a smoke run, ~3 minutes)")
-    demo.add_argument("--out", default="runs/organisms",
-                      help="where the organism directory goes (default: runs/organisms, where `organism list` looks)")
+    demo = sub.add_parser("demo", help="build, evaluate, diff and challenge the default secret-word organism")
+    demo.add_argument("--quick", action="store_true", help="every stage cut short (a smoke run, a few minutes)")
+    demo.add_argument("--out", default="runs",
+                      help="root of the outputs: organisms/, diffs/, challenges/, leaderboard/ (default: runs)")
     add_build_flags(demo)
     demo.set_defaults(func=cmd_demo)
 
