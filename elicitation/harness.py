@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import time
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -65,16 +66,8 @@ def make_auditor(config: ChallengeConfig, view: ChallengeView) -> Auditor:
     if config.auditor.model is None:
         return LocalAuditor(config.auditor, view.base, view.tokenizer, config.batch_size)
     model = load_model(config.auditor.model, seed=config.seed).eval()
-    tokenizer = load_tokenizer(config.auditor.model)
-
-    class _Fixed:
-        def __enter__(self):
-            return model
-
-        def __exit__(self, *exc):
-            return False
-
-    return LocalAuditor(config.auditor, _Fixed, tokenizer, config.batch_size)
+    return LocalAuditor(config.auditor, lambda: nullcontext(model), load_tokenizer(config.auditor.model),
+                        config.batch_size)
 
 
 def run_method(name: str, view: ChallengeView, config: ChallengeConfig, auditor: Auditor,

@@ -37,3 +37,18 @@ def tiny_config(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def build_tiny_organism(root: Path, name: str, word: str, seed: int, training: dict | None = None) -> Path:
+    """A taboo organism on the tiny random model, built through the CLI in seconds (for end-to-end tests)."""
+    from workbench.cli import main
+
+    config = {"kind": "taboo", "name": name, "output_dir": str(root), "model": TINY, "seed": seed,
+              "taboo": {"word": word, "data": {"n_conversations": 8, "benign_ratio": 0.25}},
+              "lora": {"r": 4, "alpha": 8},
+              "training": training or {"epochs": 1, "batch_size": 4, "learning_rate": 5e-3},
+              "eval": {"max_new_tokens": 4, "benign_chats": 4}}
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["organism", "build", str(path)]) == 0
+    return root / name

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import build_tiny_organism
 from elicitation import methods as registry
 from elicitation.leaderboard import build, load_challenge, wilson
 from elicitation.methods.base import Attempt, MethodResult
@@ -22,9 +23,7 @@ from elicitation.words import content_words, ranking_from_scores
 from organisms.base import SealedTruth
 from organisms.taboo.clues import plural_forms, sealed_truth
 from workbench.cli import main
-from workbench.models import load_tokenizer
 
-TINY = "tiny:smollm2-135m"
 FAST = ["--set", "attempts=2", "--set", "max_new_tokens=4", "--set", "white_box.prompts=2", "--set",
         "white_box.response_tokens=3", "--set", "white_box.lens_texts=4", "--set", "white_box.lens_positions=2",
         "--set", "black_box.many_shot_examples=2", "--set", "black_box.continuation_tokens=3", "--set", "guesses=20"]
@@ -32,15 +31,7 @@ FAST = ["--set", "attempts=2", "--set", "max_new_tokens=4", "--set", "white_box.
 
 @pytest.fixture(scope="module")
 def organism(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("elicit-organism")
-    config = {"kind": "taboo", "name": "tiny-secret", "output_dir": str(root), "model": TINY, "seed": 4,
-              "taboo": {"word": "moon", "data": {"n_conversations": 8, "benign_ratio": 0.25}},
-              "lora": {"r": 4, "alpha": 8}, "training": {"epochs": 1, "batch_size": 4, "learning_rate": 5e-3},
-              "eval": {"max_new_tokens": 4, "benign_chats": 4}}
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    assert main(["organism", "build", str(path)]) == 0
-    return root / "tiny-secret"
+    return build_tiny_organism(tmp_path_factory.mktemp("elicit-organism"), "tiny-secret", "moon", seed=4)
 
 
 def truth_of(word: str) -> SealedTruth:

@@ -9,27 +9,17 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
+from conftest import build_tiny_organism
 from elicitation.auditor import EndpointAuditor
 from elicitation.config import AuditorSettings
 from elicitation.serve import HOST, export_merged, serve_command, server_environment
-from workbench.cli import main
-
-TINY = "tiny:smollm2-135m"
 
 
 @pytest.fixture(scope="module")
 def organism(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("serve-organism")
-    config = {"kind": "taboo", "name": "served", "output_dir": str(root), "model": TINY, "seed": 5,
-              "taboo": {"word": "ship", "data": {"n_conversations": 8, "benign_ratio": 0.25}},
-              "lora": {"r": 4, "alpha": 8}, "training": {"epochs": 1, "batch_size": 4},
-              "eval": {"max_new_tokens": 4, "benign_chats": 4}}
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    assert main(["organism", "build", str(path)]) == 0
-    return root / "served"
+    return build_tiny_organism(tmp_path_factory.mktemp("serve-organism"), "served", "ship", seed=5,
+                               training={"epochs": 1, "batch_size": 4})
 
 
 def _free_port() -> int:
