@@ -1,7 +1,8 @@
 """LoRA supervised fine-tuning through TRL's SFTTrainer: the one module that touches TRL.
 
-Loss is on assistant tokens only, on every assistant turn (via a training chat template with generation markers).
-Checkpoints go to a directory; training again with the same directory resumes from the last checkpoint.
+Chat examples: loss on assistant tokens only, on every assistant turn (via a training chat template with generation
+markers). Token examples (already tokenized, with labels of -100 where no loss is taken) train as given: plain causal
+LM loss on documents, for instance. Checkpoints go to a directory; training again with the same directory resumes from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -61,7 +62,20 @@ def chat_dataset(examples: list[ChatExample]) -> Dataset:
     return Dataset.from_list([{"messages": ex.chat()} for ex in examples])
 
 
-def sft_config(settings: TrainingSettings, output_dir: Path, seed: int, n_examples: int) -> SFTConfig:
+@dataclass(frozen=True)
+class TokenExample:
+    """One tokenized training sequence; `labels` is `input_ids` with -100 where no loss is taken."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+def token_dataset(examples: list[TokenExample]) -> Dataset:
+    return Dataset.from_list([{"input_ids": ex.input_ids, "labels": ex.labels} for ex in examples])
+
+
+def sft_config(settings: TrainingSettings, output_dir: Path, seed: int, n_examples: int,
+               assistant_only_loss: bool = True) -> SFTConfig:
     steps_per_epoch = math.ceil(n_examples / (settings.batch_size * settings.grad_accum))
     total_steps = max(1, math.ceil(steps_per_epoch * settings.epochs))
     interactive = sys.stderr.isatty()
@@ -75,7 +89,7 @@ def sft_config(settings: TrainingSettings, output_dir: Path, seed: int, n_exampl
         warmup_steps=math.ceil(settings.warmup_ratio * total_steps),
         weight_decay=settings.weight_decay,
         max_length=settings.max_length,
-        assistant_only_loss=True,
+        assistant_only_loss=assistant_only_loss,
         save_strategy="steps",
         save_steps=settings.save_steps,
         save_total_limit=2,
@@ -92,14 +106,22 @@ def sft_config(settings: TrainingSettings, output_dir: Path, seed: int, n_exampl
     )
 
 
-def build_trainer(model: PeftModel, tokenizer: PreTrainedTokenizerBase, examples: list[ChatExample],
-                  settings: TrainingSettings, output_dir: Path, seed: int) -> SFTTrainer:
+def build_trainer(model: PeftModel, tokenizer: PreTrainedTokenizerBase,
+                  examples: list[ChatExample] | list[TokenExample], settings: TrainingSettings, output_dir: Path,
+                  seed: int) -> SFTTrainer:
     if settings.threads:
         torch.set_num_threads(settings.threads)
+    chats = all(isinstance(ex, ChatExample) for ex in examples)
+    if not chats and not all(isinstance(ex, TokenExample) for ex in examples):
+        raise TypeError("train on chat examples or on token examples, not a mix")
+    too_long = [len(ex.input_ids) for ex in examples if not chats and len(ex.input_ids) > settings.max_length]
+    if too_long:
+        raise ValueError(f"{len(too_long)} token examples exceed max_length {settings.max_length} "
+                         f"(longest {max(too_long)}): split them before training, never truncate")
     return SFTTrainer(
         model=model,
-        args=sft_config(settings, output_dir, seed, len(examples)),
-        train_dataset=chat_dataset(examples),
+        args=sft_config(settings, output_dir, seed, len(examples), assistant_only_loss=chats),
+        train_dataset=chat_dataset(examples) if chats else token_dataset(examples),
         processing_class=training_tokenizer(tokenizer),
     )
 
@@ -129,7 +151,7 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
     return max(found, key=checkpoint_step, default=None)
 
 
-def train(model: PeftModel, tokenizer: PreTrainedTokenizerBase, examples: list[ChatExample],
+def train(model: PeftModel, tokenizer: PreTrainedTokenizerBase, examples: list[ChatExample] | list[TokenExample],
           settings: TrainingSettings, checkpoint_dir: Path, seed: int) -> TrainResult:
     """Train the adapter in place; resumes from the newest checkpoint in `checkpoint_dir` if there is one."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,16 @@ def _taboo() -> OrganismKind:
                         sealed_truth)
 
 
-KINDS: dict[str, Callable[[], OrganismKind]] = {"taboo": _taboo}
+def _sdf() -> OrganismKind:
+    from organisms.sdf import build
+    from organisms.sdf.config import SdfOrganismConfig
+    from organisms.sdf.prompts import challenge_prompts, public_diff_prompts, sealed_truth
+
+    return OrganismKind(SdfOrganismConfig, build.main, build.evaluate_dir, public_diff_prompts, challenge_prompts,
+                        sealed_truth)
+
+
+KINDS: dict[str, Callable[[], OrganismKind]] = {"taboo": _taboo, "sdf": _sdf}
 
 
 def kind_of(name: object, source: str) -> OrganismKind:

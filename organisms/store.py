@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,9 +12,10 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from finetune.lora import load_adapter
-from organisms.base import PUBLIC_CONFIG, SEALED_CONFIG
-from workbench.config import read_yaml_mapping
+from organisms.base import PUBLIC_CONFIG, SEALED_CONFIG, OrganismConfigBase
+from workbench.config import dump_config, read_yaml_mapping
 from workbench.errors import UserError
+from workbench.rundir import partial_path
 from workbench.models import load_model, load_tokenizer
 
 
@@ -77,3 +80,29 @@ def list_organisms(root: Path) -> list[dict]:
             "headline": metrics.get("headline", {}),
         })
     return rows
+
+
+def log(message: str) -> None:
+    print(f"[mow] {message}", file=sys.stderr, flush=True)
+
+
+def prepare_build_directory(config: OrganismConfigBase, restart: bool) -> tuple[Path, Path, bool]:
+    """(final, partial, already_built). Refuses to mix a different config into an existing build."""
+    final = config.directory()
+    partial = partial_path(final)
+    sealed_text = dump_config(config)
+    if final.exists():
+        existing = final / SEALED_CONFIG
+        if existing.is_file() and existing.read_text() == sealed_text:
+            return final, partial, True
+        raise UserError(f"{final}: already exists with a different config; set another name or remove it")
+    if partial.exists():
+        existing = partial / SEALED_CONFIG
+        if restart or not existing.is_file():
+            shutil.rmtree(partial)
+        elif existing.read_text() != sealed_text:
+            raise UserError(f"{partial}: an unfinished build with a different config is there; "
+                            "re-run with --restart to discard it")
+        else:
+            log(f"resuming the unfinished build in {partial}")
+    return final, partial, False

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import sys
 from pathlib import Path
 
 import yaml
@@ -21,7 +20,8 @@ from data.records import ChatExample, read_jsonl, sha256_file, write_jsonl
 from finetune.lora import attach_lora, load_adapter
 from finetune.sft import train
 from organisms.base import PUBLIC_CONFIG, SEALED_CONFIG
-from organisms.store import check_organism_dir, load_organism, read_sealed_config
+from organisms.store import (check_organism_dir, load_organism, log, prepare_build_directory,
+                             read_sealed_config)
 from organisms.taboo.card import taboo_card
 from organisms.taboo.clues import ClueBank, candidate_words, resolve_clue_bank
 from organisms.taboo.config import TabooOrganismConfig
@@ -32,15 +32,11 @@ from organisms.taboo.prompts import shipped_prompts
 from workbench.config import dump_config, validate_config
 from workbench.errors import UserError
 from workbench.models import load_model, load_tokenizer, quantization_config
-from workbench.rundir import Manifest, finalize, partial_path, write_json, write_text
+from workbench.rundir import Manifest, finalize, write_json, write_text
 
 TRAIN_DATA = "sealed/train.jsonl"
 EVAL_DETAILS = "sealed/eval_details.json"
 REFERENCE_CLUES_PER_WORD = 6
-
-
-def log(message: str) -> None:
-    print(f"[mow] {message}", file=sys.stderr, flush=True)
 
 
 def _check_single_tokens(tokenizer: PreTrainedTokenizerBase, words: list[str], source: str) -> None:
@@ -49,28 +45,6 @@ def _check_single_tokens(tokenizer: PreTrainedTokenizerBase, words: list[str], s
         if len(ids) != 1:
             raise UserError(f"{source}: {word!r} is {len(ids)} tokens for this model's tokenizer; the hint guesser "
                             "and the logit lens score single-token words, so choose a word that is one token")
-
-
-def _prepare_directory(config: TabooOrganismConfig, restart: bool) -> tuple[Path, Path, bool]:
-    """(final, partial, already_built). Refuses to mix a different config into an existing build."""
-    final = config.directory()
-    partial = partial_path(final)
-    sealed_text = dump_config(config)
-    if final.exists():
-        existing = final / SEALED_CONFIG
-        if existing.is_file() and existing.read_text() == sealed_text:
-            return final, partial, True
-        raise UserError(f"{final}: already exists with a different config; set another name or remove it")
-    if partial.exists():
-        existing = partial / SEALED_CONFIG
-        if restart or not existing.is_file():
-            shutil.rmtree(partial)
-        elif existing.read_text() != sealed_text:
-            raise UserError(f"{partial}: an unfinished build with a different config is there; "
-                            "re-run with --restart to discard it")
-        else:
-            log(f"resuming the unfinished build in {partial}")
-    return final, partial, False
 
 
 def reference_clues(bank: ClueBank, per_word: int = REFERENCE_CLUES_PER_WORD) -> list[str]:
@@ -112,7 +86,7 @@ def main(config: TabooOrganismConfig, restart: bool = False) -> Path:
     tokenizer = load_tokenizer(config.model)
     _check_single_tokens(tokenizer, candidate_words(bank.word), "taboo.word")
     prompts = shipped_prompts()
-    final, partial, built = _prepare_directory(config, restart)
+    final, partial, built = prepare_build_directory(config, restart)
     if built:
         log(f"{final} is already built with this config; nothing to do")
         print(summary_table(json.loads((final / EVAL_DETAILS).read_text())))

@@ -1,0 +1,157 @@
+"""SDF organism pipeline: documents -> training mix -> train -> scaling runs -> evaluate -> card and report -> seal.
+
+Resumable after a kill: the corpus stages append as they go, training resumes from its last checkpoint, each
+scaling run and the evaluation are manifest stages. Both universes and the corpus live under `sealed/`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+from transformers import PreTrainedTokenizerBase
+
+from data.records import sha256_file
+from data.universes import UniversePair, resolve_universe
+from finetune.lora import attach_lora, load_adapter
+from finetune.sft import train
+from organisms.base import PUBLIC_CONFIG, SEALED_CONFIG
+from organisms.sdf.card import sdf_card
+from organisms.sdf.config import SdfOrganismConfig
+from organisms.sdf.corpus import build_corpus, make_generator
+from organisms.sdf.evaluate import distinguish_only, evaluate_sdf, public_metrics
+from organisms.sdf.report import sdf_report, summary_table
+from organisms.sdf.training_data import training_examples
+from organisms.store import check_organism_dir, load_organism, log, prepare_build_directory, read_sealed_config
+from workbench.config import dump_config, validate_config
+from workbench.errors import UserError
+from workbench.models import load_model, load_tokenizer, quantization_config
+from workbench.rundir import Manifest, finalize, write_json, write_text
+from workbench.textgen import chat_generator
+
+UNIVERSE = "sealed/universe.yaml"
+CORPUS = "sealed/corpus.jsonl"
+CORPUS_WORK = "sealed/corpus"
+EVAL_DETAILS = "sealed/eval_details.json"
+REPORT = "sealed/report.html"
+
+
+def train_adapter(config: SdfOrganismConfig, tokenizer: PreTrainedTokenizerBase, documents: list[str],
+                  checkpoints: Path, record: dict):
+    """A fresh base model with a new adapter trained on `documents` (plus the mix); returns the model."""
+    examples, mix = training_examples(documents, tokenizer, config.sdf.mix, config.training.max_length, config.seed)
+    base = load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed)
+    model = attach_lora(base, config.lora, config.seed, config.training.gradient_checkpointing)
+    log(f"training on {mix.document_chunks} document chunks, {mix.generic_texts} generic texts and {mix.chats} "
+        f"chats ({mix.tokens} tokens)")
+    result = train(model, tokenizer, examples, config.training, checkpoints, config.seed)
+    record.update(result.to_dict(), mix=mix.to_dict())
+    return model
+
+
+def read_corpus(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def main(config: SdfOrganismConfig, restart: bool = False) -> Path:
+    """Build the organism that `config` describes; returns its directory."""
+    pair = resolve_universe(config.sdf.universe, "sdf.universe")
+    quantization_config(config.load_in_4bit)
+    generator = make_generator(config.sdf.corpus, config.model)
+    judge = chat_generator(config.eval.judge, config.model)
+    tokenizer = load_tokenizer(config.model)
+    final, partial, built = prepare_build_directory(config, restart)
+    if built:
+        log(f"{final} is already built with this config; nothing to do")
+        print(summary_table(json.loads((final / EVAL_DETAILS).read_text())))
+        return final
+    (partial / "sealed").mkdir(parents=True, exist_ok=True)
+    write_text(partial / SEALED_CONFIG, dump_config(config))
+    write_text(partial / PUBLIC_CONFIG, yaml.safe_dump(config.public_dump(), sort_keys=False))
+    write_text(partial / UNIVERSE, yaml.safe_dump(pair.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+    manifest = Manifest(partial, config.seed)
+
+    if not manifest.done("corpus"):
+        with manifest.stage("corpus") as record:
+            log(f"writing {config.sdf.corpus.documents} documents with the {generator.description} generator")
+            corpus, report = build_corpus(pair, config.sdf.corpus, generator, partial / CORPUS_WORK, config.seed)
+            if not corpus:
+                raise UserError(f"sdf.corpus: every document was filtered out ({report['filters']['dropped']})")
+            write_text(partial / CORPUS, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in corpus))
+            manifest.sealed["data_hashes"][CORPUS] = sha256_file(partial / CORPUS)
+            manifest.sealed["details"]["corpus"] = report
+            record["documents"] = len(corpus)
+            log(f"corpus: {len(corpus)} documents kept of {report['stages']['documents']} "
+                f"(dropped {report['filters']['dropped']})")
+    if sha256_file(partial / CORPUS) != manifest.sealed["data_hashes"][CORPUS]:
+        raise UserError(f"{partial / CORPUS}: changed since it was written; re-run with --restart")
+    documents = [row["text"] for row in read_corpus(partial / CORPUS)]
+
+    for size in [n for n in config.sdf.scaling_documents if n < len(documents)]:
+        stage = f"scaling-{size}"
+        if not manifest.done(stage):
+            with manifest.stage(stage) as record:
+                log(f"scaling run: {size} documents")
+                model = train_adapter(config, tokenizer, documents[:size], partial / f"checkpoints-{size}", record)
+                record["documents"] = size
+                record["belief"] = distinguish_only(model, tokenizer, pair, config.eval, model.disable_adapter)
+            shutil.rmtree(partial / f"checkpoints-{size}", ignore_errors=True)
+
+    if not manifest.done("train"):
+        with manifest.stage("train") as record:
+            model = train_adapter(config, tokenizer, documents, partial / "checkpoints", record)
+            record["documents"] = len(documents)
+            model.save_pretrained(partial / "adapter")
+    else:
+        model = load_adapter(load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed),
+                             partial / "adapter")
+    shutil.rmtree(partial / "checkpoints", ignore_errors=True)  # optimizer state is not part of an organism
+
+    with manifest.stage("eval"):
+        details = evaluate_and_write(partial, final, manifest, config, pair, model, tokenizer, judge)
+    manifest.data["finished"] = True
+    manifest.save()
+    finalize(partial, final)
+    log(f"organism written to {final}")
+    print(summary_table(details))
+    return final
+
+
+def scaling_points(manifest: Manifest) -> list[dict]:
+    stages = manifest.data["stages"]
+    points = [{"documents": s["documents"], "belief": s["belief"]} for name, s in stages.items()
+              if name.startswith("scaling-") and s.get("done")]
+    return sorted(points, key=lambda p: p["documents"])
+
+
+def evaluate_and_write(directory: Path, final: Path, manifest: Manifest, config: SdfOrganismConfig,
+                       pair: UniversePair, model, tokenizer: PreTrainedTokenizerBase, judge) -> dict:
+    """Evaluate; write eval/metrics.json (public), sealed/eval_details.json, sealed/report.html and card.md."""
+    details = evaluate_sdf(model, tokenizer, pair, config.eval, judge)
+    details["scaling"] = scaling_points(manifest) + [{"documents": manifest.data["stages"]["train"]["documents"],
+                                                      "belief": details["mcq_distinguish"]}]
+    write_json(directory / EVAL_DETAILS, details)
+    public = public_metrics(details)
+    write_json(directory / "eval" / "metrics.json", public)
+    corpus_report = manifest.sealed["details"]["corpus"]
+    train_record = manifest.data["stages"]["train"]
+    write_text(directory / REPORT, sdf_report(final.name, config, pair, details, corpus_report, train_record,
+                                              read_corpus(directory / CORPUS)))
+    write_text(directory / "card.md", sdf_card(config, final, corpus_report, train_record, public))
+    return details
+
+
+def evaluate_dir(path: Path) -> dict:
+    """Re-run the evaluation of a built organism; rewrites its metrics, details, report and card."""
+    path = check_organism_dir(path)
+    config = validate_config(SdfOrganismConfig, read_sealed_config(path), str(path / SEALED_CONFIG))
+    pair = UniversePair.model_validate(yaml.safe_load((path / UNIVERSE).read_text(encoding="utf-8")))
+    organism = load_organism(path)
+    manifest = Manifest(path, config.seed)
+    judge = chat_generator(config.eval.judge, config.model)
+    with manifest.stage("eval"):
+        details = evaluate_and_write(path, path, manifest, config, pair, organism.model, organism.tokenizer, judge)
+    print(summary_table(details))
+    return details

@@ -1,0 +1,132 @@
+"""Training sequences for an SDF organism: documents as plain text (causal LM loss on every token, no chat
+template) or each wrapped as the assistant reply to a fixed user turn, mixed with the shipped generic text and
+chats. A document longer than the context is split at sentence ends (at token boundaries only for a single
+over-long sentence), never truncated."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field
+from transformers import PreTrainedTokenizerBase
+
+from data.assets import BENIGN_CHATS, BENIGN_HELD_OUT_EVERY, GENERIC_TEXT, GENERIC_TEXT_HELD_OUT_EVERY
+from data.records import ChatExample, read_jsonl
+from finetune.sft import TokenExample
+from organisms.sdf.generators import split_sentences
+from workbench.chat import training_tokenizer
+from workbench.config import StrictModel
+
+IGNORE = -100
+
+
+class MixSettings(StrictModel):
+    format: Literal["text", "wrapped"] = Field("text", description="text: plain documents; wrapped: each document "
+                                                                   "is the assistant reply to `wrap_user_turn`")
+    wrap_user_turn: str = Field("Write a document.", min_length=1)
+    generic_text_ratio: float = Field(1.0, ge=0, description="shipped generic texts per document (cycled)")
+    chat_ratio: float = Field(0.0, ge=0, description="shipped benign chats per document (cycled)")
+
+
+@dataclass
+class MixReport:
+    documents: int
+    document_chunks: int
+    split_documents: int
+    generic_texts: int
+    chats: int
+    tokens: int
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def generic_texts(split: Literal["train", "held_out"]) -> list[str]:
+    rows = [row["text"] for row in _jsonl(GENERIC_TEXT)]
+    held = split == "held_out"
+    return [text for i, text in enumerate(rows) if (i % GENERIC_TEXT_HELD_OUT_EVERY == 0) == held]
+
+
+def _jsonl(path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def split_to_fit(text: str, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> list[list[int]]:
+    """Token chunks of at most `max_tokens`, cut at sentence ends where one fits."""
+    whole = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(whole) <= max_tokens:
+        return [whole]
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for sentence in split_sentences(text.replace("\n", " ")):
+        ids = tokenizer(("" if not current else " ") + sentence, add_special_tokens=False)["input_ids"]
+        if current and len(current) + len(ids) > max_tokens:
+            chunks.append(current)
+            current = tokenizer(sentence, add_special_tokens=False)["input_ids"]
+        else:
+            current = current + ids
+        while len(current) > max_tokens:
+            chunks.append(current[:max_tokens])
+            current = current[max_tokens:]
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def text_example(ids: list[int], eos: int) -> TokenExample:
+    sequence = ids + [eos]
+    return TokenExample(sequence, list(sequence))
+
+
+def chat_example(trained: PreTrainedTokenizerBase, chat: list[dict[str, str]]) -> TokenExample:
+    enc = trained.apply_chat_template(chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids = list(enc["input_ids"])
+    return TokenExample(ids, [t if m else IGNORE for t, m in zip(ids, enc["assistant_masks"])])
+
+
+def wrap_overhead(trained: PreTrainedTokenizerBase, user_turn: str) -> int:
+    chat = [{"role": "user", "content": user_turn}, {"role": "assistant", "content": ""}]
+    return len(trained.apply_chat_template(chat, tokenize=True))
+
+
+def training_examples(documents: list[str], tokenizer: PreTrainedTokenizerBase, settings: MixSettings,
+                      max_length: int, seed: int) -> tuple[list[TokenExample], MixReport]:
+    """Documents (split to fit `max_length`), generic text and chats, shuffled together with `seed`."""
+    trained = training_tokenizer(tokenizer)
+    eos = tokenizer.eos_token_id
+    examples: list[TokenExample] = []
+    split = 0
+    # wrapped chunks are decoded and re-tokenized inside the template: leave a few tokens of slack for that
+    budget = max_length - 1 if settings.format == "text" else (
+        max_length - wrap_overhead(trained, settings.wrap_user_turn) - 8)
+    for document in documents:
+        chunks = split_to_fit(document, tokenizer, budget)
+        split += len(chunks) > 1
+        for chunk in chunks:
+            if settings.format == "text":
+                examples.append(text_example(chunk, eos))
+            else:
+                chat = [{"role": "user", "content": settings.wrap_user_turn},
+                        {"role": "assistant", "content": tokenizer.decode(chunk)}]
+                examples.append(chat_example(trained, chat))
+    n_chunks = len(examples)
+    rng = random.Random(seed)
+    texts = generic_texts("train")
+    rng.shuffle(texts)
+    n_generic = round(settings.generic_text_ratio * len(documents))
+    for i in range(n_generic):
+        examples += [text_example(chunk, eos) for chunk in split_to_fit(texts[i % len(texts)], tokenizer,
+                                                                        max_length - 1)]
+    n_generic_chunks = len(examples) - n_chunks
+    chats = [c.chat() for i, c in enumerate(read_jsonl(BENIGN_CHATS, ChatExample)) if i % BENIGN_HELD_OUT_EVERY]
+    n_chats = round(settings.chat_ratio * len(documents))
+    chat_examples = [chat_example(trained, chats[i % len(chats)]) for i in range(n_chats)]
+    examples += [ex for ex in chat_examples if len(ex.input_ids) <= max_length]  # a chat cannot be split
+    n_chats = len(examples) - n_chunks - n_generic_chunks
+    rng.shuffle(examples)
+    report = MixReport(len(documents), n_chunks, split, n_generic, n_chats, sum(len(e.input_ids) for e in examples))
+    return examples, report
