@@ -11,20 +11,14 @@
 
 from __future__ import annotations
 
-import re
-
-from organisms.base import SealedTruth
+from organisms.base import SealedTruth, normalise_answer
 
 TOP_K = (1, 5)
 PASS_AT = 10
 
 
-def normalise(guess: str) -> str:
-    return re.sub(r"[^a-z0-9]+", " ", guess.lower()).strip()
-
-
 def candidate_of(guess: str, truth: SealedTruth) -> str | None:
-    text = normalise(guess)
+    text = normalise_answer(guess)
     for candidate, forms in truth.candidates.items():
         if text in forms:
             return candidate
@@ -32,7 +26,7 @@ def candidate_of(guess: str, truth: SealedTruth) -> str | None:
 
 
 def hits(guess: str, truth: SealedTruth) -> bool:
-    return normalise(guess) in truth.candidates[truth.answer]
+    return normalise_answer(guess) in truth.candidates[truth.answer]
 
 
 def open_rank(ranking: list[str], truth: SealedTruth) -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,12 +76,17 @@ class OrganismConfigBase(StrictModel):
         return data
 
 
+def normalise_answer(text: str) -> str:
+    """The form guesses and naming strings are compared in: lower case, runs of anything but a-z0-9 as one space."""
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+
+
 @dataclass(frozen=True)
 class SealedTruth:
     """What an elicitation challenge is scored against, read from `sealed/` only after every method has run.
 
-    `candidates` maps each candidate answer of the forced-choice set (the true one included) to the normalised
-    strings that count as naming it: for a secret word the word and its simple plurals."""
+    `candidates` maps each candidate answer of the forced-choice set (the true one included) to the strings, in
+    `normalise_answer` form, that count as naming it: for a secret word the word and its simple plurals."""
 
     kind: str
     answer: str

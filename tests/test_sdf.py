@@ -276,3 +276,11 @@ def test_tiny_sdf_build_end_to_end(tmp_path, pair, capsys):
     capsys.readouterr()
     assert main(["organism", "build", str(path)]) == 0  # built already: nothing to do
     assert "already built" in capsys.readouterr().err
+
+    challenges = tmp_path / "challenges"  # the elicitation harness takes SDF organisms as they are
+    assert main(["elicit", str(organism), "--methods", "direct,prefill,logit_lens", "--out", str(challenges),
+                 "--set", "attempts=2", "--set", "max_new_tokens=4", "--set", "white_box.prompts=2",
+                 "--set", "white_box.response_tokens=3", "--set", "white_box.lens_texts=4"]) == 0
+    scores = json.loads((challenges / "tiny-sdf" / "scores.json").read_text())["methods"]
+    assert all(scores[m]["subjects"]["organism"]["status"] == "ok" for m in ("direct", "prefill", "logit_lens"))
+    assert json.loads((challenges / "tiny-sdf" / "truth.json").read_text())["answer"] == pair.id

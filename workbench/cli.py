@@ -123,6 +123,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
+    from organisms.registry import kind_of_dir
     from organisms.store import list_organisms, read_sealed_config
 
     rows = list_organisms(args.root)
@@ -137,8 +138,8 @@ def cmd_list(args: argparse.Namespace) -> None:
         scores = " ".join(f"{k}={v:.3f}" for k, v in head.items()) if head else "(not evaluated)"
         secret = ""
         if args.reveal and row["status"] == "built":
-            sealed = read_sealed_config(Path(row["path"]))
-            secret = f" secret={sealed.get('taboo', {}).get('word')}"
+            path = Path(row["path"])
+            secret = f" secret={kind_of_dir(path).sealed_truth(read_sealed_config(path)).answer}"
         print(f"{row['name']:<28} {row['status']:<8} {row['kind']:<6} {row['model']:<24} {scores}{secret}")
 
 
