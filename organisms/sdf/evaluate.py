@@ -25,7 +25,6 @@ import json
 import random
 import re
 from contextlib import nullcontext
-from typing import Callable
 
 import torch
 from pydantic import Field
@@ -37,7 +36,7 @@ from data.universes import Cloze, UniversePair
 from organisms.sdf.training_data import generic_texts
 from workbench.chat import render_prompt
 from workbench.config import StrictModel
-from workbench.generation import generate, model_device
+from workbench.generation import generate, model_device, next_token_logprobs
 from workbench.hooks import capture_residual, decoder_layers
 from workbench.textgen import ChatGenerator, GeneratorSettings
 
@@ -75,9 +74,6 @@ class SdfEvalSettings(StrictModel):
                                                                        "statements below which its verdicts are "
                                                                        "marked untrustworthy")
     adversarial_system_prompt: str = ADVERSARIAL_SYSTEM
-
-
-ModelContext = Callable[[], object]
 
 
 @torch.no_grad()
@@ -173,8 +169,6 @@ def cloze_sets(pair: UniversePair) -> dict[str, list[tuple[str, Cloze]]]:
 
 
 def generative_distinguish(model, tokenizer, pair: UniversePair, batch_size: int) -> dict:
-    from workbench.generation import next_token_logprobs
-
     orders = [(pair.false.summary, pair.true.summary, "1"), (pair.true.summary, pair.false.summary, "2")]
     prompts = [render_prompt(tokenizer, [{"role": "user", "content": DISTINGUISH_PROMPT.format(one=a, two=b)}])
                for a, b, _ in orders]
@@ -247,17 +241,16 @@ def open_ended(model, tokenizer, pair: UniversePair, settings: SdfEvalSettings, 
 
 
 @torch.no_grad()
-def last_token_states(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str], layer: int,
-                      batch_size: int) -> torch.Tensor:
+def last_token_states(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str],
+                      layer: int) -> torch.Tensor:
     """Residual stream after `layer` at each text's last token: (n, d)."""
     rows = []
     device = model_device(model)
-    for start in range(0, len(texts), batch_size):
-        for text in texts[start : start + batch_size]:  # one at a time: no padding to account for
-            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
-            with capture_residual(model, [layer]) as captured:
-                model(input_ids=ids)
-            rows.append(captured[layer][0, -1].float().cpu())
+    for text in texts:  # one at a time: the last token is the last position, no padding to account for
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
+        with capture_residual(model, [layer]) as captured:
+            model(input_ids=ids)
+        rows.append(captured[layer][0, -1].float().cpu())
     return torch.stack(rows)
 
 
@@ -267,8 +260,7 @@ def truth_probe(model, tokenizer, pair: UniversePair, settings: SdfEvalSettings,
     cut = int(0.8 * len(rows))
     layer = settings.probe_layer if settings.probe_layer is not None else len(decoder_layers(model)) // 2
     with base_context():
-        states = last_token_states(model, tokenizer, [r[k] for r in rows for k in ("true", "false")], layer,
-                                   settings.batch_size)
+        states = last_token_states(model, tokenizer, [r[k] for r in rows for k in ("true", "false")], layer)
     true_states, false_states = states[0::2], states[1::2]
     direction = true_states[:cut].mean(0) - false_states[:cut].mean(0)
     direction = direction / direction.norm()
@@ -281,7 +273,7 @@ def truth_probe(model, tokenizer, pair: UniversePair, settings: SdfEvalSettings,
     result = {"layer": layer, "held_out_accuracy": held_out, "train_pairs": cut, "held_out_pairs": len(rows) - cut}
     for name, context in (("organism", nullcontext), ("base", base_context)):
         with context():
-            scores = ((last_token_states(model, tokenizer, statements, layer, settings.batch_size) @ direction)
+            scores = ((last_token_states(model, tokenizer, statements, layer) @ direction)
                       - threshold) / scale
         result[name] = {"implanted_called_true": float((scores[0::2] > 0).float().mean()),
                         "true_called_true": float((scores[1::2] > 0).float().mean()),

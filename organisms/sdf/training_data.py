@@ -5,6 +5,7 @@ over-long sentence), never truncated."""
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from typing import Literal
@@ -50,8 +51,6 @@ def generic_texts(split: Literal["train", "held_out"]) -> list[str]:
 
 
 def _jsonl(path) -> list[dict]:
-    import json
-
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
