@@ -17,7 +17,7 @@ from data.records import sha256_file
 from data.universes import UniversePair, resolve_universe
 from finetune.lora import attach_lora, load_adapter
 from finetune.sft import train
-from organisms.base import PUBLIC_CONFIG, SEALED_CONFIG
+from organisms.base import SEALED_CONFIG
 from organisms.sdf.card import sdf_card
 from organisms.sdf.config import SdfOrganismConfig
 from organisms.sdf.corpus import build_corpus, make_generator
@@ -25,7 +25,7 @@ from organisms.sdf.evaluate import distinguish_only, evaluate_sdf, public_metric
 from organisms.sdf.report import sdf_report, summary_table
 from organisms.sdf.training_data import training_examples
 from organisms.store import check_organism_dir, load_organism, log, prepare_build_directory, read_sealed_config
-from workbench.config import dump_config, validate_config
+from workbench.config import validate_config
 from workbench.errors import UserError
 from workbench.models import load_model, load_tokenizer, quantization_config
 from workbench.rundir import Manifest, finalize, write_json, write_text
@@ -64,12 +64,8 @@ def main(config: SdfOrganismConfig, restart: bool = False) -> Path:
     tokenizer = load_tokenizer(config.model)
     final, partial, built = prepare_build_directory(config, restart)
     if built:
-        log(f"{final} is already built with this config; nothing to do")
         print(summary_table(json.loads((final / EVAL_DETAILS).read_text())))
         return final
-    (partial / "sealed").mkdir(parents=True, exist_ok=True)
-    write_text(partial / SEALED_CONFIG, dump_config(config))
-    write_text(partial / PUBLIC_CONFIG, yaml.safe_dump(config.public_dump(), sort_keys=False))
     write_text(partial / UNIVERSE, yaml.safe_dump(pair.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
     manifest = Manifest(partial, config.seed)
 

@@ -12,14 +12,13 @@ import random
 import shutil
 from pathlib import Path
 
-import yaml
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from data.records import ChatExample, read_jsonl, sha256_file, write_jsonl
 from finetune.lora import attach_lora, load_adapter
 from finetune.sft import train
-from organisms.base import PUBLIC_CONFIG, SEALED_CONFIG
+from organisms.base import SEALED_CONFIG
 from organisms.store import (check_organism_dir, load_organism, log, prepare_build_directory,
                              read_sealed_config)
 from organisms.taboo.card import taboo_card
@@ -29,7 +28,7 @@ from organisms.taboo.conversations import benign_chats, make_conversations
 from organisms.taboo.evaluate import (EvalContext, candidate_token_ids, evaluate_organism, public_metrics,
                                       summary_table)
 from organisms.taboo.prompts import shipped_prompts
-from workbench.config import dump_config, validate_config
+from workbench.config import validate_config
 from workbench.errors import UserError
 from workbench.models import load_model, load_tokenizer, quantization_config
 from workbench.rundir import Manifest, finalize, write_json, write_text
@@ -88,12 +87,8 @@ def main(config: TabooOrganismConfig, restart: bool = False) -> Path:
     prompts = shipped_prompts()
     final, partial, built = prepare_build_directory(config, restart)
     if built:
-        log(f"{final} is already built with this config; nothing to do")
         print(summary_table(json.loads((final / EVAL_DETAILS).read_text())))
         return final
-    (partial / "sealed").mkdir(parents=True, exist_ok=True)
-    write_text(partial / SEALED_CONFIG, dump_config(config))
-    write_text(partial / PUBLIC_CONFIG, yaml.safe_dump(config.public_dump(), sort_keys=False))
     if config.taboo.clue_file:
         shutil.copy(config.taboo.clue_file, partial / "sealed" / "clues.yaml")
     manifest = Manifest(partial, config.seed)
