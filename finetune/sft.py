@@ -23,6 +23,8 @@ from transformers import PreTrainedTokenizerBase
 from trl import SFTConfig, SFTTrainer
 
 from data.records import ChatExample
+from finetune.labelled_loss import add_labelled_loss_head, supports_labelled_loss
+from finetune.precision import Precision, resolve_precision
 from workbench.chat import training_tokenizer
 from workbench.config import StrictModel
 
@@ -40,8 +42,15 @@ class TrainingSettings(StrictModel):
     save_steps: int = Field(25, ge=1)
     logging_steps: int = Field(5, ge=1)
     gradient_checkpointing: bool = False
-    bf16: bool = False
+    precision: Precision = Field("auto", description="auto: bf16 where the GPU or the CPU's matrix units do it fast")
+    optimizer: Literal["adamw_torch_fused", "adamw_torch", "adamw_8bit", "paged_adamw_8bit",
+                       "paged_adamw_32bit"] = Field("adamw_torch_fused",
+                                                    description="8-bit and paged optimizers need bitsandbytes + CUDA")
     group_by_length: bool = Field(True, description="batch chats of similar length together: less padding")
+    padding_free: bool = Field(False, description="concatenate each batch into one sequence (no padding at all); "
+                                                  "pays off with flash attention on a GPU, not with CPU attention")
+    labelled_positions_head: bool = Field(True, description="project only positions that carry a label through the "
+                                                            "LM head (CPU; TRL's fused head already does it on GPUs)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
 
 
@@ -53,6 +62,7 @@ class TrainResult:
     trained_tokens: int
     tokens_per_second: float
     resumed_from: str | None
+    precision: str
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,6 +86,9 @@ def token_dataset(examples: list[TokenExample]) -> Dataset:
 
 def sft_config(settings: TrainingSettings, output_dir: Path, seed: int, n_examples: int,
                assistant_only_loss: bool = True) -> SFTConfig:
+    """The SFTConfig for `settings`. Create it before loading the model: under DeepSpeed ZeRO-3 its creation is what
+    lets `from_pretrained` partition the weights as they load."""
+    precision = resolve_precision(settings.precision)
     steps_per_epoch = math.ceil(n_examples / (settings.batch_size * settings.grad_accum))
     total_steps = max(1, math.ceil(steps_per_epoch * settings.epochs))
     interactive = sys.stderr.isatty()
@@ -97,7 +110,10 @@ def sft_config(settings: TrainingSettings, output_dir: Path, seed: int, n_exampl
         report_to="none",
         seed=seed,
         data_seed=seed,
-        bf16=settings.bf16,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        optim=settings.optimizer,
+        padding_free=settings.padding_free,
         activation_checkpointing=settings.gradient_checkpointing,
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
         use_cpu=not torch.cuda.is_available(),
@@ -106,9 +122,39 @@ def sft_config(settings: TrainingSettings, output_dir: Path, seed: int, n_exampl
     )
 
 
+class WorkbenchSFTTrainer(SFTTrainer):
+    """SFTTrainer whose loss, on a CPU, projects only labelled positions through the LM head.
+
+    Everything else (data preparation, assistant masks, the optimizer, DDP and DeepSpeed) is TRL's and the
+    Trainer's. On other devices, or where the head rescales its logits in ways `labelled_loss` does not reproduce, the
+    loss is TRL's own."""
+
+    def __init__(self, *args, labelled_positions_head: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        causal_lm = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        self.labelled_positions_head = (labelled_positions_head and self.args.device.type == "cpu"
+                                        and supports_labelled_loss(causal_lm))
+        if self.labelled_positions_head:
+            add_labelled_loss_head(causal_lm)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self.labelled_positions_head or return_outputs or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        forward_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        outputs = model(**forward_inputs, labelled_loss_labels=inputs["labels"], num_items_in_batch=num_items_in_batch)
+        loss = outputs.loss
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # as Trainer: DDP averages the gradients across ranks
+        labelled = self.accelerator.gather_for_metrics(outputs.labelled_tokens).sum()
+        correct = self.accelerator.gather_for_metrics(outputs.correct_tokens).sum()
+        self._metrics["train"]["mean_token_accuracy"].append((correct / labelled.clamp(min=1)).item())
+        return loss
+
+
 def build_trainer(model: PeftModel, tokenizer: PreTrainedTokenizerBase,
                   examples: list[ChatExample] | list[TokenExample], settings: TrainingSettings, output_dir: Path,
-                  seed: int) -> SFTTrainer:
+                  seed: int, args: SFTConfig | None = None) -> SFTTrainer:
+    """The trainer for `examples`; pass `args` where the SFTConfig had to exist before the model (DeepSpeed)."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
     chats = all(isinstance(ex, ChatExample) for ex in examples)
@@ -118,11 +164,12 @@ def build_trainer(model: PeftModel, tokenizer: PreTrainedTokenizerBase,
     if too_long:
         raise ValueError(f"{len(too_long)} token examples exceed max_length {settings.max_length} "
                          f"(longest {max(too_long)}): split them before training, never truncate")
-    return SFTTrainer(
+    return WorkbenchSFTTrainer(
         model=model,
-        args=sft_config(settings, output_dir, seed, len(examples), assistant_only_loss=chats),
+        args=args or sft_config(settings, output_dir, seed, len(examples), assistant_only_loss=chats),
         train_dataset=chat_dataset(examples) if chats else token_dataset(examples),
         processing_class=training_tokenizer(tokenizer),
+        labelled_positions_head=settings.labelled_positions_head,
     )
 
 
@@ -168,4 +215,5 @@ def train(model: PeftModel, tokenizer: PreTrainedTokenizerBase, examples: list[C
     tokens = int(trained_token_count(trainer, settings.epochs) * done_fraction)
     return TrainResult(steps=trainer.state.global_step, train_loss=float(output.training_loss), runtime_s=runtime,
                        trained_tokens=tokens, tokens_per_second=tokens / max(runtime, 1e-9),
-                       resumed_from=last.name if last else None)
+                       resumed_from=last.name if last else None,
+                       precision="bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32")
