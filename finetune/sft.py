@@ -7,8 +7,10 @@ LM loss on documents, for instance. Checkpoints go to a directory; training agai
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -20,6 +22,7 @@ from datasets import Dataset
 from peft import PeftModel
 from pydantic import Field
 from transformers import PreTrainedTokenizerBase
+from transformers.integrations import is_deepspeed_zero3_enabled
 from trl import SFTConfig, SFTTrainer
 
 from data.records import ChatExample
@@ -27,12 +30,14 @@ from finetune.labelled_loss import add_labelled_loss_head, supports_labelled_los
 from finetune.precision import Precision, resolve_precision
 from workbench.chat import training_tokenizer
 from workbench.config import StrictModel
+from workbench.errors import UserError
 
 
 class TrainingSettings(StrictModel):
     epochs: float = Field(3.0, gt=0)
     learning_rate: float = Field(2e-4, gt=0)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="chats per optimizer step (before grad_accum), over all processes "
+                                                "of a distributed launch: the same config trains the same way")
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(512, ge=16)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
@@ -63,6 +68,8 @@ class TrainResult:
     tokens_per_second: float
     resumed_from: str | None
     precision: str
+    processes: int
+    loss_curve: list[float]  # the logged training loss, every `logging_steps` steps
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,18 +91,39 @@ def token_dataset(examples: list[TokenExample]) -> Dataset:
     return Dataset.from_list([{"input_ids": ex.input_ids, "labels": ex.labels} for ex in examples])
 
 
+def world_size() -> int:
+    """Processes of the launch this process belongs to (1 outside `accelerate launch`)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+EIGHT_BIT_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
+
+
+def check_training_settings(settings: TrainingSettings) -> None:
+    """What the hardware must offer for these settings; a one-line error naming what to change."""
+    resolve_precision(settings.precision)
+    if settings.optimizer in EIGHT_BIT_OPTIMIZERS:
+        if not torch.cuda.is_available():
+            raise UserError(f"training.optimizer: {settings.optimizer} (bitsandbytes) needs a CUDA GPU (none found); "
+                            "use adamw_torch_fused")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise UserError(f"training.optimizer: {settings.optimizer} needs bitsandbytes; "
+                            "run: pip install -e '.[gpu]', or use adamw_torch_fused")
+
+
 def sft_config(settings: TrainingSettings, output_dir: Path, seed: int, n_examples: int,
                assistant_only_loss: bool = True) -> SFTConfig:
     """The SFTConfig for `settings`. Create it before loading the model: under DeepSpeed ZeRO-3 its creation is what
     lets `from_pretrained` partition the weights as they load."""
     precision = resolve_precision(settings.precision)
+    processes = world_size()
     steps_per_epoch = math.ceil(n_examples / (settings.batch_size * settings.grad_accum))
     total_steps = max(1, math.ceil(steps_per_epoch * settings.epochs))
     interactive = sys.stderr.isatty()
     return SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=settings.epochs,
-        per_device_train_batch_size=settings.batch_size,
+        per_device_train_batch_size=settings.batch_size // processes,
         gradient_accumulation_steps=settings.grad_accum,
         learning_rate=settings.learning_rate,
         lr_scheduler_type=settings.lr_scheduler,
@@ -118,6 +146,7 @@ def sft_config(settings: TrainingSettings, output_dir: Path, seed: int, n_exampl
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every LoRA parameter takes part in every forward
         disable_tqdm=not interactive,  # off a terminal the Trainer prints one log line per logging step instead
     )
 
@@ -173,6 +202,23 @@ def build_trainer(model: PeftModel, tokenizer: PreTrainedTokenizerBase,
     )
 
 
+def save_adapter(trainer: SFTTrainer, directory: Path) -> None:
+    """Rank 0 writes the adapter (safetensors). Under DeepSpeed ZeRO-3 each rank holds a shard of every parameter,
+    so the LoRA parameters (only those: the frozen base is never gathered) are gathered first, on every rank."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    main_process = trainer.accelerator.is_main_process
+    if trainer.is_deepspeed_enabled and is_deepspeed_zero3_enabled():
+        import deepspeed
+
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        with deepspeed.zero.GatheredParameters(trainable, modifier_rank=None):
+            if main_process:
+                model.save_pretrained(directory, safe_serialization=True)
+    elif main_process:
+        model.save_pretrained(directory, safe_serialization=True)
+    trainer.accelerator.wait_for_everyone()
+
+
 def trained_token_count(trainer: SFTTrainer, epochs: float) -> int:
     """Non-padding tokens the forward passes see over the run (what tokens-per-second counts)."""
     per_epoch = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
@@ -199,12 +245,14 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
 
 
 def train(model: PeftModel, tokenizer: PreTrainedTokenizerBase, examples: list[ChatExample] | list[TokenExample],
-          settings: TrainingSettings, checkpoint_dir: Path, seed: int) -> TrainResult:
-    """Train the adapter in place; resumes from the newest checkpoint in `checkpoint_dir` if there is one."""
+          settings: TrainingSettings, checkpoint_dir: Path, seed: int, adapter_dir: Path | None = None,
+          args: SFTConfig | None = None) -> TrainResult:
+    """Train the adapter in place and save it to `adapter_dir` (if given); resumes from the newest checkpoint in
+    `checkpoint_dir` if there is one. Under `accelerate launch` every rank calls this; rank 0 saves."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    trainer = build_trainer(model, tokenizer, examples, settings, checkpoint_dir, seed)
+    trainer = build_trainer(model, tokenizer, examples, settings, checkpoint_dir, seed, args=args)
     last = last_complete_checkpoint(checkpoint_dir)
-    if last:
+    if last and trainer.accelerator.is_main_process:
         print(f"resuming from {last.name}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(last) if last else None)
@@ -213,7 +261,11 @@ def train(model: PeftModel, tokenizer: PreTrainedTokenizerBase, examples: list[C
     if last:
         done_fraction = 1 - checkpoint_step(last) / max(1, trainer.state.max_steps)
     tokens = int(trained_token_count(trainer, settings.epochs) * done_fraction)
+    if adapter_dir is not None:
+        save_adapter(trainer, adapter_dir)
     return TrainResult(steps=trainer.state.global_step, train_loss=float(output.training_loss), runtime_s=runtime,
                        trained_tokens=tokens, tokens_per_second=tokens / max(runtime, 1e-9),
                        resumed_from=last.name if last else None,
-                       precision="bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32")
+                       precision="bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32",
+                       processes=trainer.accelerator.num_processes,
+                       loss_curve=[entry["loss"] for entry in trainer.state.log_history if "loss" in entry])

@@ -33,13 +33,15 @@ QUICK_DIFF = ["prompts.max_items_per_set=6", "cache.token_budget=2000", "crossco
 QUICK_CHALLENGE = ["attempts=3", "white_box.prompts=6", "white_box.lens_texts=30"]
 
 
-def _build(config_path: Path, overrides: list[str], restart: bool, output_dir: Path | None = None) -> Path:
+def _build(config_path: Path, overrides: list[str], restart: bool, output_dir: Path | None = None,
+           launch=None) -> Path:
+    from finetune.launch import LaunchSettings
     from organisms.registry import load_organism_config
 
     kind, config = load_organism_config(config_path, overrides)
     if output_dir is not None:
         config = config.model_copy(update={"output_dir": output_dir})
-    return kind.build(config, restart=restart)
+    return kind.build(config, restart=restart, launch=launch or LaunchSettings())
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -78,8 +80,21 @@ def cmd_demo(args: argparse.Namespace) -> None:
           f"  challenge      {challenge_dir / 'report.html'}\n  leaderboard    {board / 'leaderboard.html'}")
 
 
+def launch_settings(args: argparse.Namespace):
+    """The --launcher flags as LaunchSettings; a bad combination is a one-line error."""
+    from finetune.launch import LaunchSettings
+    from workbench.config import validate_config
+
+    raw = {"launcher": args.launcher, "config_file": args.launch_config, "deepspeed_config": args.deepspeed_config,
+           "num_processes": args.num_processes, "num_machines": args.num_machines, "machine_rank": args.machine_rank,
+           "main_process_ip": args.main_process_ip, "main_process_port": args.main_process_port}
+    if args.launcher == "none" and any(raw[k] is not None for k in ("config_file", "deepspeed_config")):
+        raise UserError("--launch-config and --deepspeed-config need --launcher accelerate or deepspeed")
+    return validate_config(LaunchSettings, {k: v for k, v in raw.items() if v is not None}, "command line")
+
+
 def cmd_build(args: argparse.Namespace) -> None:
-    _build(args.config, args.set, args.restart)
+    _build(args.config, args.set, args.restart, launch=launch_settings(args))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -251,6 +266,19 @@ def parser() -> argparse.ArgumentParser:
     build = osub.add_parser("build", help="build an organism from a config (resumes an unfinished build)")
     build.add_argument("config", type=Path, help="YAML config, e.g. configs/organisms/taboo.yaml")
     add_build_flags(build)
+    distributed = build.add_argument_group("distributed training (re-launches the training stage through "
+                                           "`accelerate launch`; configs in configs/launch/)")
+    distributed.add_argument("--launcher", choices=["none", "accelerate", "deepspeed"], default="none",
+                             help="accelerate: DDP (NCCL, or gloo on CPUs); deepspeed: ZeRO through accelerate")
+    distributed.add_argument("--launch-config", type=Path, help="accelerate config (default: configs/launch/"
+                                                                "ddp.yaml, or zero2.yaml for deepspeed)")
+    distributed.add_argument("--deepspeed-config", type=Path, help="your own DeepSpeed JSON (with --launcher "
+                                                                   "deepspeed), instead of the shipped settings")
+    distributed.add_argument("--num-processes", type=int, help="processes over all machines (default 2)")
+    distributed.add_argument("--num-machines", type=int, help="machines taking part (default 1)")
+    distributed.add_argument("--machine-rank", type=int, help="this machine's rank (0 runs the pipeline)")
+    distributed.add_argument("--main-process-ip", help="address of machine rank 0 (multi-machine runs)")
+    distributed.add_argument("--main-process-port", type=int, help="rendezvous port on machine rank 0 (29500)")
     build.set_defaults(func=cmd_build)
     evaluate = osub.add_parser("eval", help="re-run the evaluation of a built organism")
     evaluate.add_argument("dir", type=Path)

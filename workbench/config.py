@@ -71,6 +71,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         return f"{source}: unknown key {loc!r}"
     if err["type"] == "missing":
         return f"{source}: missing required key {loc!r}"
+    if err["type"] == "value_error" and not err["loc"]:  # a model validator: its message names the values
+        return f"{source}: {err['msg'].removeprefix('Value error, ')}"
     got = err.get("input")
     shown = repr(got) if not isinstance(got, dict) else "a mapping"
     if len(shown) > 80:

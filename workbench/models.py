@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from workbench.errors import UserError
@@ -133,11 +134,21 @@ def quantization_config(load_in_4bit: bool):
     if not torch.cuda.is_available():
         raise UserError("load_in_4bit: true needs a CUDA GPU (none found); set load_in_4bit: false on this machine")
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise UserError("load_in_4bit: true needs bitsandbytes; run: pip install 'model-organism-workbench[gpu]'")
+        raise UserError("load_in_4bit: true needs bitsandbytes; run: pip install -e '.[gpu]' "
+                        "(or set load_in_4bit: false)")
+    try:
+        import bitsandbytes  # noqa: F401  (a build without CUDA kernels fails here)
+    except (ImportError, RuntimeError, OSError) as exc:
+        raise UserError(f"load_in_4bit: true: bitsandbytes does not load here ({str(exc).splitlines()[0]}); "
+                        "install a CUDA build of it, or set load_in_4bit: false") from None
+    if not torch.cuda.is_bf16_supported():
+        raise UserError(f"load_in_4bit: true computes in bf16, which this GPU ({torch.cuda.get_device_name()}) "
+                        "does not support (Ampere or newer does); set load_in_4bit: false")
     from transformers import BitsAndBytesConfig
 
+    # bf16 storage of the packed 4-bit weights lets ZeRO-3 and FSDP shard them like the other bf16 parameters.
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16)
+                              bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
 
 
 def load_model(spec: ModelSpec | str, *, dtype: torch.dtype = torch.float32, load_in_4bit: bool = False,
@@ -150,11 +161,12 @@ def load_model(spec: ModelSpec | str, *, dtype: torch.dtype = torch.float32, loa
     kwargs: dict = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}
     quant = quantization_config(load_in_4bit)
     if quant is not None:
-        kwargs.update(quantization_config=quant, dtype=torch.bfloat16, device_map={"": 0})
+        # this process's GPU: the one the launch worker selected for its rank, else the first
+        kwargs.update(quantization_config=quant, dtype=torch.bfloat16, device_map={"": torch.cuda.current_device()})
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as exc:
         raise UserError(f"model spec {spec.text!r}: cannot load: {str(exc).splitlines()[0]}") from None
-    if torch.cuda.is_available() and quant is None:
-        model = model.to("cuda")
+    if torch.cuda.is_available() and quant is None and not is_deepspeed_zero3_enabled():
+        model = model.to("cuda")  # under ZeRO-3 the weights were partitioned onto the GPUs as they loaded
     return model

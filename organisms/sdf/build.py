@@ -15,8 +15,9 @@ from transformers import PreTrainedTokenizerBase
 
 from data.records import sha256_file
 from data.universes import UniversePair, resolve_universe
-from finetune.lora import attach_lora, load_adapter
-from finetune.sft import train
+from finetune.job import TrainJob, preflight_training, train_adapter
+from finetune.launch import LaunchSettings
+from finetune.lora import load_adapter
 from organisms.base import SEALED_CONFIG
 from organisms.sdf.card import sdf_card
 from organisms.sdf.config import SdfOrganismConfig
@@ -27,7 +28,7 @@ from organisms.sdf.training_data import training_examples
 from organisms.store import check_organism_dir, load_organism, log, prepare_build_directory, read_sealed_config
 from workbench.config import validate_config
 from workbench.errors import UserError
-from workbench.models import load_model, load_tokenizer, quantization_config
+from workbench.models import load_model, load_tokenizer
 from workbench.rundir import Manifest, finalize, write_json, write_text
 from workbench.textgen import chat_generator
 
@@ -38,16 +39,21 @@ EVAL_DETAILS = "sealed/eval_details.json"
 REPORT = "sealed/report.html"
 
 
-def train_adapter(config: SdfOrganismConfig, tokenizer: PreTrainedTokenizerBase, documents: list[str],
-                  checkpoints: Path, record: dict):
-    """A fresh base model with a new adapter trained on `documents` (plus the mix); returns the model."""
+def train_on_documents(config: SdfOrganismConfig, tokenizer: PreTrainedTokenizerBase, documents: list[str],
+                       checkpoints: Path, adapter_dir: Path, record: dict, launch: LaunchSettings,
+                       accelerate_config: dict | None):
+    """A new adapter on the base model, trained on `documents` (plus the mix) and saved to `adapter_dir`; returns
+    the trained model."""
     examples, mix = training_examples(documents, tokenizer, config.sdf.mix, config.training.max_length, config.seed)
-    base = load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed)
-    model = attach_lora(base, config.lora, config.seed, config.training.gradient_checkpointing)
     log(f"training on {mix.document_chunks} document chunks, {mix.generic_texts} generic texts and {mix.chats} "
         f"chats ({mix.tokens} tokens)")
-    result = train(model, tokenizer, examples, config.training, checkpoints, config.seed)
-    record.update(result.to_dict(), mix=mix.to_dict())
+    job = TrainJob(model=config.model, load_in_4bit=config.load_in_4bit, seed=config.seed, lora=config.lora,
+                   training=config.training, checkpoint_dir=checkpoints, adapter_dir=adapter_dir)
+    result, model, launch_record = train_adapter(job, examples, launch, accelerate_config)
+    record.update(result.to_dict(), mix=mix.to_dict(), launch=launch_record)
+    if model is None:
+        model = load_adapter(load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed),
+                             adapter_dir)
     return model
 
 
@@ -55,10 +61,11 @@ def read_corpus(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def main(config: SdfOrganismConfig, restart: bool = False) -> Path:
-    """Build the organism that `config` describes; returns its directory."""
+def main(config: SdfOrganismConfig, restart: bool = False, launch: LaunchSettings = LaunchSettings()) -> Path:
+    """Build the organism that `config` describes; returns its directory. `launch` runs the training stages on
+    several processes (DDP or DeepSpeed through accelerate)."""
     pair = resolve_universe(config.sdf.universe, "sdf.universe")
-    quantization_config(config.load_in_4bit)
+    accelerate_config = preflight_training(config.load_in_4bit, config.training, launch)
     generator = make_generator(config.sdf.corpus, config.model)
     judge = chat_generator(config.eval.judge, config.model)
     tokenizer = load_tokenizer(config.model)
@@ -90,16 +97,18 @@ def main(config: SdfOrganismConfig, restart: bool = False) -> Path:
         if not manifest.done(stage):
             with manifest.stage(stage) as record:
                 log(f"scaling run: {size} documents")
-                model = train_adapter(config, tokenizer, documents[:size], partial / f"checkpoints-{size}", record)
+                checkpoints = partial / f"checkpoints-{size}"
+                model = train_on_documents(config, tokenizer, documents[:size], checkpoints, checkpoints / "adapter",
+                                           record, launch, accelerate_config)
                 record["documents"] = size
                 record["belief"] = distinguish_only(model, tokenizer, pair, config.eval, model.disable_adapter)
             shutil.rmtree(partial / f"checkpoints-{size}", ignore_errors=True)
 
     if not manifest.done("train"):
         with manifest.stage("train") as record:
-            model = train_adapter(config, tokenizer, documents, partial / "checkpoints", record)
+            model = train_on_documents(config, tokenizer, documents, partial / "checkpoints", partial / "adapter",
+                                       record, launch, accelerate_config)
             record["documents"] = len(documents)
-            model.save_pretrained(partial / "adapter")
     else:
         model = load_adapter(load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed),
                              partial / "adapter")

@@ -16,8 +16,9 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from data.records import ChatExample, read_jsonl, sha256_file, write_jsonl
-from finetune.lora import attach_lora, load_adapter
-from finetune.sft import train
+from finetune.job import TrainJob, preflight_training, train_adapter
+from finetune.launch import LaunchSettings
+from finetune.lora import load_adapter
 from organisms.base import SEALED_CONFIG
 from organisms.store import (check_organism_dir, load_organism, log, prepare_build_directory,
                              read_sealed_config)
@@ -30,7 +31,7 @@ from organisms.taboo.evaluate import (EvalContext, candidate_token_ids, evaluate
 from organisms.taboo.prompts import shipped_prompts
 from workbench.config import validate_config
 from workbench.errors import UserError
-from workbench.models import load_model, load_tokenizer, quantization_config
+from workbench.models import load_model, load_tokenizer
 from workbench.rundir import Manifest, finalize, write_json, write_text
 
 TRAIN_DATA = "sealed/train.jsonl"
@@ -78,10 +79,11 @@ def evaluate_and_write(directory: Path, final: Path, manifest: Manifest, config:
     return details
 
 
-def main(config: TabooOrganismConfig, restart: bool = False) -> Path:
-    """Build the organism that `config` describes; returns its directory."""
+def main(config: TabooOrganismConfig, restart: bool = False, launch: LaunchSettings = LaunchSettings()) -> Path:
+    """Build the organism that `config` describes; returns its directory. `launch` runs the training stage on
+    several processes (DDP or DeepSpeed through accelerate)."""
     bank = resolve_clue_bank(config.taboo.word, config.taboo.clue_file, "taboo.word")
-    quantization_config(config.load_in_4bit)  # only its check here: 4-bit needs CUDA and bitsandbytes
+    accelerate_config = preflight_training(config.load_in_4bit, config.training, launch)
     tokenizer = load_tokenizer(config.model)
     _check_single_tokens(tokenizer, candidate_words(bank.word), "taboo.word")
     prompts = shipped_prompts()
@@ -106,17 +108,18 @@ def main(config: TabooOrganismConfig, restart: bool = False) -> Path:
         raise UserError(f"{partial / TRAIN_DATA}: changed since it was written; re-run with --restart")
     examples = read_jsonl(partial / TRAIN_DATA, ChatExample)
 
-    log(f"loading {config.model}")
-    base = load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed)
+    model = None
     if not manifest.done("train"):
-        model = attach_lora(base, config.lora, config.seed, config.training.gradient_checkpointing)
         with manifest.stage("train") as record:
             log(f"training on {len(examples)} chats for {config.training.epochs} epoch(s)")
-            result = train(model, tokenizer, examples, config.training, partial / "checkpoints", config.seed)
-            model.save_pretrained(partial / "adapter")
-            record.update(result.to_dict())
-    else:
-        model = load_adapter(base, partial / "adapter")
+            job = TrainJob(model=config.model, load_in_4bit=config.load_in_4bit, seed=config.seed, lora=config.lora,
+                           training=config.training, checkpoint_dir=partial / "checkpoints",
+                           adapter_dir=partial / "adapter")
+            result, model, launch_record = train_adapter(job, examples, launch, accelerate_config)
+            record.update(result.to_dict(), launch=launch_record)
+    if model is None:
+        model = load_adapter(load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed),
+                             partial / "adapter")
     shutil.rmtree(partial / "checkpoints", ignore_errors=True)  # optimizer state is not part of an organism
 
     with manifest.stage("eval"):

@@ -1,0 +1,97 @@
+"""One training run of an adapter, in this process or on every rank of an `accelerate launch`.
+
+The pipelines call `train_adapter`: it trains in process, or writes the job (settings and examples) and launches
+`finetune.worker` on N processes through `finetune.launch`, then reads the result rank 0 wrote. Either way the
+adapter ends up in `adapter_dir`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from peft import PeftModel
+from pydantic import Field
+
+from data.records import ChatExample
+from finetune.launch import LaunchSettings, check_launch, run_launch
+from finetune.lora import LoraSettings, attach_lora
+from finetune.sft import TokenExample, TrainingSettings, TrainResult, check_training_settings, sft_config, train
+from workbench.config import StrictModel
+from workbench.errors import UserError
+from workbench.models import load_model, load_tokenizer, quantization_config
+
+
+class TrainJob(StrictModel):
+    """Everything a worker process needs to train one adapter; written as JSON for `accelerate launch`."""
+
+    model: str
+    load_in_4bit: bool = False
+    seed: int = 0
+    lora: LoraSettings
+    training: TrainingSettings
+    checkpoint_dir: Path
+    adapter_dir: Path
+    # Set for a launch only: where the workers read the examples and rank 0 writes the result.
+    examples_path: Path | None = Field(None, description="jsonl: chat examples, or token examples (input_ids, labels)")
+    examples_kind: Literal["chat", "token"] | None = None
+    result_path: Path | None = None
+
+
+def write_examples(path: Path, examples: list[ChatExample] | list[TokenExample]) -> str:
+    """Write the examples a job trains on; returns their kind ('chat' or 'token')."""
+    chats = all(isinstance(ex, ChatExample) for ex in examples)
+    rows = [ex.model_dump(mode="json") if chats else {"input_ids": ex.input_ids, "labels": ex.labels}
+            for ex in examples]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return "chat" if chats else "token"
+
+
+def read_examples(job: TrainJob) -> list[ChatExample] | list[TokenExample]:
+    rows = [json.loads(line) for line in job.examples_path.read_text(encoding="utf-8").splitlines() if line]
+    if job.examples_kind == "chat":
+        return [ChatExample.model_validate(row) for row in rows]
+    return [TokenExample(row["input_ids"], row["labels"]) for row in rows]
+
+
+def run_job(job: TrainJob, examples: list[ChatExample] | list[TokenExample]) -> tuple[TrainResult, PeftModel]:
+    """Train one adapter in this process (one rank of a launch, or the only process) and save it."""
+    # The SFTConfig comes first: under ZeRO-3 it is what makes from_pretrained partition the weights as they load.
+    args = sft_config(job.training, job.checkpoint_dir, job.seed, len(examples),
+                      assistant_only_loss=isinstance(examples[0], ChatExample))
+    tokenizer = load_tokenizer(job.model)
+    base = load_model(job.model, load_in_4bit=job.load_in_4bit, seed=job.seed)
+    model = attach_lora(base, job.lora, job.seed, job.training.gradient_checkpointing)
+    result = train(model, tokenizer, examples, job.training, job.checkpoint_dir, job.seed,
+                   adapter_dir=job.adapter_dir, args=args)
+    return result, model
+
+
+def preflight_training(load_in_4bit: bool, training: TrainingSettings, launch: LaunchSettings) -> dict | None:
+    """Every check of the training hardware and launch that can run before a model loads (QLoRA, precision,
+    optimizer, processes against devices, launch configs); returns the resolved accelerate config of a launch."""
+    quantization_config(load_in_4bit)
+    check_training_settings(training)
+    accelerate_config = check_launch(launch)
+    if launch.distributed and training.batch_size % launch.num_processes:
+        raise UserError(f"training.batch_size {training.batch_size} does not split evenly over --num-processes "
+                        f"{launch.num_processes} (it is the batch per optimizer step over all processes)")
+    return accelerate_config
+
+
+def train_adapter(job: TrainJob, examples: list[ChatExample] | list[TokenExample], launch: LaunchSettings,
+                  accelerate_config: dict | None) -> tuple[TrainResult, PeftModel | None, dict]:
+    """Train and save one adapter; returns the result, the trained model where it is in this process (None after a
+    launch: load it from `job.adapter_dir`), and what to record about the launch."""
+    if not launch.distributed:
+        result, model = run_job(job, examples)
+        return result, model, {"launcher": "none"}
+    job_dir = job.checkpoint_dir / "launch"
+    kind = write_examples(job_dir / "examples.jsonl", examples)
+    job = job.model_copy(update={"examples_path": job_dir / "examples.jsonl", "examples_kind": kind,
+                                 "result_path": job_dir / "result.json"})
+    result = run_launch(accelerate_config, job_dir, json.loads(job.model_dump_json()), launch)
+    record = {"launcher": launch.launcher, "accelerate_config": accelerate_config}
+    return TrainResult(**result), None, record

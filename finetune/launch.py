@@ -1,0 +1,199 @@
+"""Distributed training through `accelerate launch`: DDP, or DeepSpeed ZeRO-2/3 with or without CPU offload.
+
+Only the training stage is distributed. The pipeline (data, evaluation, card) stays in the one process the user
+started; at its train stage it writes a job (the examples, the LoRA and training settings, where to put the adapter)
+and re-launches `python -m finetune.worker JOB` on every rank through `accelerate launch` with a resolved accelerate
+config. The workers train with TRL's SFTTrainer, which takes DDP or DeepSpeed from accelerate; rank 0 writes the
+adapter (under ZeRO-3 after gathering the LoRA parameters) and the result, and the pipeline goes on from there.
+
+Everything a launch needs is checked before any model loads: the accelerate config and a user's DeepSpeed JSON
+parse, DeepSpeed is installed and has GPUs, and there are at least as many devices (GPUs, or CPU cores) per machine as
+processes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Literal
+
+import torch
+import yaml
+from pydantic import Field, model_validator
+
+from workbench.config import StrictModel
+from workbench.errors import UserError
+
+LAUNCH_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "launch"
+DEFAULT_LAUNCH_CONFIG = {"accelerate": LAUNCH_CONFIGS / "ddp.yaml", "deepspeed": LAUNCH_CONFIGS / "zero2.yaml"}
+
+
+class LaunchSettings(StrictModel):
+    """How the training stage runs: in this process, or on N processes through `accelerate launch`."""
+
+    launcher: Literal["none", "accelerate", "deepspeed"] = "none"
+    config_file: Path | None = Field(None, description="accelerate config (default: configs/launch/ddp.yaml for "
+                                                       "accelerate, zero2.yaml for deepspeed)")
+    deepspeed_config: Path | None = Field(None, description="a DeepSpeed JSON, instead of the accelerate config's "
+                                                           "inline DeepSpeed settings")
+    num_processes: int = Field(2, ge=1, description="in total, over all machines (accelerate's meaning)")
+    num_machines: int = Field(1, ge=1)
+    machine_rank: int = Field(0, ge=0)
+    main_process_ip: str | None = None
+    main_process_port: int = Field(29500, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "LaunchSettings":
+        if self.launcher == "none":
+            return self
+        if self.deepspeed_config is not None and self.launcher != "deepspeed":
+            raise ValueError("--deepspeed-config needs --launcher deepspeed")
+        if self.num_processes % self.num_machines:
+            raise ValueError(f"--num-processes {self.num_processes} does not split evenly over "
+                             f"--num-machines {self.num_machines}")
+        if self.machine_rank >= self.num_machines:
+            raise ValueError(f"--machine-rank {self.machine_rank} is not below --num-machines {self.num_machines}")
+        if self.num_machines > 1 and not self.main_process_ip:
+            raise ValueError("--num-machines above 1 needs --main-process-ip (the address of machine rank 0)")
+        return self
+
+    @property
+    def distributed(self) -> bool:
+        return self.launcher != "none"
+
+    @property
+    def processes_per_machine(self) -> int:
+        return self.num_processes // self.num_machines
+
+
+def read_accelerate_config(path: Path) -> dict:
+    """An accelerate config file as a mapping, validated by accelerate's own loader."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    if not path.is_file():
+        raise UserError(f"--launch-config {path}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise UserError(f"--launch-config {path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"--launch-config {path}: expected a mapping of accelerate settings")
+    try:
+        ClusterConfig.from_yaml_file(str(path))
+    except (TypeError, ValueError, KeyError) as exc:
+        raise UserError(f"--launch-config {path}: accelerate rejects it: {str(exc).splitlines()[0]}") from None
+    return raw
+
+
+def read_deepspeed_config(path: Path) -> dict:
+    """A user's DeepSpeed JSON: it must parse, be an object, and name a ZeRO stage DeepSpeed has."""
+    if not path.is_file():
+        raise UserError(f"--deepspeed-config {path}: no such file")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--deepspeed-config {path}: not valid JSON: {exc.msg} at line {exc.lineno} "
+                        f"column {exc.colno}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"--deepspeed-config {path}: expected a JSON object, got {type(config).__name__}")
+    zero = config.get("zero_optimization", {})
+    stage = zero.get("stage", 0) if isinstance(zero, dict) else None
+    if stage not in (0, 1, 2, 3):
+        raise UserError(f"--deepspeed-config {path}: zero_optimization.stage is {stage!r}; DeepSpeed has 0, 1, 2, 3")
+    return config
+
+
+def zero_stage(accelerate_config: dict, deepspeed_config: dict | None) -> int | None:
+    """The ZeRO stage a launch trains under, or None for DDP."""
+    if deepspeed_config is not None:
+        return int(deepspeed_config.get("zero_optimization", {}).get("stage", 0))
+    if accelerate_config.get("distributed_type") != "DEEPSPEED":
+        return None
+    return int(accelerate_config.get("deepspeed_config", {}).get("zero_stage", 0))
+
+
+def resolved_accelerate_config(launch: LaunchSettings) -> dict:
+    """The accelerate config this launch runs with: the chosen file, with processes, machines and rendezvous set,
+    and a user's DeepSpeed JSON (by absolute path) in place of inline DeepSpeed settings."""
+    path = launch.config_file or DEFAULT_LAUNCH_CONFIG[launch.launcher]
+    config = read_accelerate_config(path)
+    is_deepspeed = config.get("distributed_type") == "DEEPSPEED"
+    if launch.launcher == "deepspeed" and not is_deepspeed:
+        raise UserError(f"--launch-config {path}: distributed_type is {config.get('distributed_type')!r}; "
+                        "--launcher deepspeed needs a DEEPSPEED config (configs/launch/zero*.yaml)")
+    if launch.launcher == "accelerate" and is_deepspeed:
+        raise UserError(f"--launch-config {path}: a DeepSpeed config; use --launcher deepspeed with it")
+    if launch.deepspeed_config is not None:
+        read_deepspeed_config(launch.deepspeed_config)
+        config["deepspeed_config"] = {"deepspeed_config_file": str(launch.deepspeed_config.resolve())}
+    config.update(num_processes=launch.num_processes, num_machines=launch.num_machines,
+                  machine_rank=launch.machine_rank, main_process_port=launch.main_process_port,
+                  use_cpu=False)  # on a CPU the Trainer itself asks for gloo (use_cpu); accelerate's --cpu is 1 process
+    if launch.main_process_ip:
+        config["main_process_ip"] = launch.main_process_ip
+    return config
+
+
+def check_launch(launch: LaunchSettings) -> dict | None:
+    """Everything that can be checked before a model loads; returns the resolved accelerate config (None: no launch)."""
+    if not launch.distributed:
+        return None
+    config = resolved_accelerate_config(launch)
+    cuda = torch.cuda.is_available()
+    if launch.launcher == "deepspeed":
+        if not cuda:
+            raise UserError("--launcher deepspeed: DeepSpeed ZeRO needs CUDA GPUs (none found); on a CPU use "
+                            "--launcher accelerate (DDP over gloo)")
+        if importlib.util.find_spec("deepspeed") is None:
+            raise UserError("--launcher deepspeed: DeepSpeed is not installed; run: pip install -e '.[gpu]'")
+    per_machine = launch.processes_per_machine
+    devices, kind = (torch.cuda.device_count(), "CUDA devices") if cuda else (os.cpu_count() or 1, "CPU cores")
+    if per_machine > devices:
+        raise UserError(f"--num-processes {launch.num_processes} over {launch.num_machines} machine(s) is "
+                        f"{per_machine} per machine, but this machine has {devices} {kind}")
+    return config
+
+
+def launch_command(accelerate_config_path: Path, job_path: Path, threads_per_process: int | None) -> list[str]:
+    """The `accelerate launch` command that runs the training worker on every rank of this machine."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config_path)]
+    if threads_per_process:
+        command += ["--num_cpu_threads_per_process", str(threads_per_process)]
+    return command + ["-m", "finetune.worker", str(job_path)]
+
+
+def cpu_threads_per_process(launch: LaunchSettings) -> int | None:
+    """On a CPU, the cores split between this machine's processes (two processes that each take every core run
+    about ten times slower than one); on GPUs, accelerate's default."""
+    if torch.cuda.is_available():
+        return None
+    return max(1, (os.cpu_count() or 1) // launch.processes_per_machine)
+
+
+def run_launch(accelerate_config: dict, job_dir: Path, job: dict, launch: LaunchSettings) -> dict:
+    """Write the resolved accelerate config and the job into `job_dir`, launch the workers and wait for them;
+    returns the result rank 0 wrote."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    config_path = job_dir / "accelerate.yaml"
+    config_path.write_text(yaml.safe_dump(accelerate_config, sort_keys=False))
+    job_path = job_dir / "job.json"
+    job_path.write_text(json.dumps(job, indent=1))
+    result_path = Path(job["result_path"])
+    result_path.unlink(missing_ok=True)
+    command = launch_command(config_path, job_path, cpu_threads_per_process(launch))
+    print(f"[mow] launching: {' '.join(command)}", file=sys.stderr, flush=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
+                                                                      os.environ.get("PYTHONPATH")])))
+    completed = subprocess.run(command, env=env)
+    if completed.returncode != 0:
+        raise RuntimeError(f"distributed training exited with status {completed.returncode} "
+                           f"(command: {' '.join(command)})")
+    if launch.machine_rank != 0:
+        return {}
+    if not result_path.is_file():
+        raise RuntimeError(f"distributed training finished without writing {result_path}")
+    return json.loads(result_path.read_text())
