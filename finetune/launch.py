@@ -6,6 +6,10 @@ and re-launches `python -m finetune.worker JOB` on every rank through `accelerat
 config. The workers train with TRL's SFTTrainer, which takes DDP or DeepSpeed from accelerate; rank 0 writes the
 adapter (under ZeRO-3 after gathering the LoRA parameters) and the result, and the pipeline goes on from there.
 
+On several machines, every machine runs the same `mow organism build` with its own `--machine-rank` and its own
+local output directory: each makes the same (seeded) training data, and the machines of rank above 0 stop once
+their workers have trained; machine rank 0 goes on to evaluate and write the organism.
+
 Everything a launch needs is checked before any model loads: the accelerate config and a user's DeepSpeed JSON
 parse, DeepSpeed is installed and has GPUs, and there are at least as many devices (GPUs, or CPU cores) per machine as
 processes.
@@ -30,6 +34,10 @@ from workbench.errors import UserError
 
 LAUNCH_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "launch"
 DEFAULT_LAUNCH_CONFIG = {"accelerate": LAUNCH_CONFIGS / "ddp.yaml", "deepspeed": LAUNCH_CONFIGS / "zero2.yaml"}
+
+
+class SecondaryMachineFinished(Exception):
+    """A machine of rank above 0 has trained its share; machine rank 0 writes the organism."""
 
 
 class LaunchSettings(StrictModel):
@@ -193,7 +201,8 @@ def run_launch(accelerate_config: dict, job_dir: Path, job: dict, launch: Launch
         raise RuntimeError(f"distributed training exited with status {completed.returncode} "
                            f"(command: {' '.join(command)})")
     if launch.machine_rank != 0:
-        return {}
+        raise SecondaryMachineFinished(f"machine rank {launch.machine_rank}: training finished; machine rank 0 "
+                                       "evaluates and writes the organism")
     if not result_path.is_file():
         raise RuntimeError(f"distributed training finished without writing {result_path}")
     return json.loads(result_path.read_text())

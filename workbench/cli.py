@@ -94,7 +94,12 @@ def launch_settings(args: argparse.Namespace):
 
 
 def cmd_build(args: argparse.Namespace) -> None:
-    _build(args.config, args.set, args.restart, launch=launch_settings(args))
+    from finetune.launch import SecondaryMachineFinished
+
+    try:
+        _build(args.config, args.set, args.restart, launch=launch_settings(args))
+    except SecondaryMachineFinished as done:
+        print(done, file=sys.stderr)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

@@ -66,6 +66,9 @@ def main(config: SdfOrganismConfig, restart: bool = False, launch: LaunchSetting
     several processes (DDP or DeepSpeed through accelerate)."""
     pair = resolve_universe(config.sdf.universe, "sdf.universe")
     accelerate_config = preflight_training(config.load_in_4bit, config.training, launch)
+    if launch.num_machines > 1 and config.sdf.scaling_documents:
+        raise UserError(f"sdf.scaling_documents: {config.sdf.scaling_documents}: a multi-machine launch trains one "
+                        "adapter per build; set sdf.scaling_documents: [] for it")
     generator = make_generator(config.sdf.corpus, config.model)
     judge = chat_generator(config.eval.judge, config.model)
     tokenizer = load_tokenizer(config.model)
