@@ -29,7 +29,7 @@ import torch
 import yaml
 from pydantic import Field, model_validator
 
-from workbench.config import StrictModel
+from workbench.config import StrictModel, read_yaml_mapping
 from workbench.errors import UserError
 
 LAUNCH_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "launch"
@@ -84,12 +84,7 @@ def read_accelerate_config(path: Path) -> dict:
 
     if not path.is_file():
         raise UserError(f"--launch-config {path}: no such file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UserError(f"--launch-config {path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"--launch-config {path}: expected a mapping of accelerate settings")
+    raw = read_yaml_mapping(path)
     try:
         ClusterConfig.from_yaml_file(str(path))
     except (TypeError, ValueError, KeyError) as exc:
@@ -113,15 +108,6 @@ def read_deepspeed_config(path: Path) -> dict:
     if stage not in (0, 1, 2, 3):
         raise UserError(f"--deepspeed-config {path}: zero_optimization.stage is {stage!r}; DeepSpeed has 0, 1, 2, 3")
     return config
-
-
-def zero_stage(accelerate_config: dict, deepspeed_config: dict | None) -> int | None:
-    """The ZeRO stage a launch trains under, or None for DDP."""
-    if deepspeed_config is not None:
-        return int(deepspeed_config.get("zero_optimization", {}).get("stage", 0))
-    if accelerate_config.get("distributed_type") != "DEEPSPEED":
-        return None
-    return int(accelerate_config.get("deepspeed_config", {}).get("zero_stage", 0))
 
 
 def resolved_accelerate_config(launch: LaunchSettings) -> dict:

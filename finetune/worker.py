@@ -6,7 +6,6 @@ the adapter and the result JSON the launching pipeline reads.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import torch
 
 from finetune.job import TrainJob, read_examples, run_job
+from workbench.rundir import write_json
 
 
 def main(job_path: str) -> None:
@@ -22,9 +22,7 @@ def main(job_path: str) -> None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))  # "cuda" is this rank's GPU from here on
     result, _ = run_job(job, read_examples(job))
     if int(os.environ.get("RANK", 0)) == 0:
-        tmp = job.result_path.with_suffix(".partial")
-        tmp.write_text(json.dumps(result.to_dict()))
-        tmp.rename(job.result_path)
+        write_json(job.result_path, result.to_dict())
 
 
 if __name__ == "__main__":
