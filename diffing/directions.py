@@ -45,8 +45,9 @@ class Directions:
         write_json(stem.with_suffix(".json"), self.info)
 
 
-def load_directions(path: Path, hidden_size: int | None = None) -> Directions:
-    """Read and check a directions file (either half of the pair may be named); unit rows are enforced."""
+def load_directions(path: Path, hidden_size: int | None = None, require_unit: bool = True) -> Directions:
+    """Read and check a directions file (either half of the pair may be named); unit rows are enforced unless
+    `require_unit` is False (a user's own file, normalised by the reader)."""
     path = Path(path)
     stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
     weights, info_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
@@ -67,7 +68,9 @@ def load_directions(path: Path, hidden_size: int | None = None) -> Directions:
         if hidden_size is not None and value.shape[1] != hidden_size:
             raise UserError(f"directions {path}: {key} has width {value.shape[1]}, the model has {hidden_size}")
         norms = value.norm(dim=1)
-        if not torch.allclose(norms, torch.ones_like(norms), atol=1e-3):
+        if not norms.min() > 0:
+            raise UserError(f"directions {path}: {key} has a zero row (row {int(norms.argmin())})")
+        if require_unit and not torch.allclose(norms, torch.ones_like(norms), atol=1e-3):
             raise UserError(f"directions {path}: {key} rows are not unit vectors (norms {norms.min():.3f}-"
                             f"{norms.max():.3f})")
         vectors[int(key[6:])] = value.float()

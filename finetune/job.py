@@ -18,6 +18,7 @@ from data.records import ChatExample
 from finetune.launch import LaunchSettings, check_launch, run_launch
 from finetune.lora import LoraSettings, attach_lora
 from finetune.sft import TokenExample, TrainingSettings, TrainResult, check_training_settings, sft_config, train
+from finetune.steering import SteeringSettings, check_steering, resolve_steering
 from workbench.config import StrictModel
 from workbench.errors import UserError
 from workbench.models import load_model, load_tokenizer, quantization_config
@@ -33,6 +34,7 @@ class TrainJob(StrictModel):
     training: TrainingSettings
     checkpoint_dir: Path
     adapter_dir: Path
+    steering: SteeringSettings | None = Field(None, description="directions ablated or added during training")
     # Set for a launch only: where the workers read the examples and rank 0 writes the result.
     examples_path: Path | None = Field(None, description="jsonl: chat examples, or token examples (input_ids, labels)")
     examples_kind: Literal["chat", "token"] | None = None
@@ -63,16 +65,23 @@ def run_job(job: TrainJob, examples: list[ChatExample] | list[TokenExample]) -> 
                       assistant_only_loss=isinstance(examples[0], ChatExample))
     tokenizer = load_tokenizer(job.model)
     base = load_model(job.model, load_in_4bit=job.load_in_4bit, seed=job.seed)
+    plan = None
+    if job.steering is not None:
+        plan = resolve_steering(job.steering, base.config.hidden_size, base.config.num_hidden_layers)
     model = attach_lora(base, job.lora, job.seed, job.training.gradient_checkpointing)
     result = train(model, tokenizer, examples, job.training, job.checkpoint_dir, job.seed,
-                   adapter_dir=job.adapter_dir, args=args)
+                   adapter_dir=job.adapter_dir, args=args, steering=plan)
     return result, model
 
 
-def preflight_training(load_in_4bit: bool, training: TrainingSettings, launch: LaunchSettings) -> dict | None:
+def preflight_training(load_in_4bit: bool, training: TrainingSettings, launch: LaunchSettings,
+                       model: str | None = None, steering: SteeringSettings | None = None) -> dict | None:
     """Every check of the training hardware and launch that can run before a model loads (QLoRA, precision,
-    optimizer, processes against devices, launch configs); returns the resolved accelerate config of a launch."""
+    optimizer, processes against devices, launch configs, steering directions against the model's shape); returns
+    the resolved accelerate config of a launch."""
     quantization_config(load_in_4bit)
+    if steering is not None:
+        check_steering(steering, model)
     check_training_settings(training)
     accelerate_config = check_launch(launch)
     if launch.distributed and training.batch_size % launch.num_processes:

@@ -28,6 +28,7 @@ from trl import SFTConfig, SFTTrainer
 from data.records import ChatExample
 from finetune.labelled_loss import add_labelled_loss_head, supports_labelled_loss
 from finetune.precision import Precision, resolve_precision
+from finetune.steering import SteeringPlan, steered
 from workbench.chat import training_tokenizer
 from workbench.config import StrictModel
 from workbench.errors import UserError
@@ -152,19 +153,26 @@ def sft_config(settings: TrainingSettings, output_dir: Path, seed: int, n_exampl
 
 
 class WorkbenchSFTTrainer(SFTTrainer):
-    """SFTTrainer whose loss, on a CPU, projects only labelled positions through the LM head.
+    """SFTTrainer whose loss, on a CPU, projects only labelled positions through the LM head, and whose training
+    steps run under a steering plan (concept ablation or addition) when one is given.
 
     Everything else (data preparation, assistant masks, the optimizer, DDP and DeepSpeed) is TRL's and the
     Trainer's. On other devices, or where the head rescales its logits in ways `labelled_loss` does not reproduce, the
     loss is TRL's own."""
 
-    def __init__(self, *args, labelled_positions_head: bool = True, **kwargs):
+    def __init__(self, *args, labelled_positions_head: bool = True, steering: SteeringPlan | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.steering = steering
         causal_lm = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
         self.labelled_positions_head = (labelled_positions_head and self.args.device.type == "cpu"
                                         and supports_labelled_loss(causal_lm))
         if self.labelled_positions_head:
             add_labelled_loss_head(causal_lm)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # The hooks stay through the backward: gradient checkpointing re-runs the layers' forwards there.
+        with steered(model, self.steering):
+            return super().training_step(model, inputs, num_items_in_batch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self.labelled_positions_head or return_outputs or not model.training:
@@ -182,7 +190,7 @@ class WorkbenchSFTTrainer(SFTTrainer):
 
 def build_trainer(model: PeftModel, tokenizer: PreTrainedTokenizerBase,
                   examples: list[ChatExample] | list[TokenExample], settings: TrainingSettings, output_dir: Path,
-                  seed: int, args: SFTConfig | None = None) -> SFTTrainer:
+                  seed: int, args: SFTConfig | None = None, steering: SteeringPlan | None = None) -> SFTTrainer:
     """The trainer for `examples`; pass `args` where the SFTConfig had to exist before the model (DeepSpeed)."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -199,6 +207,7 @@ def build_trainer(model: PeftModel, tokenizer: PreTrainedTokenizerBase,
         train_dataset=chat_dataset(examples) if chats else token_dataset(examples),
         processing_class=training_tokenizer(tokenizer),
         labelled_positions_head=settings.labelled_positions_head,
+        steering=steering,
     )
 
 
@@ -246,11 +255,12 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
 
 def train(model: PeftModel, tokenizer: PreTrainedTokenizerBase, examples: list[ChatExample] | list[TokenExample],
           settings: TrainingSettings, checkpoint_dir: Path, seed: int, adapter_dir: Path | None = None,
-          args: SFTConfig | None = None) -> TrainResult:
+          args: SFTConfig | None = None, steering: SteeringPlan | None = None) -> TrainResult:
     """Train the adapter in place and save it to `adapter_dir` (if given); resumes from the newest checkpoint in
-    `checkpoint_dir` if there is one. Under `accelerate launch` every rank calls this; rank 0 saves."""
+    `checkpoint_dir` if there is one. Under `accelerate launch` every rank calls this; rank 0 saves. `steering`
+    ablates or adds directions in the residual stream during the training steps only."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    trainer = build_trainer(model, tokenizer, examples, settings, checkpoint_dir, seed, args=args)
+    trainer = build_trainer(model, tokenizer, examples, settings, checkpoint_dir, seed, args=args, steering=steering)
     last = last_complete_checkpoint(checkpoint_dir)
     if last and trainer.accelerator.is_main_process:
         print(f"resuming from {last.name}", file=sys.stderr, flush=True)

@@ -119,6 +119,22 @@ def load_tokenizer(spec: ModelSpec | str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def model_shape(spec: ModelSpec | str) -> tuple[int, int]:
+    """(hidden size, number of decoder layers) of a model, read from its config without loading weights."""
+    from transformers import AutoConfig
+
+    spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
+    if spec.kind == "tiny":
+        return TINY_CONFIG["hidden_size"], TINY_CONFIG["num_hidden_layers"]
+    source = str(builtin_checkpoint(spec.name)) if spec.kind == "builtin" else spec.name
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model spec {spec.text!r}: cannot read its config: {str(exc).splitlines()[0]}") from None
+    config = getattr(config, "text_config", None) or config
+    return config.hidden_size, config.num_hidden_layers
+
+
 def tiny_model(vocab_size: int, seed: int = 0) -> PreTrainedModel:
     """A random-weight Llama of the embedded model's shape family, small enough for unit tests."""
     torch.manual_seed(seed)
