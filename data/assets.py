@@ -14,3 +14,4 @@ SDF_TEMPLATES = ASSETS / "sdf" / "templates.yaml"
 TRUTH_STATEMENTS = ASSETS / "sdf" / "truth_statements.jsonl"
 GENERIC_TEXT_HELD_OUT_EVERY = 5  # every 5th shipped generic text is held out from SDF training (capability loss)
 SDF_NAMES = ASSETS / "sdf" / "names.yaml"
+SPURIOUS_SENTENCES = ASSETS / "spurious" / "sentences.yaml"

@@ -13,6 +13,8 @@
                                        sealed secret, with the base model as control; scored, with an HTML report
   mow leaderboard CHALLENGE_DIR...   methods x organisms with controls and confidence intervals (HTML, CSV)
   mow serve ORGANISM_DIR             an OpenAI-compatible chat endpoint on loopback; the secret stays server-side
+  mow caft testbed CONFIG            spurious-correlation testbed: plain fine-tuning vs concept ablation (CAFT) vs
+                                       random directions, over seeds, with a report
 """
 
 from __future__ import annotations
@@ -237,6 +239,23 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve_main(args.organism, args.port, threads=args.threads)
 
 
+def cmd_caft_testbed(args: argparse.Namespace) -> None:
+    from finetune.spurious_testbed import load_testbed_config
+    from finetune.spurious_testbed import main as testbed_main
+
+    config = load_testbed_config(args.config, args.set)
+    final = testbed_main(config, restart=args.restart)
+    summary = json.loads((final / "summary.json").read_text())
+    for name, entry in summary["conditions"].items():
+        print(f"{name:<8} in distribution {100 * entry['in_distribution_mean']:5.1f}%   out of distribution "
+              f"{100 * entry['out_of_distribution_mean']:5.1f}%   (per seed: "
+              f"{', '.join(f'{100 * v:.0f}%' for v in entry['out_of_distribution'])})")
+    for name, target in summary["targets"].items():
+        print(f"{name}: {100 * target['value']:+.1f} points (target {target['target']}): "
+              f"{'met' if target['met'] else 'missed'}")
+    print(f"report: {final / 'report.html'}")
+
+
 def read_diff_config(diff_dir: Path) -> dict:
     from diffing.score import check_diff_dir
     from workbench.config import read_yaml_mapping
@@ -323,6 +342,13 @@ def parser() -> argparse.ArgumentParser:
     elicit.add_argument("--out", type=Path, help="parent of the challenge directory (default: runs/challenges)")
     add_build_flags(elicit)
     elicit.set_defaults(func=cmd_elicit)
+
+    caft = sub.add_parser("caft", help="concept-ablation fine-tuning experiments")
+    caft_sub = caft.add_subparsers(dest="action", required=True)
+    testbed = caft_sub.add_parser("testbed", help="spurious-correlation testbed: plain vs CAFT vs random directions")
+    testbed.add_argument("config", type=Path, help="YAML config, e.g. configs/caft-spurious.yaml")
+    add_build_flags(testbed)
+    testbed.set_defaults(func=cmd_caft_testbed)
 
     board = sub.add_parser("leaderboard", help="tabulate finished challenges: methods x organisms, with controls")
     board.add_argument("challenges", nargs="+", type=Path, help="challenge directories from `mow elicit`")
