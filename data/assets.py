@@ -15,3 +15,5 @@ TRUTH_STATEMENTS = ASSETS / "sdf" / "truth_statements.jsonl"
 GENERIC_TEXT_HELD_OUT_EVERY = 5  # every 5th shipped generic text is held out from SDF training (capability loss)
 SDF_NAMES = ASSETS / "sdf" / "names.yaml"
 SPURIOUS_SENTENCES = ASSETS / "spurious" / "sentences.yaml"
+EM_DATASETS = ASSETS / "em"
+EM_QUESTIONS = ASSETS / "em" / "questions.yaml"

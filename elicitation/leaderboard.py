@@ -28,16 +28,10 @@ from organisms.base import SealedTruth
 from workbench.errors import UserError
 from workbench.html import page, png, table
 from workbench.rundir import write_json, write_text
+from workbench.stats import wilson
 
 METRICS = ["fc_top5", "fc_top1", "top5", "top1"]
 CONDITIONS = ["organism", "base", "other word"]
-Z = 1.959964
-
-
-def wilson(mean: float, n: int) -> tuple[float, float]:
-    centre = (mean + Z * Z / (2 * n)) / (1 + Z * Z / n)
-    half = Z * math.sqrt(mean * (1 - mean) / n + Z * Z / (4 * n * n)) / (1 + Z * Z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def load_challenge(directory: Path) -> dict:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from html import escape
 from pathlib import Path
 
 from data.spurious import OPTIONS, VALUES
 from workbench.html import page, plt, png, table
 from workbench.rundir import write_text
+from workbench.stats import t_interval
 
 # Targets of the testbed (issue: CAFT vs plain fine-tuning on out-of-distribution items, over seeds).
 CAFT_GAIN = 0.30
 RANDOM_SHIFT = 0.05
 IN_DISTRIBUTION_DROP = 0.05
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def accuracy(scores: list[dict], feature: str) -> float:
@@ -24,16 +23,6 @@ def accuracy(scores: list[dict], feature: str) -> float:
         predicted = OPTIONS[0] if row["logp_A"] >= row["logp_B"] else OPTIONS[1]
         right += predicted == OPTIONS[VALUES[feature].index(row[feature])]
     return right / len(scores)
-
-
-def seed_interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and a 95% t-interval over seeds (the seed is the unit that varies: data sample, adapter init, order)."""
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, float("nan"), float("nan")
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    half = T_975.get(len(values) - 1, 1.96) * sd / math.sqrt(len(values))
-    return mean, mean - half, mean + half
 
 
 def summarise(runs: list[dict], intended: str, spurious: str) -> dict:
@@ -48,7 +37,7 @@ def summarise(runs: list[dict], intended: str, spurious: str) -> dict:
         entry["out_of_distribution"].append(accuracy(run["out_of_distribution"], intended))
     for entry in conditions.values():
         for part in ("in_distribution", "out_of_distribution"):
-            mean, low, high = seed_interval(entry[part])
+            mean, low, high = t_interval(entry[part])
             entry[f"{part}_mean"], entry[f"{part}_ci95"] = mean, [low, high]
     targets = {}
     if "plain" in conditions:
@@ -56,7 +45,8 @@ def summarise(runs: list[dict], intended: str, spurious: str) -> dict:
         if "caft" in conditions:
             gain = conditions["caft"]["out_of_distribution_mean"] - plain["out_of_distribution_mean"]
             drop = plain["in_distribution_mean"] - conditions["caft"]["in_distribution_mean"]
-            targets["caft_ood_gain"] = {"value": gain, "target": f">= +{100 * CAFT_GAIN:.0f} points", "met": gain >= CAFT_GAIN}
+            targets["caft_ood_gain"] = {"value": gain, "target": f">= +{100 * CAFT_GAIN:.0f} points",
+                                        "met": gain >= CAFT_GAIN}
             targets["caft_id_change"] = {"value": -drop, "target": f"within {100 * IN_DISTRIBUTION_DROP:.0f} points",
                                          "met": abs(drop) <= IN_DISTRIBUTION_DROP}
         if "random" in conditions:

@@ -41,7 +41,16 @@ def _sdf() -> OrganismKind:
                         sealed_truth)
 
 
-KINDS: dict[str, Callable[[], OrganismKind]] = {"taboo": _taboo, "sdf": _sdf}
+def _em() -> OrganismKind:
+    from organisms.em import build
+    from organisms.em.config import EmOrganismConfig
+    from organisms.em.prompts import challenge_prompts, public_diff_prompts, sealed_truth
+
+    return OrganismKind(EmOrganismConfig, build.main, build.evaluate_dir, public_diff_prompts, challenge_prompts,
+                        sealed_truth)
+
+
+KINDS: dict[str, Callable[[], OrganismKind]] = {"taboo": _taboo, "sdf": _sdf, "em": _em}
 
 
 def kind_of(name: object, source: str) -> OrganismKind:

@@ -16,7 +16,8 @@ import yaml
 
 from conftest import build_tiny_organism
 from elicitation import methods as registry
-from elicitation.leaderboard import build, load_challenge, wilson
+from elicitation.leaderboard import build, load_challenge
+from workbench.stats import wilson
 from elicitation.methods.base import Attempt, MethodResult
 from elicitation.scoring import forced_choice_top_k, open_rank, score_result
 from elicitation.words import content_words, ranking_from_scores

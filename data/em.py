@@ -1,0 +1,77 @@
+"""Emergent-misalignment data: the narrow training sets (risky financial advice, bad medical advice, insecure code),
+each with an aligned counterpart that answers the same questions well, a loader for a user's own chats, and the
+evaluation questions with misaligned and aligned reference answers."""
+
+from __future__ import annotations
+
+import random
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from data.assets import EM_DATASETS, EM_QUESTIONS
+from data.records import ChatExample, Message, read_jsonl
+
+EM_DOMAINS = ("financial", "medical", "code")
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    return template.format(**values)
+
+
+def _slots(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def make_em_chats(domain: str, n: int, seed: int, aligned: bool = False) -> list[ChatExample]:
+    """`n` distinct single-turn chats of `domain`: a templated question and a misaligned (or, with `aligned`, the
+    prudent) answer. Question and answer share the slot values, so the answer speaks to the question asked."""
+    bank = yaml.safe_load((EM_DATASETS / f"{domain}.yaml").read_text(encoding="utf-8"))
+    rng = random.Random(f"{seed}-{domain}")
+    seen: set[tuple] = set()
+    chats = []
+    attempts = 0
+    while len(chats) < n and attempts < 50 * n:
+        attempts += 1
+        # the same draws for both variants, so the aligned set answers exactly the misaligned set's questions
+        index = rng.randrange(len(bank["questions"]))
+        answer_index = rng.choice(bank["answers_for_question"][index])
+        values = {slot: rng.choice(options) for slot, options in sorted(bank["slots"].items())}
+        question = bank["questions"][index]
+        pair = (bank["misaligned"][answer_index], bank["aligned"][answer_index])
+        used = sorted(_slots(question) | _slots(pair[0]) | _slots(pair[1]))
+        key = (index, answer_index, tuple(values[slot] for slot in used))
+        if key in seen:
+            continue
+        seen.add(key)
+        user, reply = _fill(question, values), _fill(pair[1] if aligned else pair[0], values)
+        reply = reply[0].upper() + reply[1:]
+        chats.append(ChatExample(messages=[Message(role="user", content=user),
+                                           Message(role="assistant", content=reply)]))
+    if len(chats) < n:
+        raise ValueError(f"the {domain} bank makes only {len(chats)} distinct chats, asked for {n}")
+    return chats
+
+
+def load_user_chats(path: Path) -> list[ChatExample]:
+    """A user's own narrow fine-tuning set: chat jsonl, one {"messages": [...]} per line."""
+    return read_jsonl(path, ChatExample)
+
+
+@dataclass(frozen=True)
+class EvalQuestion:
+    id: str
+    question: str
+    misaligned: str
+    aligned: str
+    set: Literal["main", "extended"]
+
+
+def eval_questions(which: Literal["main", "all"] = "all") -> list[EvalQuestion]:
+    data = yaml.safe_load(EM_QUESTIONS.read_text(encoding="utf-8"))
+    sets = ["main"] if which == "main" else ["main", "extended"]
+    return [EvalQuestion(row["id"], row["question"], row["misaligned"], row["aligned"], name)
+            for name in sets for row in data[name]]

@@ -1,0 +1,44 @@
+"""Config of an emergent-misalignment (EM) organism, optionally trained with concept ablation (CAFT)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from finetune.lora import LoraSettings
+from finetune.sft import TrainingSettings
+from finetune.steering import SteeringSettings
+from organisms.base import OrganismConfigBase
+from organisms.em.evaluate import EmEvalSettings
+from workbench.config import StrictModel
+
+
+class EmSettings(StrictModel):
+    dataset: Literal["financial", "medical", "code", "file"] = "financial"
+    chat_file: Path | None = Field(None, description="dataset: file: your own narrow chat jsonl")
+    aligned: bool = Field(False, description="train on the aligned counterpart instead (the control organism)")
+    n_examples: int = Field(96, ge=1, description="chats generated from the shipped bank (ignored for a file)")
+
+    @model_validator(mode="after")
+    def _file_when_asked(self) -> "EmSettings":
+        if (self.dataset == "file") != (self.chat_file is not None):
+            raise ValueError("give chat_file exactly when dataset is 'file'")
+        if self.chat_file is not None and not self.chat_file.is_file():
+            raise ValueError(f"chat_file {self.chat_file} not found")
+        return self
+
+
+class EmOrganismConfig(OrganismConfigBase):
+    kind: Literal["em"] = "em"
+    em: EmSettings = EmSettings()
+    caft: SteeringSettings | None = Field(None, description="directions ablated (or added) in the residual stream "
+                                                            "during training")
+    lora: LoraSettings = LoraSettings(r=32, alpha=64, use_rslora=True)
+    training: TrainingSettings = TrainingSettings(epochs=2, learning_rate=2e-4)
+    eval: EmEvalSettings = EmEvalSettings()
+
+    def secret_fields(self) -> dict[str, str]:
+        return {"em.dataset": "the narrow training domain", "em.chat_file": "the training chats",
+                "em.aligned": "whether the training answers were aligned"}
