@@ -190,7 +190,7 @@ def main(config: TestbedConfig, restart: bool = False) -> Path:
     final = config.output_dir / config.name
     if final.exists():
         raise UserError(f"{final}: already exists; choose another name (--set name=...) or remove it")
-    hidden_size, n_layers = model_shape(config.model)
+    _, n_layers = model_shape(config.model)
     layers = resolved_layers(config, n_layers)
     tokenizer = load_tokenizer(config.model)
     option_ids(tokenizer)
