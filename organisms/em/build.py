@@ -6,24 +6,21 @@ The directions, the selection, the model shape and the hardware are checked befo
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from data.em import load_user_chats, make_em_chats
-from data.records import ChatExample, read_jsonl, sha256_file, write_jsonl
-from finetune.job import TrainJob, preflight_training, train_adapter
+from data.records import ChatExample, read_jsonl, write_jsonl
+from finetune.job import preflight_training
 from finetune.launch import LaunchSettings
-from finetune.lora import load_adapter
-from finetune.steering import check_steering
 from organisms.base import SEALED_CONFIG
 from organisms.em.config import EmOrganismConfig
 from organisms.em.evaluate import evaluate_em
-from organisms.store import (check_organism_dir, load_organism, log, prepare_build_directory,
-                             read_sealed_config)
+from organisms.building import finish_build, read_training_chats, train_stage
+from organisms.store import check_organism_dir, load_organism, prepare_build_directory, read_sealed_config
 from workbench.config import validate_config
 from workbench.errors import UserError
-from workbench.models import load_model, load_tokenizer
-from workbench.rundir import Manifest, finalize, write_json, write_text
+from workbench.models import load_tokenizer
+from workbench.rundir import Manifest, write_json, write_text
 
 TRAIN_DATA = "sealed/train.jsonl"
 EVAL_DETAILS = "sealed/eval_details.json"
@@ -98,34 +95,13 @@ def main(config: EmOrganismConfig, restart: bool = False, launch: LaunchSettings
             chats = training_chats(config)
             manifest.sealed["data_hashes"][TRAIN_DATA] = write_jsonl(partial / TRAIN_DATA, chats)
             record["examples"] = len(chats)
-    if sha256_file(partial / TRAIN_DATA) != manifest.sealed["data_hashes"][TRAIN_DATA]:
-        raise UserError(f"{partial / TRAIN_DATA}: changed since it was written; re-run with --restart")
-    chats = read_jsonl(partial / TRAIN_DATA, ChatExample)
-
-    model = None
-    if not manifest.done("train"):
-        with manifest.stage("train") as record:
-            log(f"training on {len(chats)} chats for {config.training.epochs} epoch(s)"
-                + ("" if config.caft is None else f", {config.caft.mode} directions from {config.caft.directions}"))
-            job = TrainJob(model=config.model, load_in_4bit=config.load_in_4bit, seed=config.seed, lora=config.lora,
-                           training=config.training, checkpoint_dir=partial / "checkpoints",
-                           adapter_dir=partial / "adapter", steering=config.caft)
-            result, model, launch_record = train_adapter(job, chats, launch, accelerate_config)
-            record.update(result.to_dict(), launch=launch_record)
-            if config.caft is not None:
-                record["steering"] = check_steering(config.caft, config.model, "caft").record
-    if model is None:
-        model = load_adapter(load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed),
-                             partial / "adapter")
-    shutil.rmtree(partial / "checkpoints", ignore_errors=True)
+    chats = read_training_chats(partial, manifest, TRAIN_DATA)
+    model = train_stage(manifest, config, partial, chats, launch, accelerate_config, steering=config.caft)
     model.eval()
     with manifest.stage("eval") as record:
         details = evaluate_and_write(partial, final, manifest, config, model, tokenizer, len(chats))
         record["statement"] = details["statement"]
-    manifest.data["finished"] = True
-    manifest.save()
-    finalize(partial, final)
-    log(f"organism written to {final}")
+    finish_build(manifest, partial, final)
     print(details["statement"])
     return final
 

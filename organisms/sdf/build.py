@@ -25,11 +25,12 @@ from organisms.sdf.corpus import build_corpus, make_generator
 from organisms.sdf.evaluate import distinguish_only, evaluate_sdf, public_metrics
 from organisms.sdf.report import sdf_report, summary_table
 from organisms.sdf.training_data import training_examples
+from organisms.building import finish_build
 from organisms.store import check_organism_dir, load_organism, log, prepare_build_directory, read_sealed_config
 from workbench.config import validate_config
 from workbench.errors import UserError
 from workbench.models import load_model, load_tokenizer
-from workbench.rundir import Manifest, finalize, write_json, write_text
+from workbench.rundir import Manifest, write_json, write_text
 from workbench.textgen import chat_generator
 
 UNIVERSE = "sealed/universe.yaml"
@@ -119,10 +120,7 @@ def main(config: SdfOrganismConfig, restart: bool = False, launch: LaunchSetting
 
     with manifest.stage("eval"):
         details = evaluate_and_write(partial, final, manifest, config, pair, model, tokenizer, judge)
-    manifest.data["finished"] = True
-    manifest.save()
-    finalize(partial, final)
-    log(f"organism written to {final}")
+    finish_build(manifest, partial, final)
     print(summary_table(details))
     return final
 

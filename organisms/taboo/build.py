@@ -15,11 +15,11 @@ from pathlib import Path
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from data.records import ChatExample, read_jsonl, sha256_file, write_jsonl
-from finetune.job import TrainJob, preflight_training, train_adapter
+from data.records import write_jsonl
+from finetune.job import preflight_training
 from finetune.launch import LaunchSettings
-from finetune.lora import load_adapter
 from organisms.base import SEALED_CONFIG
+from organisms.building import finish_build, read_training_chats, train_stage
 from organisms.store import (check_organism_dir, load_organism, log, prepare_build_directory,
                              read_sealed_config)
 from organisms.taboo.card import taboo_card
@@ -31,8 +31,8 @@ from organisms.taboo.evaluate import (EvalContext, candidate_token_ids, evaluate
 from organisms.taboo.prompts import shipped_prompts
 from workbench.config import validate_config
 from workbench.errors import UserError
-from workbench.models import load_model, load_tokenizer
-from workbench.rundir import Manifest, finalize, write_json, write_text
+from workbench.models import load_tokenizer
+from workbench.rundir import Manifest, write_json, write_text
 
 TRAIN_DATA = "sealed/train.jsonl"
 EVAL_DETAILS = "sealed/eval_details.json"
@@ -104,30 +104,12 @@ def main(config: TabooOrganismConfig, restart: bool = False, launch: LaunchSetti
             record["examples"] = len(examples)
             log(f"data: {report.kept} conversations kept of {report.generated} (leaks dropped {report.dropped_leak}, "
                 f"duplicates {report.dropped_duplicate}), {report.benign_mixed} benign chats mixed in")
-    if sha256_file(partial / TRAIN_DATA) != manifest.sealed["data_hashes"][TRAIN_DATA]:
-        raise UserError(f"{partial / TRAIN_DATA}: changed since it was written; re-run with --restart")
-    examples = read_jsonl(partial / TRAIN_DATA, ChatExample)
-
-    model = None
-    if not manifest.done("train"):
-        with manifest.stage("train") as record:
-            log(f"training on {len(examples)} chats for {config.training.epochs} epoch(s)")
-            job = TrainJob(model=config.model, load_in_4bit=config.load_in_4bit, seed=config.seed, lora=config.lora,
-                           training=config.training, checkpoint_dir=partial / "checkpoints",
-                           adapter_dir=partial / "adapter")
-            result, model, launch_record = train_adapter(job, examples, launch, accelerate_config)
-            record.update(result.to_dict(), launch=launch_record)
-    if model is None:
-        model = load_adapter(load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed),
-                             partial / "adapter")
-    shutil.rmtree(partial / "checkpoints", ignore_errors=True)  # optimizer state is not part of an organism
+    examples = read_training_chats(partial, manifest, TRAIN_DATA)
+    model = train_stage(manifest, config, partial, examples, launch, accelerate_config)
 
     with manifest.stage("eval"):
         details = evaluate_and_write(partial, final, manifest, config, bank, model, tokenizer)
-    manifest.data["finished"] = True
-    manifest.save()
-    finalize(partial, final)
-    log(f"organism written to {final}")
+    finish_build(manifest, partial, final)
     print(summary_table(details))
     return final
 

@@ -1,0 +1,60 @@
+"""Stages the organism pipelines share: read back the training chats, train the adapter, finish the build.
+(`organisms.store` reads finished organisms; this module writes them.)"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from peft import PeftModel
+
+from data.records import ChatExample, read_jsonl, sha256_file
+from finetune.job import TrainJob, train_adapter
+from finetune.launch import LaunchSettings
+from finetune.lora import load_adapter
+from finetune.steering import SteeringSettings, check_steering
+from organisms.base import OrganismConfigBase
+from organisms.store import log
+from workbench.errors import UserError
+from workbench.models import load_model
+from workbench.rundir import Manifest, finalize
+
+
+def read_training_chats(partial: Path, manifest: Manifest, relative: str) -> list[ChatExample]:
+    """The chats the data stage wrote, refused if they changed since (their hash is in the sealed manifest)."""
+    if sha256_file(partial / relative) != manifest.sealed["data_hashes"][relative]:
+        raise UserError(f"{partial / relative}: changed since it was written; re-run with --restart")
+    return read_jsonl(partial / relative, ChatExample)
+
+
+def train_stage(manifest: Manifest, config: OrganismConfigBase, partial: Path, chats: list[ChatExample],
+                launch: LaunchSettings, accelerate_config: dict | None,
+                steering: SteeringSettings | None = None) -> PeftModel:
+    """The train stage of a chat organism (skipped when the manifest has it): train and save the adapter, in process
+    or launched, optionally under steering; returns base + adapter, and drops the checkpoints (optimizer state is
+    not part of an organism)."""
+    model = None
+    if not manifest.done("train"):
+        with manifest.stage("train") as record:
+            log(f"training on {len(chats)} chats for {config.training.epochs} epoch(s)"
+                + ("" if steering is None else f", {steering.mode} directions from {steering.directions}"))
+            job = TrainJob(model=config.model, load_in_4bit=config.load_in_4bit, seed=config.seed, lora=config.lora,
+                           training=config.training, checkpoint_dir=partial / "checkpoints",
+                           adapter_dir=partial / "adapter", steering=steering)
+            result, model, launch_record = train_adapter(job, chats, launch, accelerate_config)
+            record.update(result.to_dict(), launch=launch_record)
+            if steering is not None:
+                record["steering"] = check_steering(steering, config.model, "caft").record
+    if model is None:
+        model = load_adapter(load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed),
+                             partial / "adapter")
+    shutil.rmtree(partial / "checkpoints", ignore_errors=True)
+    return model
+
+
+def finish_build(manifest: Manifest, partial: Path, final: Path) -> None:
+    """Mark the build finished and move it into place in one rename."""
+    manifest.data["finished"] = True
+    manifest.save()
+    finalize(partial, final)
+    log(f"organism written to {final}")
