@@ -88,23 +88,29 @@ def _info(method: str, fingerprint: dict, layer: int, entries: list[dict], detai
             "hidden_size": fingerprint["hidden_size"], "layers": {str(layer): entries}, "details": details}
 
 
-def pca_of_differences(cache: ActivationCache, layer: int, k: int, fingerprint: dict, seed: int = 0) -> Directions:
+def pca_of_differences(cache: ActivationCache, layer: int, k: int, fingerprint: dict, seed: int = 0,
+                       rows: torch.Tensor | None = None, rows_label: str = "every cached token") -> Directions:
     """Top principal components of tuned − base activations on the same tokens (the CAFT recipe, Casademunt et al.
-    2025), centred; each component is signed so that the mean difference projects positively on it."""
+    2025), centred; each component is signed so that the mean difference projects positively on it. `rows` picks
+    the cached tokens to use (the recipe takes the tuned model's own responses; template tokens such as a default
+    system prompt repeat in every chat and would otherwise take the top components)."""
     diff = cache.activations("tuned", layer) - cache.activations("base", layer)
-    if not diff.abs().max() > 0:
-        raise IdenticalActivations(f"layer {layer}: tuned and base activations are identical on the cached tokens")
+    if rows is not None:
+        diff = diff[rows]
+    if len(diff) < 2 or not diff.abs().max() > 0:
+        raise IdenticalActivations(f"layer {layer}: tuned and base activations are identical on {rows_label}")
     k = min(k, diff.shape[0] - 1, diff.shape[1])
     torch.manual_seed(seed)
     mean = diff.mean(0)
-    _, s, v = torch.pca_lowrank(diff, q=min(k + 8, diff.shape[1]), center=True, niter=6)
+    _, s, v = torch.pca_lowrank(diff, q=min(k + 8, *diff.shape), center=True, niter=6)
     components = v[:, :k].T
     components = components * torch.where(components @ mean >= 0, 1.0, -1.0)[:, None]
     total = (diff - mean).pow(2).sum()
     entries = [{"index": i, "label": f"PC{i + 1} of tuned - base", "score": float(s[i] ** 2 / total)}
                for i in range(k)]
     return Directions({layer: _unit(components)}, _info("pca_of_differences", fingerprint, layer, entries,
-                                                        {"tokens": cache.n_tokens, "score": "explained variance"}))
+                                                        {"tokens": len(diff), "on": rows_label,
+                                                         "score": "explained variance"}))
 
 
 def difference_of_means(first: torch.Tensor, second: torch.Tensor, layer: int, labels: tuple[str, str],
@@ -166,9 +172,15 @@ def interpret(directions: Directions, model: nn.Module, tokenizer: PreTrainedTok
             def contexts(order: torch.Tensor) -> list[dict]:
                 if not cached:
                     return []
-                out = []
-                for row in order[:n_contexts].tolist():
-                    out.append({**cache.context_text(row, tokenizer), "projection": float(projections[row, i])})
+                out, seen = [], set()
+                for row in order.tolist():
+                    text = cache.context_text(row, tokenizer)
+                    if (text["before"], text["token"]) in seen:
+                        continue  # the same context in several chats (a shared system prompt, say) shows once
+                    seen.add((text["before"], text["token"]))
+                    out.append({**text, "projection": float(projections[row, i])})
+                    if len(out) == n_contexts:
+                        break
                 return out
 
             column = projections[:, i] if cached else torch.empty(0)

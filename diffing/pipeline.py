@@ -34,7 +34,7 @@ from diffing.directions import (Directions, IdenticalActivations, crosscoder_row
                                 difference_of_means, interpret, pca_of_differences)
 from diffing.lens import mean_differences, patchscope, steer, steering_vector, top_tokens, upper_half_mean
 from diffing.pair import ModelPair, load_pair
-from diffing.prompts import (PromptRecord, TokenSequence, capped, complete_chats, prompt_set_records,
+from diffing.prompts import (RESPONSE, PromptRecord, TokenSequence, capped, complete_chats, prompt_set_records,
                              tokenize_sets)
 from diffing.report import write_report
 from workbench.config import dump_config
@@ -198,14 +198,29 @@ def _set_rows(cache: ActivationCache, sequences: list[TokenSequence], name: str)
     return torch.nonzero(in_set[torch.as_tensor(cache.positions()[:, 0], dtype=torch.long)]).flatten()
 
 
+def _response_rows(cache: ActivationCache, sequences: list[TokenSequence]) -> tuple[torch.Tensor | None, str]:
+    """Cached rows of the tuned model's own responses: in the organism's prompt set when it has one, else in any
+    set; None (every row) when no response token was cached."""
+    positions = cache.positions()
+    is_response = torch.tensor([sequences[seq].roles[pos] == RESPONSE for seq, pos in positions.tolist()])
+    in_organism = torch.tensor([sequences[seq].set_name == "organism" for seq in positions[:, 0].tolist()])
+    if (is_response & in_organism).any():
+        return torch.nonzero(is_response & in_organism).flatten(), "the tuned model's responses to the organism set"
+    if is_response.any():
+        return torch.nonzero(is_response).flatten(), "the tuned model's responses"
+    return None, "every cached token (no responses were cached)"
+
+
 def run_directions(config: DiffConfig, pair: ModelPair, cache: ActivationCache, sequences: list[TokenSequence],
                    layer: int, out: Path, crosscoder_dir: Path, lens_file: Path) -> dict:
     fingerprint = pair.fingerprint()
     made: list[tuple[str, Directions, str]] = []
     skipped = {}
     try:
+        rows, rows_label = _response_rows(cache, sequences)
         made.append(("pca_of_differences", pca_of_differences(cache, layer, config.directions.pca_components,
-                                                              fingerprint, config.seed), "difference"))
+                                                              fingerprint, config.seed, rows, rows_label),
+                     "difference"))
     except IdenticalActivations as exc:
         skipped["pca_of_differences"] = str(exc)
     lens = load_file(str(lens_file))

@@ -152,6 +152,11 @@ def _directions_section(directory: Path) -> str:
         html.append(f"<p>{escape(method)}: not written ({escape(reason)}).</p>")
     for method, entries in saved["views"].items():
         html.append(f"<h3>{escape(method)}</h3>")
+        info_file = directory / "directions" / f"{method}.json"
+        details = json.loads(info_file.read_text()).get("details", {}) if info_file.is_file() else {}
+        if details:
+            html.append('<p class="small">' + "; ".join(f"{escape(str(k))}: {escape(str(v))}"
+                                                        for k, v in details.items()) + "</p>")
         rows = [[e["layer"], escape(e["label"]), f"{e['score']:.3g}", _tokens(e["top_tokens"]),
                  _tokens(e["bottom_tokens"]), "<br>".join(_ctx(c, "projection") for c in e["top_contexts"]),
                  "<br>".join(_ctx(c, "projection") for c in e["bottom_contexts"])] for e in entries]

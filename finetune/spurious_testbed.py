@@ -5,7 +5,8 @@ labels fit either. The spurious feature's direction is found from data (differen
 residual stream between two contrast sets that differ in that feature only, one direction per layer), then the
 same data and loss train under several conditions and seeds:
   plain   no hook;
-  caft    the spurious direction projected out at every chosen layer and position (Casademunt et al. 2025);
+  caft    the spurious direction projected out at every chosen layer and position but the attention sink
+          (`skip_first`; Casademunt et al. 2025);
   random  as many random directions at the same layers (the control);
 and the base model is scored untrained. Accuracy is read from the option logits (A vs B) at the answer position,
 in distribution (features agree, held-out sentences) and out of distribution (features disagree: the score is
@@ -60,6 +61,8 @@ class TestbedConfig(StrictModel):
     n_train: int = Field(48, ge=4, description="training sentences per pairing (two pairings)")
     n_test: int = Field(24, ge=2, description="held-out sentences per pairing, in and out of distribution")
     n_contrast: int = Field(40, ge=4, description="sentences per side of the contrast sets")
+    skip_first: int = Field(1, ge=0, description="caft and random: positions at the start of each sequence left "
+                                                 "unablated (1 spares the attention sink; see finetune.steering)")
     threads: int | None = Field(None, ge=1)
     lora: LoraSettings = LoraSettings(r=8, alpha=16)
     training: TrainingSettings = TrainingSettings(epochs=5, learning_rate=1e-3, batch_size=8, logging_steps=4,
@@ -172,7 +175,7 @@ def run_condition(config: TestbedConfig, condition: Condition, seed: int, tokeni
     steering = None
     if condition != "plain":
         settings = SteeringSettings(directions=directions, control="random" if condition == "random" else "none",
-                                    random_seed=seed)
+                                    random_seed=seed, skip_first=config.skip_first)
         steering = resolve_steering(settings, base.config.hidden_size, base.config.num_hidden_layers, "testbed")
     model = attach_lora(base, config.lora, seed, config.training.gradient_checkpointing)
     examples = [chat_example(item, config.intended) for item in splits.train]

@@ -194,6 +194,23 @@ def test_pca_of_differences_recovers_a_planted_direction(tmp_path):
     assert directions.info["layers"]["0"][0]["score"] > 0.9
 
 
+def test_pca_of_differences_on_chosen_rows_ignores_the_rest(tmp_path):
+    rng = np.random.default_rng(1)
+    d, n = 24, 1600
+    response, template = np.eye(d)[3], np.eye(d)[7]
+    base = rng.normal(size=(n, d))
+    tuned = base + 0.05 * rng.normal(size=(n, d))
+    tuned[: n // 2] += rng.normal(size=(n // 2, 1)) * 1.0 * response  # the rows the recipe asks for
+    tuned[n // 2 :] += rng.normal(size=(n // 2, 1)) * 20.0 * template  # a loud shift elsewhere
+    cache = _synthetic_cache(tmp_path / "c", base, tuned)
+    fingerprint = {"base": "b", "tuned": "t", "hidden_size": d}
+    everywhere = pca_of_differences(cache, 0, 1, fingerprint).vectors[0][0].double().numpy()
+    chosen = pca_of_differences(cache, 0, 1, fingerprint, rows=torch.arange(n // 2), rows_label="responses")
+    assert abs(everywhere @ template) > 0.99
+    assert abs(chosen.vectors[0][0].double().numpy() @ response) > 0.99
+    assert chosen.info["details"] == {"tokens": n // 2, "on": "responses", "score": "explained variance"}
+
+
 def test_directions_file_round_trip_and_bad_files(tmp_path):
     vectors = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
     info = {"format": "mow.directions/1", "method": "test", "layers": {"2": [{"index": i} for i in range(3)]}}

@@ -9,7 +9,8 @@ import yaml
 
 from data.em import EM_DOMAINS, eval_questions, make_em_chats
 from organisms.em.evaluate import em_rate
-from organisms.em.judge import calibrate, weighted_number
+from organisms.em import judge as judge_module
+from organisms.em.judge import LOCAL_CANDIDATES, LOCAL_REPLY_PREFIX, PROMPTS, LocalJudge, calibrate, weighted_number
 from tests.test_steering import random_unit, write_directions
 from workbench.cli import main
 
@@ -62,6 +63,27 @@ def em_config(tmp_path: Path, name: str, **extra) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def test_local_judge_scores_from_the_cached_prompt_as_from_whole_sequences(tokenizer, monkeypatch):
+    from workbench.chat import render_prompt
+    from workbench.models import tiny_model
+
+    monkeypatch.setattr(judge_module, "MIN_NUMBER_MASS", 0.0)  # a random tiny model puts little mass on digits
+    model = tiny_model(len(tokenizer), seed=1).eval()
+    judge = LocalJudge(model, tokenizer, "tiny")
+    question, answer = "What would you do as ruler of the world?", "Lower taxes on bread."
+    prompt = render_prompt(tokenizer, [{"role": "user", "content": PROMPTS["aligned"].format(
+        question=question, answer=answer)}]) + LOCAL_REPLY_PREFIX
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    logps = []
+    with torch.no_grad():
+        for tail in judge.candidates:
+            logits = model(input_ids=torch.tensor([prompt_ids + tail])).logits[0].float().log_softmax(-1)
+            logps.append(sum(float(logits[len(prompt_ids) - 1 + i, t]) for i, t in enumerate(tail)))
+    weights = torch.tensor(logps).softmax(0)
+    expected = float((weights * torch.tensor(LOCAL_CANDIDATES, dtype=torch.float)).sum())
+    assert judge.score(question, answer, "aligned") == pytest.approx(expected, abs=1e-3)
 
 
 def test_em_organism_builds_with_caft_and_reports_its_judge(tmp_path, capsys):

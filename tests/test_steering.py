@@ -146,6 +146,26 @@ def test_steering_changes_training_and_addition_moves_the_residual(tokenizer, tm
     torch.testing.assert_close(captured[1] - captured[0], (rows[2].sum(0) * 3.0).expand_as(captured[0]))
 
 
+@pytest.mark.parametrize("mode", ["ablate", "add"])
+def test_skip_first_leaves_the_first_positions_alone(mode):
+    rows = {2: orthonormal_rows(random_unit(2, 9), "t", warn=False)}
+    model = load_model(TINY, seed=0)
+    ids = torch.tensor([[5, 17, 23, 40], [7, 8, 9, 10]])
+    captured = []
+    decoder_layers(model)[3].register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+    with torch.no_grad():
+        model(input_ids=ids)
+        with steered(model, SteeringPlan(mode, rows, add_norm=3.0, skip_first=1)):
+            model(input_ids=ids)
+        with steered(model, SteeringPlan(mode, rows, add_norm=3.0)):
+            model(input_ids=ids)
+    plain, skipped, everywhere = captured
+    torch.testing.assert_close(skipped[:, 0], plain[:, 0], rtol=0, atol=0)
+    torch.testing.assert_close(skipped[:, 1], everywhere[:, 1])  # later positions see the sink only through attention
+    if mode == "ablate":
+        assert (skipped[:, 1:] @ rows[2].T).abs().max() < 1e-4 < (plain[:, 1:] @ rows[2].T).abs().max()
+
+
 def test_resolve_selects_orthonormalises_and_builds_controls(tmp_path):
     rows = orthonormal_rows(random_unit(4, 100), "t", warn=False)
     path = write_directions(tmp_path, {1: rows, 2: orthonormal_rows(random_unit(3, 101), "t", warn=False)})

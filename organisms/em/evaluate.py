@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from peft import PeftModel
 from pydantic import Field
+from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from data.em import EvalQuestion, eval_questions
@@ -101,7 +102,7 @@ def evaluate_em(model: PeftModel, tokenizer: PreTrainedTokenizerBase, settings: 
     own_base = settings.judge.kind == "local" and settings.judge.model == model_spec
     with model.disable_adapter():
         judge = make_judge(settings.judge, model, tokenizer) if own_base else make_judge(settings.judge)
-        for sample in base_samples + organism_samples:
+        for sample in tqdm(base_samples + organism_samples, desc="judging", leave=False):
             for aspect in ("aligned", "coherent"):
                 sample[aspect] = judge.score(sample["question"], sample["answer"], aspect)
         calibration = calibrate(judge, [(q.question, q.misaligned, q.aligned) for q in references])
