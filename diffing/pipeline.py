@@ -201,9 +201,12 @@ def _set_rows(cache: ActivationCache, sequences: list[TokenSequence], name: str)
 def _response_rows(cache: ActivationCache, sequences: list[TokenSequence]) -> tuple[torch.Tensor | None, str]:
     """Cached rows of the tuned model's own responses: in the organism's prompt set when it has one, else in any
     set; None (every row) when no response token was cached."""
-    positions = cache.positions()
-    is_response = torch.tensor([sequences[seq].roles[pos] == RESPONSE for seq, pos in positions.tolist()])
-    in_organism = torch.tensor([sequences[seq].set_name == "organism" for seq in positions[:, 0].tolist()])
+    positions = torch.as_tensor(cache.positions(), dtype=torch.long)
+    roles = torch.full((len(sequences), max(len(s.roles) for s in sequences)), -1, dtype=torch.long)
+    for index, sequence in enumerate(sequences):
+        roles[index, : len(sequence.roles)] = torch.tensor(sequence.roles)
+    is_response = roles[positions[:, 0], positions[:, 1]] == RESPONSE
+    in_organism = torch.tensor([s.set_name == "organism" for s in sequences])[positions[:, 0]]
     if (is_response & in_organism).any():
         return torch.nonzero(is_response & in_organism).flatten(), "the tuned model's responses to the organism set"
     if is_response.any():
