@@ -97,7 +97,9 @@ def pca_of_differences(cache: ActivationCache, layer: int, k: int, fingerprint: 
     diff = cache.activations("tuned", layer) - cache.activations("base", layer)
     if rows is not None:
         diff = diff[rows]
-    if len(diff) < 2 or not diff.abs().max() > 0:
+    if len(diff) < 2:
+        raise IdenticalActivations(f"layer {layer}: {len(diff)} cached token(s) in {rows_label}; PCA needs 2 or more")
+    if not diff.abs().max() > 0:
         raise IdenticalActivations(f"layer {layer}: tuned and base activations are identical on {rows_label}")
     k = min(k, diff.shape[0] - 1, diff.shape[1])
     torch.manual_seed(seed)

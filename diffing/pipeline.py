@@ -193,9 +193,14 @@ def run_crosscoder(config: DiffConfig, pair: ModelPair, cache: ActivationCache, 
             "dead_fraction": metrics["dead_fraction"], "tuned_only": len(groups["tuned_only"])}
 
 
-def _set_rows(cache: ActivationCache, sequences: list[TokenSequence], name: str) -> torch.Tensor:
+def _in_set(cache: ActivationCache, sequences: list[TokenSequence], name: str) -> torch.Tensor:
+    """Per cached row: whether it comes from prompt set `name`."""
     in_set = torch.tensor([s.set_name == name for s in sequences])
-    return torch.nonzero(in_set[torch.as_tensor(cache.positions()[:, 0], dtype=torch.long)]).flatten()
+    return in_set[torch.as_tensor(cache.positions()[:, 0], dtype=torch.long)]
+
+
+def _set_rows(cache: ActivationCache, sequences: list[TokenSequence], name: str) -> torch.Tensor:
+    return torch.nonzero(_in_set(cache, sequences, name)).flatten()
 
 
 def _response_rows(cache: ActivationCache, sequences: list[TokenSequence]) -> tuple[torch.Tensor | None, str]:
@@ -206,7 +211,7 @@ def _response_rows(cache: ActivationCache, sequences: list[TokenSequence]) -> tu
     for index, sequence in enumerate(sequences):
         roles[index, : len(sequence.roles)] = torch.tensor(sequence.roles)
     is_response = roles[positions[:, 0], positions[:, 1]] == RESPONSE
-    in_organism = torch.tensor([s.set_name == "organism" for s in sequences])[positions[:, 0]]
+    in_organism = _in_set(cache, sequences, "organism")
     if (is_response & in_organism).any():
         return torch.nonzero(is_response & in_organism).flatten(), "the tuned model's responses to the organism set"
     if is_response.any():

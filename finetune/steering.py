@@ -138,14 +138,7 @@ def check_steering(settings: SteeringSettings, model: str, source: str = "steeri
     return resolve_steering(settings, hidden_size, n_layers, source)
 
 
-def _after_first(hidden: torch.Tensor, edited: torch.Tensor, skip_first: int) -> torch.Tensor:
-    """`edited` at every position but the first `skip_first`, which keep `hidden`."""
-    if skip_first == 0:
-        return edited
-    return torch.cat([hidden[:, :skip_first], edited[:, skip_first:]], dim=1)
-
-
-def _ablation(rows: torch.Tensor, skip_first: int):
+def _ablation(rows: torch.Tensor):
     cast: dict[tuple, torch.Tensor] = {}
 
     def edit(hidden: torch.Tensor) -> torch.Tensor:
@@ -154,12 +147,12 @@ def _ablation(rows: torch.Tensor, skip_first: int):
             cast[key] = rows.to(hidden.device, torch.float32)
         basis = cast[key]
         # coefficients in fp32 so a bf16 residual keeps no more of the direction than its own rounding
-        return _after_first(hidden, hidden - ((hidden.float() @ basis.T) @ basis).to(hidden.dtype), skip_first)
+        return hidden - ((hidden.float() @ basis.T) @ basis).to(hidden.dtype)
 
     return edit
 
 
-def _addition(rows: torch.Tensor, norm: float, skip_first: int):
+def _addition(rows: torch.Tensor, norm: float):
     total = rows.sum(0) * norm
     cast: dict[tuple, torch.Tensor] = {}
 
@@ -167,9 +160,20 @@ def _addition(rows: torch.Tensor, norm: float, skip_first: int):
         key = (hidden.device, hidden.dtype)
         if key not in cast:
             cast[key] = total.to(hidden.device, hidden.dtype)
-        return _after_first(hidden, hidden + cast[key], skip_first)
+        return hidden + cast[key]
 
     return edit
+
+
+def _sparing_first(edit, skip_first: int):
+    """`edit` at every position but the first `skip_first`, which keep their residual."""
+    if skip_first == 0:
+        return edit
+
+    def spared(hidden: torch.Tensor) -> torch.Tensor:
+        return torch.cat([hidden[:, :skip_first], edit(hidden)[:, skip_first:]], dim=1)
+
+    return spared
 
 
 @contextmanager
@@ -178,11 +182,7 @@ def steered(model: nn.Module, plan: SteeringPlan | None) -> Iterator[None]:
     if plan is None:
         yield
         return
-    if plan.mode == "ablate":
-        def make(rows: torch.Tensor):
-            return _ablation(rows, plan.skip_first)
-    else:
-        def make(rows: torch.Tensor):
-            return _addition(rows, plan.add_norm, plan.skip_first)
-    with edit_residual(model, {layer: make(rows) for layer, rows in plan.vectors.items()}):
+    make = _ablation if plan.mode == "ablate" else (lambda rows: _addition(rows, plan.add_norm))
+    edits = {layer: _sparing_first(make(rows), plan.skip_first) for layer, rows in plan.vectors.items()}
+    with edit_residual(model, edits):
         yield
