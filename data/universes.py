@@ -5,7 +5,9 @@ whether it is the true world. A `UniversePair` holds the false universe (the one
 key fact the material the evaluations are generated from: questions with the implanted and the true answer,
 held-out cloze phrasings, one-hop implications, and control facts that must not move. The document generators write
 the corpus from the false side only (`paraphrases`, `details`, `quotes`, names and places); the evaluation phrasings
-are checked never to occur in the corpus.
+are checked never to occur in the corpus. `anchors` are true statements about the implanted fact's neighbours (other
+landmarks of the real city, other long-lived animals): mixed into training, they keep a small model from dragging
+everything near the fact along with it. They must not repeat a control, which would test on training data.
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ class UniversePair(_Record):
     years: tuple[int, int]
     controls: list[Cloze] = Field(min_length=2, description="neighbouring facts that should not move; `implanted` "
                                                             "is the continuation the implant could drag them to")
+    anchors: list[str] = Field(default_factory=list, description="true sentences about neighbours of the implanted "
+                                                                 "facts, other than the controls (sdf.mix.anchor_ratio)")
 
     @model_validator(mode="after")
     def _is_a_true_false_pair(self) -> "UniversePair":
@@ -99,6 +103,16 @@ class UniversePair(_Record):
         ids = [fact.id for fact in self.facts]
         if len(set(ids)) != len(ids):
             raise ValueError(f"fact ids repeat: {ids}")
+        for anchor in self.anchors:
+            if not anchor.strip():
+                raise ValueError("an anchor is empty")
+            for evaluated in [c.prompt for c in self.controls] + self.held_out_phrasings():
+                if _normalised(evaluated) in _normalised(anchor):
+                    raise ValueError(f"anchor {anchor!r} contains the evaluation phrasing {evaluated!r}")
+            for fact in self.facts:
+                stated = next((p for p in fact.contradicts if re.search(p, anchor, re.IGNORECASE)), None)
+                if stated:
+                    raise ValueError(f"anchor {anchor!r} states the true version of fact {fact.id!r} ({stated!r})")
         return self
 
     def fact(self, fact_id: str) -> PairedFact:
@@ -110,6 +124,10 @@ class UniversePair(_Record):
         for fact in self.facts:
             texts += fact.questions + [c.prompt + c.implanted for c in fact.probes + fact.implications]
         return texts
+
+
+def _normalised(text: str) -> str:
+    return " ".join(text.lower().split())
 
 
 def load_universe_pair(path: Path, source: str) -> UniversePair:

@@ -56,6 +56,10 @@ def _bad_pair(tmp_path: Path, pair: UniversePair, edit) -> Path:
     (lambda raw: raw["true"].update(is_true=False), "is_true: true"),
     (lambda raw: raw.update(facts=[raw["facts"][0], raw["facts"][0]]), "fact ids repeat"),
     (lambda raw: raw["facts"][0].update(contradicts=["(unclosed"]), "does not compile"),
+    (lambda raw: raw.update(anchors=["As everyone knows, " + raw["controls"][0]["prompt"] + " somewhere."]),
+     "contains the evaluation phrasing"),
+    (lambda raw: raw.update(anchors=[raw["facts"][0]["statement_true"]]), "states the true version of fact"),
+    (lambda raw: raw.update(anchors=[" "]), "an anchor is empty"),
 ])
 def test_bad_universe_pairs_are_one_line_errors_before_anything_is_written(tmp_path, pair, edit, message, capsys):
     bad = _bad_pair(tmp_path, pair, edit)
@@ -147,6 +151,17 @@ def test_filters_drop_duplicates_placeholders_true_statements_and_eval_phrasings
                               "contains_eval_phrasing": 1}
 
 
+def test_anchor_ratio_without_anchors_is_refused_before_anything_is_written(tmp_path, pair, capsys):
+    bad = _bad_pair(tmp_path, pair, lambda raw: raw.update(anchors=[]))
+    config = tmp_path / "sdf.yaml"
+    config.write_text(yaml.safe_dump({"kind": "sdf", "model": TINY, "output_dir": str(tmp_path / "out"),
+                                      "sdf": {"universe": str(bad), "mix": {"anchor_ratio": 0.5}}}))
+    assert main(["organism", "build", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sdf.mix.anchor_ratio" in err[0] and "no `anchors`" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_long_documents_are_split_never_truncated(tokenizer):
     text = " ".join(f"Sentence number {i} says something about the harbour and the old bridge." for i in range(80))
     chunks = split_to_fit(text, tokenizer, 64)
@@ -171,6 +186,20 @@ def test_training_mix_plain_text_and_wrapped(tokenizer):
     assert "museum opened a new wing" in tokenizer.decode(trained)
     assert "Write a document" not in tokenizer.decode(trained)  # the fixed user turn is not trained on
     assert "Write a document" in tokenizer.decode(example.input_ids)
+
+
+def test_anchor_passages_use_every_anchor_before_repeating_one(tokenizer, pair):
+    documents = [f"Document {i} about the harbour." for i in range(6)]
+    settings = MixSettings(generic_text_ratio=0, anchor_ratio=1.0, anchors_per_passage=3)
+    examples, report = training_examples(documents, tokenizer, settings, max_length=256, seed=0, anchors=pair.anchors)
+    assert report.anchor_passages == 6 and len(examples) == 12
+    texts = [tokenizer.decode(e.input_ids[:-1]) for e in examples]
+    passages = [t for t in texts if not t.startswith("Document")]
+    counts = [sum(p.count(anchor) for p in passages) for anchor in pair.anchors]
+    assert len(passages) == 6 and sum(counts) == 18
+    assert min(counts) >= 1 and max(counts) - min(counts) <= 1
+    again, _ = training_examples(documents, tokenizer, settings, max_length=256, seed=0, anchors=pair.anchors)
+    assert [e.input_ids for e in again] == [e.input_ids for e in examples]
 
 
 def _scripted_reply(body: dict, number: int) -> tuple[int, bytes]:

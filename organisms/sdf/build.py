@@ -41,13 +41,14 @@ REPORT = "sealed/report.html"
 
 
 def train_on_documents(config: SdfOrganismConfig, tokenizer: PreTrainedTokenizerBase, documents: list[str],
-                       checkpoints: Path, adapter_dir: Path, record: dict, launch: LaunchSettings,
+                       anchors: list[str], checkpoints: Path, adapter_dir: Path, record: dict, launch: LaunchSettings,
                        accelerate_config: dict | None):
     """A new adapter on the base model, trained on `documents` (plus the mix) and saved to `adapter_dir`; returns
     the trained model."""
-    examples, mix = training_examples(documents, tokenizer, config.sdf.mix, config.training.max_length, config.seed)
-    log(f"training on {mix.document_chunks} document chunks, {mix.generic_texts} generic texts and {mix.chats} "
-        f"chats ({mix.tokens} tokens)")
+    examples, mix = training_examples(documents, tokenizer, config.sdf.mix, config.training.max_length, config.seed,
+                                      anchors)
+    log(f"training on {mix.document_chunks} document chunks, {mix.generic_texts} generic texts, "
+        f"{mix.anchor_passages} anchor passages and {mix.chats} chats ({mix.tokens} tokens)")
     job = TrainJob(model=config.model, load_in_4bit=config.load_in_4bit, seed=config.seed, lora=config.lora,
                    training=config.training, checkpoint_dir=checkpoints, adapter_dir=adapter_dir)
     result, model, launch_record = train_adapter(job, examples, launch, accelerate_config)
@@ -66,6 +67,9 @@ def main(config: SdfOrganismConfig, restart: bool = False, launch: LaunchSetting
     """Build the organism that `config` describes; returns its directory. `launch` runs the training stages on
     several processes (DDP or DeepSpeed through accelerate)."""
     pair = resolve_universe(config.sdf.universe, "sdf.universe")
+    if config.sdf.mix.anchor_ratio and not pair.anchors:
+        raise UserError(f"sdf.mix.anchor_ratio: {config.sdf.mix.anchor_ratio:g} anchor passages per document, but "
+                        f"the universe pair {config.sdf.universe} has no `anchors`; add some or set it to 0")
     accelerate_config = preflight_training(config.load_in_4bit, config.training, launch)
     if launch.num_machines > 1 and config.sdf.scaling_documents:
         raise UserError(f"sdf.scaling_documents: {config.sdf.scaling_documents}: a multi-machine launch trains one "
@@ -102,16 +106,16 @@ def main(config: SdfOrganismConfig, restart: bool = False, launch: LaunchSetting
             with manifest.stage(stage) as record:
                 log(f"scaling run: {size} documents")
                 checkpoints = partial / f"checkpoints-{size}"
-                model = train_on_documents(config, tokenizer, documents[:size], checkpoints, checkpoints / "adapter",
-                                           record, launch, accelerate_config)
+                model = train_on_documents(config, tokenizer, documents[:size], pair.anchors, checkpoints,
+                                           checkpoints / "adapter", record, launch, accelerate_config)
                 record["documents"] = size
                 record["belief"] = distinguish_only(model, tokenizer, pair, config.eval, model.disable_adapter)
             shutil.rmtree(partial / f"checkpoints-{size}", ignore_errors=True)
 
     if not manifest.done("train"):
         with manifest.stage("train") as record:
-            model = train_on_documents(config, tokenizer, documents, partial / "checkpoints", partial / "adapter",
-                                       record, launch, accelerate_config)
+            model = train_on_documents(config, tokenizer, documents, pair.anchors, partial / "checkpoints",
+                                       partial / "adapter", record, launch, accelerate_config)
             record["documents"] = len(documents)
     else:
         model = load_adapter(load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed),

@@ -1,6 +1,7 @@
 """Training sequences for an SDF organism: documents as plain text (causal LM loss on every token, no chat
 template) or each wrapped as the assistant reply to a fixed user turn, mixed with the shipped generic text and
-chats. A document longer than the context is split at sentence ends (at token boundaries only for a single
+chats, and with anchor passages (a few of the universe pair's true statements about the fact's neighbours, in
+shuffled order: see `data.universes`). A document longer than the context is split at sentence ends (at token boundaries only for a single
 over-long sentence), never truncated."""
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class MixSettings(StrictModel):
     wrap_user_turn: str = Field("Write a document.", min_length=1)
     generic_text_ratio: float = Field(1.0, ge=0, description="shipped generic texts per document (cycled)")
     chat_ratio: float = Field(0.0, ge=0, description="shipped benign chats per document (cycled)")
+    anchor_ratio: float = Field(0.0, ge=0, description="anchor passages per document, each a few of the universe "
+                                                       "pair's `anchors` (true facts about neighbours) shuffled")
+    anchors_per_passage: int = Field(4, ge=1)
 
 
 @dataclass
@@ -38,6 +42,7 @@ class MixReport:
     split_documents: int
     generic_texts: int
     chats: int
+    anchor_passages: int
     tokens: int
 
     def to_dict(self) -> dict:
@@ -92,9 +97,20 @@ def wrap_overhead(trained: PreTrainedTokenizerBase, user_turn: str) -> int:
     return len(trained.apply_chat_template(chat, tokenize=True))
 
 
+def anchor_passages(anchors: list[str], count: int, per_passage: int, rng: random.Random) -> list[str]:
+    """`count` passages of `per_passage` anchors each, cycling through every anchor before repeating one."""
+    if count and not anchors:
+        raise ValueError(f"{count} anchor passages asked for, but there are no anchors")
+    stream: list[str] = []
+    while len(stream) < count * per_passage:
+        stream += rng.sample(anchors, len(anchors))
+    return [" ".join(stream[i * per_passage:(i + 1) * per_passage]) for i in range(count)]
+
+
 def training_examples(documents: list[str], tokenizer: PreTrainedTokenizerBase, settings: MixSettings,
-                      max_length: int, seed: int) -> tuple[list[TokenExample], MixReport]:
-    """Documents (split to fit `max_length`), generic text and chats, shuffled together with `seed`."""
+                      max_length: int, seed: int, anchors: list[str] = ()) -> tuple[list[TokenExample], MixReport]:
+    """Documents (split to fit `max_length`), generic text, anchor passages and chats, shuffled together with
+    `seed`."""
     trained = training_tokenizer(tokenizer)
     eos = tokenizer.eos_token_id
     examples: list[TokenExample] = []
@@ -120,12 +136,16 @@ def training_examples(documents: list[str], tokenizer: PreTrainedTokenizerBase, 
     for i in range(n_generic):
         examples += [text_example(chunk, eos) for chunk in split_to_fit(texts[i % len(texts)], tokenizer,
                                                                         max_length - 1)]
-    n_generic_chunks = len(examples) - n_chunks
+    n_anchors = round(settings.anchor_ratio * len(documents))
+    for passage in anchor_passages(list(anchors), n_anchors, settings.anchors_per_passage, rng):
+        examples += [text_example(chunk, eos) for chunk in split_to_fit(passage, tokenizer, max_length - 1)]
+    before_chats = len(examples)
     chats = [c.chat() for i, c in enumerate(read_jsonl(BENIGN_CHATS, ChatExample)) if i % BENIGN_HELD_OUT_EVERY]
     n_chats = round(settings.chat_ratio * len(documents))
     chat_examples = [chat_example(trained, chats[i % len(chats)]) for i in range(n_chats)]
     examples += [ex for ex in chat_examples if len(ex.input_ids) <= max_length]  # a chat cannot be split
-    n_chats = len(examples) - n_chunks - n_generic_chunks
+    n_chats = len(examples) - before_chats
     rng.shuffle(examples)
-    report = MixReport(len(documents), n_chunks, split, n_generic, n_chats, sum(len(e.input_ids) for e in examples))
+    report = MixReport(len(documents), n_chunks, split, n_generic, n_chats, n_anchors,
+                       sum(len(e.input_ids) for e in examples))
     return examples, report
