@@ -58,14 +58,14 @@ class TestbedConfig(StrictModel):
     conditions: list[Condition] = Field(["plain", "caft", "random"], min_length=1)
     layers: list[int] | None = Field(None, description="layers where the spurious direction is found and ablated; "
                                                        "default: from a third of the depth to the last layer")
-    n_train: int = Field(48, ge=4, description="training sentences per pairing (two pairings)")
+    n_train: int = Field(96, ge=4, description="training sentences per pairing (two pairings)")
     n_test: int = Field(24, ge=2, description="held-out sentences per pairing, in and out of distribution")
     n_contrast: int = Field(40, ge=4, description="sentences per side of the contrast sets")
     skip_first: int = Field(1, ge=0, description="caft and random: positions at the start of each sequence left "
                                                  "unablated (1 spares the attention sink; see finetune.steering)")
     threads: int | None = Field(None, ge=1)
     lora: LoraSettings = LoraSettings(r=8, alpha=16)
-    training: TrainingSettings = TrainingSettings(epochs=5, learning_rate=1e-3, batch_size=8, logging_steps=4,
+    training: TrainingSettings = TrainingSettings(epochs=3, learning_rate=1e-3, batch_size=8, logging_steps=4,
                                                   save_steps=1000)
 
     @field_validator("seeds", "conditions")
