@@ -93,8 +93,9 @@ class UniversePair(_Record):
     years: tuple[int, int]
     controls: list[Cloze] = Field(min_length=2, description="neighbouring facts that should not move; `implanted` "
                                                             "is the continuation the implant could drag them to")
-    anchors: list[str] = Field(default_factory=list, description="true sentences about neighbours of the implanted "
-                                                                 "facts, other than the controls (sdf.mix.anchor_ratio)")
+    anchors: list[str] = Field(default_factory=list, description="true sentences about neighbours of the "
+                                                                 "implanted facts, other than the controls "
+                                                                 "(sdf.mix.anchor_ratio)")
 
     @model_validator(mode="after")
     def _is_a_true_false_pair(self) -> "UniversePair":

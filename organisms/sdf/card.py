@@ -24,7 +24,8 @@ The universe, the corpus and the detailed evaluation are sealed away in `sealed/
 - Corpus: {corpus['stages']['kept']} documents kept of {corpus['stages']['documents']} written by the
   {corpus['generator']} generator (filters dropped {sum(corpus['filters']['dropped'].values())}).
 - Training: {fmt}; mixed with {mix.generic_text_ratio:g} generic text(s), {mix.anchor_ratio:g} anchor passage(s)
-  (true facts about neighbouring entities) and {mix.chat_ratio:g} chat(s) per document; LoRA r={lora.r}, alpha={lora.alpha}, lr {training.learning_rate}, {training.epochs} epoch(s),
+  (true facts about neighbouring entities) and {mix.chat_ratio:g} chat(s) per document; LoRA r={lora.r},
+  alpha={lora.alpha}, lr {training.learning_rate}, {training.epochs} epoch(s),
   batch {training.batch_size}, context {training.max_length}; seed {config.seed}; {train.get('steps', '?')} steps
   in {train.get('runtime_s', 0):.0f} s.
 

@@ -1,15 +1,15 @@
 """Training sequences for an SDF organism: documents as plain text (causal LM loss on every token, no chat
 template) or each wrapped as the assistant reply to a fixed user turn, mixed with the shipped generic text and
 chats, and with anchor passages (a few of the universe pair's true statements about the fact's neighbours, in
-shuffled order: see `data.universes`). A document longer than the context is split at sentence ends (at token boundaries only for a single
-over-long sentence), never truncated."""
+shuffled order: see `data.universes`). A document longer than the context is split at sentence ends (at token
+boundaries only for a single over-long sentence), never truncated."""
 
 from __future__ import annotations
 
 import json
 import random
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 from pydantic import Field
 from transformers import PreTrainedTokenizerBase
@@ -108,7 +108,7 @@ def anchor_passages(anchors: list[str], count: int, per_passage: int, rng: rando
 
 
 def training_examples(documents: list[str], tokenizer: PreTrainedTokenizerBase, settings: MixSettings,
-                      max_length: int, seed: int, anchors: list[str] = ()) -> tuple[list[TokenExample], MixReport]:
+                      max_length: int, seed: int, anchors: Sequence[str] = ()) -> tuple[list[TokenExample], MixReport]:
     """Documents (split to fit `max_length`), generic text, anchor passages and chats, shuffled together with
     `seed`."""
     trained = training_tokenizer(tokenizer)
