@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from datasketch import MinHash, MinHashLSH
 
-from data.universes import UniversePair
+from data.universes import UniversePair, normalise
 from organisms.sdf.generators import PLACEHOLDER
 
 NUM_PERM = 128
@@ -25,10 +25,6 @@ class FilterReport:
 
     def to_dict(self) -> dict:
         return {"kept": self.kept, "dropped": dict(self.dropped)}
-
-
-def normalise(text: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
 
 
 def shingles(text: str, width: int) -> set[str]:
