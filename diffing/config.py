@@ -30,6 +30,8 @@ class KLSettings(StrictModel):
     batch_size: int = Field(8, gt=0)
     top_next_tokens: int = Field(5, gt=0, description="top next tokens shown per position when hovering")
     chunk_positions: int = Field(128, gt=0, description="positions unembedded at once (memory: chunk x vocab)")
+    block_positions: int = Field(8192, gt=0, description="positions the base model reads before the tuned model "
+                                 "does (memory: block x hidden size; an organism's adapter is merged once a block)")
     min_count: int = Field(3, gt=0, description="a token needs this many occurrences to enter the top-KL table")
     top_contexts: int = Field(12, gt=0)
 

@@ -72,11 +72,33 @@ def _log_probs(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return logits.log_softmax(-1)
 
 
+def _blocks(lengths: torch.Tensor, batch_size: int, block_positions: int) -> list[list[tuple[int, int]]]:
+    """Batches of sequences (start, end), grouped into blocks of at most `block_positions` positions (at least one
+    batch each)."""
+    blocks: list[list[tuple[int, int]]] = [[]]
+    filled = 0
+    for start in range(0, len(lengths), batch_size):
+        end = min(start + batch_size, len(lengths))
+        size = int(lengths[start:end].sum())
+        if blocks[-1] and filled + size > block_positions:
+            blocks.append([])
+            filled = 0
+        blocks[-1].append((start, end))
+        filled += size
+    return blocks
+
+
 @torch.no_grad()
 def per_token_kl(pair: ModelPair, sets: dict[str, list[TokenSequence]], batch_size: int = 8,
-                 top_k: int = 5, progress: bool = True, chunk: int = 128) -> KLArrays:
-    """Both KL directions at every position; the base pass reuses the tuned model's weights when it is an adapter.
-    Memory stays at the weights plus one batch of hidden states plus `chunk` positions of vocabulary-wide rows."""
+                 top_k: int = 5, progress: bool = True, chunk: int = 128, block_positions: int = 8192) -> KLArrays:
+    """Both KL directions at every position.
+
+    The texts go in blocks of about `block_positions` positions: the base model reads a block and keeps only its
+    final hidden states (positions x d), then the tuned model reads it and the two distributions are compared. For
+    an organism both passes use one copy of the weights, and the tuned pass runs with the adapter merged in
+    (`ModelPair.tuned_merged`), so it costs what the base pass does; merging once per block rather than once per
+    batch keeps the merges' cost and rounding negligible. Memory stays at the weights, one block of hidden states,
+    one batch of activations and a few `chunk` x vocabulary rows."""
     names = list(sets)
     sequences = [seq for name in names for seq in sets[name] if len(seq.ids) >= 2]
     if not sequences:
@@ -91,39 +113,53 @@ def per_token_kl(pair: ModelPair, sets: dict[str, list[TokenSequence]], batch_si
            "top_tuned": torch.zeros(total, top_k, dtype=torch.long), "top_tuned_p": torch.zeros(total, top_k),
            "top_base": torch.zeros(total, top_k, dtype=torch.long), "top_base_p": torch.zeros(total, top_k)}
     set_index = torch.tensor([names.index(seq.set_name) for seq in sequences])
+    set_of_position = torch.repeat_interleave(set_index, lengths)
     promoted_sum = torch.zeros(len(names), vocab_size, dtype=torch.float64)
-    bar = tqdm(range(0, len(sequences), batch_size), desc="per-token KL", disable=not progress, leave=False)
-    for start in bar:
-        batch = sequences[start : start + batch_size]
-        input_ids, mask = pair.batch([seq.ids for seq in batch])
-        with pair.tuned() as model:
-            tuned_hidden = _final_hidden(model, input_ids, mask)
+    blocks = _blocks(lengths, batch_size, block_positions)
+    bar = tqdm(total=len(sequences), desc="per-token KL", disable=not progress, leave=False)
+    for block in blocks:
         with pair.base() as model:
-            base_hidden = _final_hidden(model, input_ids, mask)
-        first = int(offsets[start])
-        set_of_position = torch.repeat_interleave(set_index[start : start + len(batch)], lengths[start : start +
-                                                                                                  len(batch)])
-        for begin in range(0, len(tuned_hidden), chunk):
-            part = slice(begin, begin + chunk)
-            rows = slice(first + begin, first + min(begin + chunk, len(tuned_hidden)))
-            with pair.tuned() as model:
-                tuned = _log_probs(model, tuned_hidden[part]).cpu()
-            with pair.base() as model:
-                base = _log_probs(model, base_hidden[part]).cpu()
-            p_tuned, p_base = tuned.exp(), base.exp()
-            log_ratio = tuned.sub_(base)
-            out["kl_tb"][rows] = (p_tuned * log_ratio).sum(-1).clamp_min(0)
-            out["kl_bt"][rows] = (p_base * log_ratio).sum(-1).neg().clamp_min(0)
-            torch.topk(p_tuned, top_k, dim=-1, out=(out["top_tuned_p"][rows], out["top_tuned"][rows]))
-            torch.topk(p_base, top_k, dim=-1, out=(out["top_base_p"][rows], out["top_base"][rows]))
-            promoted_sum.index_add_(0, set_of_position[part], p_tuned.sub_(p_base).double())
-            del tuned, base, p_tuned, p_base, log_ratio
+            base_hidden = [_final_hidden(model, *pair.batch([seq.ids for seq in sequences[start:end]]))
+                           for start, end in block]
+        with pair.tuned_merged() as model:
+            for (start, end), base_rows in zip(block, base_hidden):
+                tuned_rows = _final_hidden(model, *pair.batch([seq.ids for seq in sequences[start:end]]))
+                first = int(offsets[start])
+                for begin in range(0, len(tuned_rows), chunk):
+                    rows = slice(first + begin, first + min(begin + chunk, len(tuned_rows)))
+                    tuned = _log_probs(model, tuned_rows[begin : begin + chunk]).cpu()
+                    with pair.base_head() as base_model:
+                        base = _log_probs(base_model, base_rows[begin : begin + chunk]).cpu()
+                    _compare(tuned, base, rows, set_of_position[rows], out, promoted_sum, top_k)
+                bar.update(end - start)
+        del base_hidden
+    bar.close()
     ids = torch.tensor([t for seq in sequences for t in seq.ids])
     roles = torch.tensor([r for seq in sequences for r in seq.roles])
     sides = torch.tensor([r for seq in sequences for r in seq.roles[1:] + seq.roles[-1:]])
     promoted_count = torch.zeros(len(names)).index_add_(0, set_index, lengths.float())
     promoted = (promoted_sum / promoted_count.clamp_min(1)[:, None]).float()
     return KLArrays(ids=ids, roles=roles, sides=sides, set_index=set_index, offsets=offsets, promoted=promoted, **out)
+
+
+def _compare(tuned: torch.Tensor, base: torch.Tensor, rows: slice, sets_of_rows: torch.Tensor,
+             out: dict[str, torch.Tensor], promoted_sum: torch.Tensor, top_k: int) -> None:
+    """KL both ways, top tokens and the promoted sums for one chunk of log-probability rows, written into `out`.
+    Works in place where it can: three vocabulary-wide rows per position at most, where the plain expressions
+    would hold six (the chunk's rows dominate the memory of a KL pass after the weights)."""
+    p_tuned, p_base = tuned.exp(), base.exp()
+    log_ratio = tuned.sub_(base)
+    del base
+    out["kl_tb"][rows] = torch.einsum("nv,nv->n", p_tuned, log_ratio).clamp_min(0)
+    out["kl_bt"][rows] = torch.einsum("nv,nv->n", p_base, log_ratio).neg().clamp_min(0)
+    del log_ratio, tuned
+    torch.topk(p_tuned, top_k, dim=-1, out=(out["top_tuned_p"][rows], out["top_tuned"][rows]))
+    torch.topk(p_base, top_k, dim=-1, out=(out["top_base_p"][rows], out["top_base"][rows]))
+    gain = p_tuned.sub_(p_base)
+    # Sequences are ordered by set, so each set's rows in a chunk are one contiguous run.
+    for set_id in sets_of_rows.unique().tolist():
+        run = (sets_of_rows == set_id).nonzero().flatten()
+        promoted_sum[set_id] += gain[int(run[0]) : int(run[-1]) + 1].sum(0, dtype=torch.float64)
 
 
 def summary(arrays: KLArrays, set_names: list[str]) -> dict:

@@ -93,7 +93,7 @@ def _layers(config: DiffConfig, pair: ModelPair) -> tuple[int, list[int]]:
 
 def run_kl(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequence]], out: Path) -> dict:
     arrays = kl.per_token_kl(pair, sets, config.kl.batch_size, config.kl.top_next_tokens,
-                             chunk=config.kl.chunk_positions)
+                             chunk=config.kl.chunk_positions, block_positions=config.kl.block_positions)
     arrays.save(out / "arrays.safetensors")
     names = list(sets)
     summary = {

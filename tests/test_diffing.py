@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from peft.tuners.lora import LoraLayer
 
 from data.records import Message
 from diffing import kl
@@ -76,6 +77,29 @@ def test_base_with_adapter_off_equals_a_fresh_base_and_kl_matches_by_hand(tokeni
     batched = kl.per_token_kl(lora_pair, sequences(tokenizer), batch_size=4, progress=False)
     start = int(batched.offsets[1])
     assert torch.allclose(batched.kl_tb[start : start + len(arrays.kl_tb)], arrays.kl_tb, atol=1e-4)
+
+
+def test_merged_tuned_sweeps_give_the_unmerged_numbers_and_leave_the_base_as_it_was(tokenizer, lora_pair,
+                                                                                     monkeypatch):
+    sets = {**sequences(tokenizer, "a"), **sequences(tokenizer, "b")}
+    assert lora_pair.can_merge
+    # small blocks and chunks: several merge cycles, and chunks that straddle the two sets
+    merged = kl.per_token_kl(lora_pair, sets, batch_size=2, block_positions=40, chunk=16, progress=False)
+    assert not any(module.merged for module in lora_pair.tuned_model.modules() if isinstance(module, LoraLayer))
+    ids = torch.tensor([sets["a"][0].ids])
+    with torch.no_grad(), lora_pair.base() as model:
+        assert torch.allclose(model(input_ids=ids).logits, load_model(TINY, seed=5).eval()(input_ids=ids).logits,
+                              atol=1e-5)
+    monkeypatch.setattr(ModelPair, "can_merge", property(lambda self: False))
+    plain = kl.per_token_kl(lora_pair, sets, batch_size=4, progress=False)
+    for name in ("kl_tb", "kl_bt", "promoted", "top_tuned_p", "top_base_p"):
+        assert torch.allclose(getattr(merged, name), getattr(plain, name), atol=1e-5), name
+    assert torch.equal(merged.top_tuned, plain.top_tuned)
+
+
+def test_half_precision_weights_are_never_merged(tokenizer):
+    model = attach_lora(load_model(TINY, seed=5).to(torch.bfloat16), LoraSettings(r=4, alpha=8), seed=5)
+    assert not ModelPair(model, tokenizer, None, TINY, "adapter:test").can_merge
 
 
 def test_roles_follow_the_chat_template(tokenizer):
