@@ -131,6 +131,7 @@ def per_token_kl(pair: ModelPair, sets: dict[str, list[TokenSequence]], batch_si
                     with pair.base_head() as base_model:
                         base = _log_probs(base_model, base_rows[begin : begin + chunk]).cpu()
                     _compare(tuned, base, rows, set_of_position[rows], out, promoted_sum, top_k)
+                    del tuned, base  # before the next chunk's rows are allocated
                 bar.update(end - start)
         del base_hidden
     bar.close()
@@ -145,14 +146,12 @@ def per_token_kl(pair: ModelPair, sets: dict[str, list[TokenSequence]], batch_si
 def _compare(tuned: torch.Tensor, base: torch.Tensor, rows: slice, sets_of_rows: torch.Tensor,
              out: dict[str, torch.Tensor], promoted_sum: torch.Tensor, top_k: int) -> None:
     """KL both ways, top tokens and the promoted sums for one chunk of log-probability rows, written into `out`.
-    Works in place where it can: three vocabulary-wide rows per position at most, where the plain expressions
-    would hold six (the chunk's rows dominate the memory of a KL pass after the weights)."""
+    `tuned` is overwritten. Four vocabulary-wide rows per position at most (the chunk's rows dominate the memory of
+    a KL pass after the weights): the products are reduced by einsum, never materialised."""
     p_tuned, p_base = tuned.exp(), base.exp()
     log_ratio = tuned.sub_(base)
-    del base
     out["kl_tb"][rows] = torch.einsum("nv,nv->n", p_tuned, log_ratio).clamp_min(0)
     out["kl_bt"][rows] = torch.einsum("nv,nv->n", p_base, log_ratio).neg().clamp_min(0)
-    del log_ratio, tuned
     torch.topk(p_tuned, top_k, dim=-1, out=(out["top_tuned_p"][rows], out["top_tuned"][rows]))
     torch.topk(p_base, top_k, dim=-1, out=(out["top_base_p"][rows], out["top_base"][rows]))
     gain = p_tuned.sub_(p_base)

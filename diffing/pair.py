@@ -8,6 +8,7 @@ same PeftModel, with the adapter switched off inside `base()`; for two full mode
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,11 +76,14 @@ class ModelPair:
 
     @property
     def can_merge(self) -> bool:
+        """Float32 LoRA on linear layers whose weights no other module shares: merging into a head tied to the
+        input embeddings would move the embeddings too."""
         if self.base_model is not None:
             return False
+        uses = Counter(id(param) for _, param in self.tuned_model.named_parameters(remove_duplicate=False))
         adapted = [module.get_base_layer() for module in self.tuned_model.modules() if isinstance(module, LoraLayer)]
         return bool(adapted) and all(isinstance(layer, nn.Linear) and layer.weight.dtype == torch.float32
-                                     for layer in adapted)
+                                     and uses[id(layer.weight)] == 1 for layer in adapted)
 
     @property
     def pad_id(self) -> int:

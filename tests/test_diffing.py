@@ -97,6 +97,26 @@ def test_merged_tuned_sweeps_give_the_unmerged_numbers_and_leave_the_base_as_it_
     assert torch.equal(merged.top_tuned, plain.top_tuned)
 
 
+def test_an_adapter_on_a_tied_output_head_is_not_merged_and_the_base_head_is_the_bases(tokenizer):
+    model = attach_lora(load_model(TINY, seed=5), LoraSettings(r=4, alpha=8, target_modules=["q_proj", "lm_head"]),
+                        seed=5)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.2)
+    pair = ModelPair(model.eval(), tokenizer, None, TINY, "adapter:test")
+    assert not pair.can_merge  # the head shares its weight with the input embeddings
+    sequence = sequences(tokenizer)["s"][1]
+    arrays = kl.per_token_kl(pair, {"s": [sequence]}, progress=False)
+    ids = torch.tensor([sequence.ids])
+    with torch.no_grad():
+        tuned = model(input_ids=ids).logits[0, 3].log_softmax(-1)
+        with pair.base() as base_model:
+            base = base_model(input_ids=ids).logits[0, 3].log_softmax(-1)
+    assert arrays.kl_tb[3] == pytest.approx(float((tuned.exp() * (tuned - base)).sum()), rel=1e-4)
+    assert arrays.kl_tb[3] > 1e-3
+
+
 def test_half_precision_weights_are_never_merged(tokenizer):
     model = attach_lora(load_model(TINY, seed=5).to(torch.bfloat16), LoraSettings(r=4, alpha=8), seed=5)
     assert not ModelPair(model, tokenizer, None, TINY, "adapter:test").can_merge
