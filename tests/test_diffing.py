@@ -39,16 +39,19 @@ def sequences(tokenizer, set_name="s"):
     return {set_name: [tokenize_record(r, tokenizer, 64, set_name, i) for i, r in enumerate(records())]}
 
 
-@pytest.fixture(scope="module")
-def lora_pair(tokenizer) -> ModelPair:
+def random_lora_pair(tokenizer, settings: LoraSettings) -> ModelPair:
     """A tiny base with a LoRA adapter whose weights are random (a fresh adapter is the identity)."""
-    model = attach_lora(load_model(TINY, seed=5), LoraSettings(r=4, alpha=8), seed=5)
+    model = attach_lora(load_model(TINY, seed=5), settings, seed=5)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.2)
-    model.eval()
-    return ModelPair(model, tokenizer, None, TINY, "adapter:test")
+    return ModelPair(model.eval(), tokenizer, None, TINY, "adapter:test")
+
+
+@pytest.fixture(scope="module")
+def lora_pair(tokenizer) -> ModelPair:
+    return random_lora_pair(tokenizer, LoraSettings(r=4, alpha=8))
 
 
 def test_kl_of_a_model_against_itself_is_zero(tokenizer):
@@ -98,13 +101,8 @@ def test_merged_tuned_sweeps_give_the_unmerged_numbers_and_leave_the_base_as_it_
 
 
 def test_an_adapter_on_a_tied_output_head_is_not_merged_and_the_base_head_is_the_bases(tokenizer):
-    model = attach_lora(load_model(TINY, seed=5), LoraSettings(r=4, alpha=8, target_modules=["q_proj", "lm_head"]),
-                        seed=5)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.2)
-    pair = ModelPair(model.eval(), tokenizer, None, TINY, "adapter:test")
+    pair = random_lora_pair(tokenizer, LoraSettings(r=4, alpha=8, target_modules=["q_proj", "lm_head"]))
+    model = pair.tuned_model
     assert not pair.can_merge  # the head shares its weight with the input embeddings
     sequence = sequences(tokenizer)["s"][1]
     arrays = kl.per_token_kl(pair, {"s": [sequence]}, progress=False)
