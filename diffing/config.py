@@ -45,7 +45,8 @@ class CacheSettings(StrictModel):
 
 
 class LensSettings(StrictModel):
-    positions: int = Field(5, gt=0, description="first N positions of each text averaged (Minder et al. 2025)")
+    positions: int = Field(5, gt=0, description="first N positions of each text averaged (Minder et al. 2025); "
+                           "a chat's from its first message token")
     top_tokens: int = Field(20, gt=0)
     patchscope_scales: list[float] = Field([0.5, 1.0, 2.0, 4.0], min_length=1,
                                            description="patched vector norms, in base residual norms")

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from diffing.pair import ModelPair
-from diffing.prompts import TokenSequence
+from diffing.prompts import TEMPLATE, TokenSequence
 from workbench.chat import render_prompt
 from workbench.generation import generate, model_device
 from workbench.hooks import capture_residual, edit_residual, logit_lens
@@ -33,25 +33,39 @@ class LensResult:
     n_positions: int
 
 
+def content_start(sequence: TokenSequence, skip_first: int) -> int:
+    """Where a sequence's lens window starts: at its first token of text or message content, and never before
+    `skip_first`. A chat's first positions are its template (special tokens, role header, an inserted system
+    prompt), the same in every chat, so reading them would read the template, not the set."""
+    first = next((i for i, role in enumerate(sequence.roles) if role != TEMPLATE), len(sequence.roles))
+    return max(first, skip_first)
+
+
 @torch.no_grad()
-def mean_differences(pair: ModelPair, sequences: list[TokenSequence], start: int, positions: int,
+def mean_differences(pair: ModelPair, sequences: list[TokenSequence], skip_first: int, positions: int,
                      batch_size: int = 16, progress: bool = True) -> LensResult:
-    """Average tuned − base over positions [start, start + positions) of every sequence long enough to have them."""
-    usable = [s for s in sequences if len(s.ids) >= start + positions]
+    """Average tuned − base over the first `positions` content positions of every sequence long enough to have
+    them (see `content_start`)."""
+    starts = [content_start(s, skip_first) for s in sequences]
+    usable = [(s, b) for s, b in zip(sequences, starts) if len(s.ids) >= b + positions]
     if not usable:
-        raise ValueError(f"no text has {start + positions} tokens")
+        raise ValueError(f"no text has {positions} content positions after the first {skip_first}")
     layers = list(range(pair.n_layers))
     total = torch.zeros(len(layers), pair.hidden_size, dtype=torch.float64)
     norm = torch.zeros(len(layers), dtype=torch.float64)
     device = model_device(pair.tuned_model)
-    window = slice(start, start + positions)
     for begin in tqdm(range(0, len(usable), batch_size), desc="difference lens", disable=not progress, leave=False):
-        ids = torch.tensor([s.ids[: start + positions] for s in usable[begin : begin + batch_size]], device=device)
+        batch = usable[begin : begin + batch_size]
+        width = max(b for _, b in batch) + positions
+        # Right padding: a causal model's earlier positions never see it, so no attention mask is needed.
+        ids = torch.tensor([s.ids[: b + positions] + [0] * (width - b - positions) for s, b in batch], device=device)
+        window = torch.tensor([list(range(b, b + positions)) for _, b in batch], device=device)
+        rows = torch.arange(len(batch), device=device)[:, None]
         states = {}
         for name, context in (("tuned", pair.tuned), ("base", pair.base)):
             with context() as model, capture_residual(model, layers) as captured:
                 model(input_ids=ids)
-            states[name] = torch.stack([captured[layer][:, window].double().cpu() for layer in layers])
+            states[name] = torch.stack([captured[layer][rows, window].double().cpu() for layer in layers])
         total += (states["tuned"] - states["base"]).sum(dim=(1, 2))
         norm += states["base"].norm(dim=-1).sum(dim=(1, 2))
     count = len(usable) * positions

@@ -113,13 +113,13 @@ def run_kl(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequen
 
 def run_lens(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequence]], layer: int,
              out: Path) -> dict:
-    start, n = config.cache.skip_first, config.lens.positions
-    tensors, report = {}, {"start": start, "positions": n, "steering_layer": layer, "sets": {}}
+    skip, n = config.cache.skip_first, config.lens.positions
+    tensors, report = {}, {"skip_first": skip, "positions": n, "steering_layer": layer, "sets": {}}
     for name, sequences in sets.items():
         try:
-            result = mean_differences(pair, sequences, start, n)
-        except ValueError:
-            report["sets"][name] = {"skipped": f"no text with {start + n} tokens"}
+            result = mean_differences(pair, sequences, skip, n)
+        except ValueError as exc:
+            report["sets"][name] = {"skipped": str(exc)}
             continue
         with pair.base() as model:
             patched = patchscope(model, pair.tokenizer, result, config.lens.patchscope_scales)
@@ -145,7 +145,7 @@ def run_lens(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequ
                                   "samples": [{"prompt": p, "base": b, "steered": s}
                                               for p, b, s in zip(prompts, plain, steered)]}
     if not tensors:
-        raise UserError(f"lens: no prompt set has texts of {start + n} tokens; lower lens.positions")
+        raise UserError(f"lens: no prompt set has {n} content positions after the first {skip}; lower lens.positions")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "lens.safetensors"))
     write_json(out / "lens.json", report)
     return {"sets": [k for k in report["sets"] if "skipped" not in report["sets"][k]]}

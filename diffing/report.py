@@ -87,8 +87,9 @@ def _kl_section(directory: Path, tokenizer: PreTrainedTokenizerBase) -> str:
 def _lens_section(directory: Path) -> str:
     lens = json.loads((directory / "lens" / "lens.json").read_text())
     html = ["<h2>Activation-difference lens</h2>",
-            f'<p class="small">Mean tuned − base residual over positions {lens["start"]}..'
-            f'{lens["start"] + lens["positions"] - 1} of each text (for chats these are template positions), read through '
+            f'<p class="small">Mean tuned − base residual over the first {lens["positions"]} content positions of '
+            f'each text (from position {lens["skip_first"]} of plain text; from the first message token of a chat, '
+            "past its template), read through "
             "the tuned model's final norm and unembedding (logit lens) and by a token-identity Patchscope on the base "
             "model. Relative norm: ‖mean difference‖ / mean ‖base residual‖.</p>"]
     for name, info in lens["sets"].items():

@@ -14,7 +14,7 @@ from data.records import Message
 from diffing import kl
 from diffing.cache import ActivationCache, build_cache
 from diffing.directions import Directions, load_directions, pca_of_differences
-from diffing.lens import mean_differences, steer, steering_vector, token_rank
+from diffing.lens import content_start, mean_differences, steer, steering_vector, token_rank
 from diffing.pair import ModelPair, load_pair
 from diffing.prompts import PROMPT, RESPONSE, TEMPLATE, PromptRecord, tokenize_record
 from finetune.lora import LoraSettings, attach_lora
@@ -195,11 +195,11 @@ def test_cache_from_a_different_model_is_refused(tokenizer, lora_pair, tmp_path)
 
 def test_difference_lens_is_zero_for_identical_models_and_steers(tokenizer, lora_pair):
     same = load_pair(base=TINY, tuned=TINY)
-    flat = mean_differences(same, sequences(tokenizer)["s"], start=1, positions=4, progress=False)
+    flat = mean_differences(same, sequences(tokenizer)["s"], skip_first=1, positions=4, progress=False)
     assert flat.differences.abs().max() == 0
     assert token_rank(flat.logprobs[2], 100) > len(tokenizer) // 3  # no signal: the middle rank, not the top
 
-    lens = mean_differences(lora_pair, sequences(tokenizer)["s"], start=1, positions=4, progress=False)
+    lens = mean_differences(lora_pair, sequences(tokenizer)["s"], skip_first=1, positions=4, progress=False)
     assert lens.differences.norm(dim=-1).min() > 0 and lens.logprobs.shape == (4, len(tokenizer))
     vector = steering_vector(lens, 2, strength=4.0)
     assert vector.norm() == pytest.approx(4.0 * float(lens.base_norm[2]), rel=1e-4)
@@ -207,6 +207,32 @@ def test_difference_lens_is_zero_for_identical_models_and_steers(tokenizer, lora
         plain = steer(model, tokenizer, ["Tell me a story."], 2, torch.zeros_like(vector), max_new_tokens=8)
         steered = steer(model, tokenizer, ["Tell me a story."], 2, vector, max_new_tokens=8)
     assert plain != steered
+
+
+def test_difference_lens_reads_chats_from_their_first_message_token(tokenizer, lora_pair):
+    """A chat's first positions are its template, the same in every chat; the lens starts past them, per sequence,
+    and a batch of sequences with different starts gives each one's own window."""
+    from workbench.hooks import capture_residual
+
+    seqs = sequences(tokenizer)["s"]
+    text, chat = seqs[0], seqs[1]
+    assert content_start(text, 1) == 1
+    start = content_start(chat, 1)
+    assert chat.roles[start] == PROMPT and set(chat.roles[:start]) == {TEMPLATE} and start > 5
+    lens = mean_differences(lora_pair, seqs, skip_first=1, positions=3, batch_size=4, progress=False)
+    expected = 0
+    with torch.no_grad():
+        for seq in seqs:
+            first = content_start(seq, 1)
+            by_model = {}
+            for name, context in (("tuned", lora_pair.tuned), ("base", lora_pair.base)):
+                with context() as model, capture_residual(model, [2]) as captured:
+                    model(input_ids=torch.tensor([seq.ids]))
+                by_model[name] = captured[2][0, first : first + 3].double()
+            expected = expected + (by_model["tuned"] - by_model["base"]).sum(0)
+    assert torch.allclose(lens.differences[2].double(), expected / (len(seqs) * 3), atol=1e-5)
+    with pytest.raises(ValueError, match="no text has 60 content positions"):
+        mean_differences(lora_pair, seqs, skip_first=1, positions=60, progress=False)
 
 
 def _synthetic_cache(directory, base: np.ndarray, tuned: np.ndarray) -> ActivationCache:
