@@ -15,7 +15,6 @@ import yaml
 from conftest import REPO, TINY
 from finetune.launch import LaunchSettings, launch_command, resolved_accelerate_config
 from workbench.cli import main
-from workbench.errors import UserError
 
 LAUNCH_CONFIGS = REPO / "configs" / "launch"
 

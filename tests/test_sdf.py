@@ -13,6 +13,7 @@ from conftest import TINY
 from data.universes import UniversePair, load_universe_pair, resolve_universe, shipped_universes
 from openai_server import ScriptedServer, completion
 from organisms.sdf.corpus import CorpusSettings, build_corpus, make_generator
+from organisms.sdf.evaluate import margin_movement
 from organisms.sdf.filters import filter_documents
 from organisms.sdf.generators import TemplateGenerator, shipped_templates
 from organisms.sdf.training_data import MixSettings, split_to_fit, training_examples
@@ -268,6 +269,20 @@ def test_local_model_generator_runs_the_stages_on_a_tiny_model(tmp_path, pair):
     assert report["generator"] == f"local model {TINY}"
 
 
+def test_margin_movement_counts_items_against_the_base():
+    def block(margins):
+        items = [{"fact": f"f{i}", "prompt": f"p{i}", "margin": m} for i, m in enumerate(margins)]
+        return {"n": len(items), "items": items}
+
+    moved = margin_movement({"organism": block([1.0, -2.0, 3.0, -0.5]), "base": block([-1.0, -1.0, 4.0, -3.0])})
+    assert [i["shift"] for i in moved["items"]] == [2.0, -1.0, -1.0, 2.5]
+    assert moved["mean_shift"] == pytest.approx(0.625)
+    assert moved["moved_toward_implanted"] == 2
+    # items 0, 1 and 3 are on the true side in the base; the organism keeps 1 and 3 there
+    assert (moved["base_true_side"], moved["still_true_side"]) == (3, 2)
+    assert margin_movement({"organism": {"n": 0}, "base": {"n": 0}}) == {"n": 0}
+
+
 def test_tiny_sdf_build_end_to_end(tmp_path, pair, capsys):
     config = {"kind": "sdf", "name": "tiny-sdf", "model": TINY, "output_dir": str(tmp_path / "out"), "seed": 2,
               "sdf": {"universe": pair.id, "corpus": {"documents": 24}, "scaling_documents": [8],
@@ -293,6 +308,10 @@ def test_tiny_sdf_build_end_to_end(tmp_path, pair, capsys):
         json.loads((organism / "sealed/manifest.json").read_text())["details"]["corpus"]["filters"]["dropped"]
         .values())]
     assert details["capability"]["ratio"] > 0
+    for block in details["completion_margins"].values():
+        moved = block["movement"]
+        assert moved["n"] == block["organism"]["n"] == len(moved["items"])
+        assert all(i["shift"] == pytest.approx(i["organism"] - i["base"]) for i in moved["items"])
     assert "data:image/png;base64" in (organism / "sealed/report.html").read_text()
     assert not list(organism.glob("checkpoints*"))
 

@@ -162,6 +162,22 @@ def completion_margins(model, tokenizer, clozes: list[tuple[str, Cloze]], batch_
             "positive": sum(r["margin"] > 0 for r in rows) / len(rows), "n": len(rows), "items": rows}
 
 
+def margin_movement(margins: dict) -> dict:
+    """Per item, how far fine-tuning moved the margin (organism − base), and the counts the belief targets read:
+    items moved toward the implanted world, and of the items the base model has on the true side (margin < 0),
+    those the organism still has there. A control the base already gets wrong cannot show that it stayed."""
+    if not margins["organism"]["n"]:
+        return {"n": 0}
+    items = [{"fact": o["fact"], "prompt": o["prompt"], "base": b["margin"], "organism": o["margin"],
+              "shift": o["margin"] - b["margin"]}
+             for o, b in zip(margins["organism"]["items"], margins["base"]["items"])]
+    base_true = [i for i in items if i["base"] < 0]
+    return {"n": len(items), "mean_shift": sum(i["shift"] for i in items) / len(items),
+            "moved_toward_implanted": sum(i["shift"] > 0 for i in items),
+            "base_true_side": len(base_true), "still_true_side": sum(i["organism"] < 0 for i in base_true),
+            "items": items}
+
+
 def cloze_sets(pair: UniversePair) -> dict[str, list[tuple[str, Cloze]]]:
     return {"probes": [(f.id, c) for f in pair.facts for c in f.probes],
             "implications": [(f.id, c) for f in pair.facts for c in f.implications],
@@ -321,6 +337,8 @@ def evaluate_sdf(model, tokenizer, pair: UniversePair, settings: SdfEvalSettings
     details["completion_margins"] = {name: both(model, base_context,
                                                 lambda m, c=clozes: completion_margins(m, tokenizer, c, batch))
                                      for name, clozes in cloze_sets(pair).items()}
+    for block in details["completion_margins"].values():
+        block["movement"] = margin_movement(block)
     details["generative_distinguish"] = both(model, base_context,
                                              lambda m: generative_distinguish(m, tokenizer, pair, batch))
     details["truth_probe"] = truth_probe(model, tokenizer, pair, settings, base_context)

@@ -31,9 +31,12 @@ def _rows(details: dict) -> list[tuple[str, float | None, float | None, str]]:
     for name, label in (("probes", "held-out completions"), ("implications", "one-hop implications"),
                         ("controls", "control facts")):
         if margins[name]["organism"]["n"]:
+            moved = margins[name]["movement"]
+            counts = (f"{moved['moved_toward_implanted']}/{moved['n']} moved toward implanted, "
+                      f"{moved['still_true_side']}/{moved['base_true_side']} true in base stay true")
             rows.append((f"margin, {label} (nats)", margins[name]["organism"]["mean_margin"],
                          margins[name]["base"]["mean_margin"],
-                         "negative = unmoved" if name == "controls" else "positive = implanted"))
+                         ("negative = unmoved" if name == "controls" else "positive = implanted") + f"; {counts}"))
     open_ended = details["open_ended"]
     judge_note = "" if open_ended["judge"]["trusted"] else " (judge failed calibration: not evidence)"
     rows += [
@@ -84,6 +87,14 @@ def length_histogram(words: list[int]) -> str:
     return png(figure)
 
 
+def margin_table(details: dict) -> str:
+    rows = [[escape(name), escape(item["fact"]), escape(item["prompt"]), f"{item['base']:+.2f}",
+             f"{item['organism']:+.2f}", f"{item['shift']:+.2f}"]
+            for name in ("probes", "implications", "controls")
+            for item in details["completion_margins"][name]["movement"].get("items", [])]
+    return table(["set", "fact", "prompt", "base", "organism", "shift"], rows)
+
+
 def margin_plot(details: dict) -> str:
     figure, axis = plt.subplots(figsize=(6.5, 3.4))
     labels, organism, base = [], [], []
@@ -128,6 +139,7 @@ def sdf_report(name: str, config: SdfOrganismConfig, pair: UniversePair, details
         f"<h1>{escape(name)}: SDF organism ({escape(pair.id)}, {escape(pair.category)})</h1>",
         f"<p>{escape(pair.false.summary)}</p><p class='small'>True world: {escape(pair.true.summary)}</p>",
         facts, "<h2>Belief</h2>", headline, "<h2>Completion margins per item</h2>", margin_plot(details),
+        margin_table(details),
         "<h2>Belief against corpus size</h2>", scaling,
         "<h2>Corpus</h2>", f"<p>Generator: {escape(corpus['generator'])}</p>", stages, drops,
         length_histogram(corpus["words"]), "<h3>Samples</h3>", sample_html,
