@@ -56,15 +56,13 @@ def mean_differences(pair: ModelPair, sequences: list[TokenSequence], skip_first
     device = model_device(pair.tuned_model)
     for begin in tqdm(range(0, len(usable), batch_size), desc="difference lens", disable=not progress, leave=False):
         batch = usable[begin : begin + batch_size]
-        width = max(b for _, b in batch) + positions
-        # Right padding: a causal model's earlier positions never see it, so no attention mask is needed.
-        ids = torch.tensor([s.ids[: b + positions] + [0] * (width - b - positions) for s, b in batch], device=device)
+        ids, mask = (t.to(device) for t in pair.batch([s.ids[: b + positions] for s, b in batch]))
         window = torch.tensor([list(range(b, b + positions)) for _, b in batch], device=device)
         rows = torch.arange(len(batch), device=device)[:, None]
         states = {}
         for name, context in (("tuned", pair.tuned), ("base", pair.base)):
             with context() as model, capture_residual(model, layers) as captured:
-                model(input_ids=ids)
+                model(input_ids=ids, attention_mask=mask)
             states[name] = torch.stack([captured[layer][rows, window].double().cpu() for layer in layers])
         total += (states["tuned"] - states["base"]).sum(dim=(1, 2))
         norm += states["base"].norm(dim=-1).sum(dim=(1, 2))
