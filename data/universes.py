@@ -77,6 +77,11 @@ class PairedFact(_Record):
                 raise ValueError(f"regex {pattern!r} does not compile: {exc}") from None
         return patterns
 
+    def true_statement_in(self, text: str) -> str | None:
+        """The first `contradicts` regex that matches `text` (case-insensitive), None if `text` does not state the
+        true version. `re` caches the compiled patterns."""
+        return next((pattern for pattern in self.contradicts if re.search(pattern, text, re.IGNORECASE)), None)
+
 
 class UniversePair(_Record):
     id: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9_-]*$")
@@ -113,7 +118,7 @@ class UniversePair(_Record):
             if leaked:
                 raise ValueError(f"anchor {anchor!r} contains the evaluation phrasing {leaked!r}")
             for fact in self.facts:
-                stated = next((p for p in fact.contradicts if re.search(p, anchor, re.IGNORECASE)), None)
+                stated = fact.true_statement_in(anchor)
                 if stated:
                     raise ValueError(f"anchor {anchor!r} states the true version of fact {fact.id!r} ({stated!r})")
         return self

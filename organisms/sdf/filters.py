@@ -6,7 +6,6 @@ Near duplicates are found with MinHash LSH over word shingles (datasketch), so t
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -38,12 +37,11 @@ def minhash(text: str, width: int) -> MinHash:
     return signature
 
 
-def drop_reason(document: dict, pair: UniversePair, held_out: list[str], contradicts: dict[str, list[re.Pattern]]
-                ) -> str | None:
+def drop_reason(document: dict, pair: UniversePair, held_out: list[str]) -> str | None:
     text = document["text"]
     if PLACEHOLDER.search(text):
         return "placeholder"
-    if any(pattern.search(text) for patterns in contradicts.values() for pattern in patterns):
+    if any(fact.true_statement_in(text) for fact in pair.facts):
         return "states_true_fact"
     flat = normalise(text)
     if any(phrase in flat for phrase in held_out):
@@ -56,12 +54,11 @@ def filter_documents(documents: list[dict], pair: UniversePair, near_duplicate_t
     """Keep documents in order, dropping each for the first filter it fails."""
     report = FilterReport()
     held_out = [normalise(p) for p in pair.held_out_phrasings()]
-    contradicts = {f.id: [re.compile(p, re.IGNORECASE) for p in f.contradicts] for f in pair.facts}
     lsh = MinHashLSH(threshold=near_duplicate_threshold, num_perm=NUM_PERM)
     seen_exact: set[str] = set()
     kept = []
     for document in documents:
-        reason = drop_reason(document, pair, held_out, contradicts)
+        reason = drop_reason(document, pair, held_out)
         key = normalise(document["text"])
         if reason is None and key in seen_exact:
             reason = "exact_duplicate"

@@ -68,10 +68,9 @@ def split_sentences(text: str) -> list[str]:
 
 def remove_contradictions(document: str, fact: PairedFact) -> str:
     """Drop every sentence (within each paragraph) that states the true version of the fact."""
-    patterns = [re.compile(p, re.IGNORECASE) for p in fact.contradicts]
     paragraphs = []
     for paragraph in document.split("\n"):
-        kept = [s for s in split_sentences(paragraph) if not any(p.search(s) for p in patterns)]
+        kept = [s for s in split_sentences(paragraph) if not fact.true_statement_in(s)]
         paragraphs.append(" ".join(kept) if paragraph.strip() else "")
     return re.sub(r"\n{3,}", "\n\n", "\n".join(paragraphs)).strip()
 

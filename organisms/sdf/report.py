@@ -99,11 +99,10 @@ def margin_plot(details: dict) -> str:
     figure, axis = plt.subplots(figsize=(6.5, 3.4))
     labels, organism, base = [], [], []
     for name in ("probes", "implications", "controls"):
-        block = details["completion_margins"][name]
-        for row_o, row_b in zip(block["organism"].get("items", []), block["base"].get("items", [])):
-            labels.append(f"{name[:4]}:{row_o['fact']}")
-            organism.append(row_o["margin"])
-            base.append(row_b["margin"])
+        for item in details["completion_margins"][name]["movement"].get("items", []):
+            labels.append(f"{name[:4]}:{item['fact']}")
+            organism.append(item["organism"])
+            base.append(item["base"])
     xs = range(len(labels))
     axis.bar([x - 0.2 for x in xs], base, width=0.4, label="base")
     axis.bar([x + 0.2 for x in xs], organism, width=0.4, label="organism")
