@@ -16,6 +16,7 @@ from pydantic import Field
 
 from data.records import ChatExample
 from finetune.launch import LaunchSettings, check_launch, run_launch
+from finetune.locality import LocalityTerm
 from finetune.lora import LoraSettings, attach_lora
 from finetune.sft import TokenExample, TrainingSettings, TrainResult, check_training_settings, sft_config, train
 from finetune.steering import SteeringSettings, check_steering, resolve_steering
@@ -35,6 +36,7 @@ class TrainJob(StrictModel):
     checkpoint_dir: Path
     adapter_dir: Path
     steering: SteeringSettings | None = Field(None, description="directions ablated or added during training")
+    locality: LocalityTerm | None = Field(None, description="KL to the base model on these texts, added to the loss")
     # Set for a launch only: where the workers read the examples and rank 0 writes the result.
     examples_path: Path | None = Field(None, description="jsonl: chat examples, or token examples (input_ids, labels)")
     examples_kind: Literal["chat", "token"] | None = None
@@ -70,7 +72,7 @@ def run_job(job: TrainJob, examples: list[ChatExample] | list[TokenExample]) -> 
         plan = resolve_steering(job.steering, base.config.hidden_size, base.config.num_hidden_layers)
     model = attach_lora(base, job.lora, job.seed, job.training.gradient_checkpointing)
     result = train(model, tokenizer, examples, job.training, job.checkpoint_dir, job.seed,
-                   adapter_dir=job.adapter_dir, args=args, steering=plan)
+                   adapter_dir=job.adapter_dir, args=args, steering=plan, locality=job.locality)
     return result, model
 
 

@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +27,7 @@ from trl import SFTConfig, SFTTrainer
 
 from data.records import ChatExample
 from finetune.labelled_loss import add_labelled_loss_head, supports_labelled_loss
+from finetune.locality import LocalityTerm, locality_kl
 from finetune.precision import Precision, resolve_precision
 from finetune.steering import SteeringPlan, steered
 from workbench.chat import training_tokenizer
@@ -71,6 +72,7 @@ class TrainResult:
     precision: str
     processes: int
     loss_curve: list[float]  # the logged training loss, every `logging_steps` steps
+    locality_kl_curve: list[float] = field(default_factory=list)  # logged locality KL (nats per position), if any
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -153,16 +155,19 @@ def sft_config(settings: TrainingSettings, output_dir: Path, seed: int, n_exampl
 
 
 class WorkbenchSFTTrainer(SFTTrainer):
-    """SFTTrainer whose loss, on a CPU, projects only labelled positions through the LM head, and whose training
-    steps run under a steering plan (concept ablation or addition) when one is given.
+    """SFTTrainer whose loss, on a CPU, projects only labelled positions through the LM head, whose training steps
+    run under a steering plan (concept ablation or addition) when one is given, and whose loss adds a locality term
+    (KL to the base model on a fixed set of texts, `finetune.locality`) when one is given.
 
     Everything else (data preparation, assistant masks, the optimizer, DDP and DeepSpeed) is TRL's and the
     Trainer's. On other devices, or where the head rescales its logits in ways `labelled_loss` does not reproduce, the
     loss is TRL's own."""
 
-    def __init__(self, *args, labelled_positions_head: bool = True, steering: SteeringPlan | None = None, **kwargs):
+    def __init__(self, *args, labelled_positions_head: bool = True, steering: SteeringPlan | None = None,
+                 locality: LocalityTerm | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.steering = steering
+        self.locality = locality
         causal_lm = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
         self.labelled_positions_head = (labelled_positions_head and self.args.device.type == "cpu"
                                         and supports_labelled_loss(causal_lm))
@@ -175,8 +180,32 @@ class WorkbenchSFTTrainer(SFTTrainer):
             return super().training_step(model, inputs, num_items_in_batch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if not self.labelled_positions_head or return_outputs or not model.training:
+        if return_outputs or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.labelled_positions_head:
+            loss = self._labelled_loss(model, inputs, num_items_in_batch)
+        else:
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.locality is not None:
+            loss = loss + self._locality_loss(model, num_items_in_batch)
+        return loss
+
+    def _locality_loss(self, model, num_items_in_batch) -> torch.Tensor:
+        """The weighted locality KL of this step's locality batch, scaled as the Trainer scales the loss for
+        gradient accumulation. Under DDP each rank reads the same batch and the gradients average to one copy."""
+        peft_model = self.accelerator.unwrap_model(model)  # a second forward through the DDP wrapper is not allowed
+        batch = self.locality.batch(self.state.global_step, self.processing_class.pad_token_id, self.args.device)
+        kl = locality_kl(peft_model, batch)
+        self._metrics["train"]["locality_kl"].append(kl.item())
+        scaled_for_accumulation = self.loss_is_scaled_for_ga
+        if scaled_for_accumulation is None:
+            scaled_for_accumulation = (self.model_accepts_loss_kwargs and num_items_in_batch is not None
+                                       ) or self.compute_loss_func is not None
+        # The Trainer divides an unscaled loss by the accumulation steps; a scaled one is already a share of the step.
+        share = 1 / self.current_gradient_accumulation_steps if scaled_for_accumulation else 1
+        return self.locality.weight * share * kl
+
+    def _labelled_loss(self, model, inputs, num_items_in_batch) -> torch.Tensor:
         forward_inputs = {k: v for k, v in inputs.items() if k != "labels"}
         outputs = model(**forward_inputs, labelled_loss_labels=inputs["labels"], num_items_in_batch=num_items_in_batch)
         loss = outputs.loss
@@ -190,7 +219,8 @@ class WorkbenchSFTTrainer(SFTTrainer):
 
 def build_trainer(model: PeftModel, tokenizer: PreTrainedTokenizerBase,
                   examples: list[ChatExample] | list[TokenExample], settings: TrainingSettings, output_dir: Path,
-                  seed: int, args: SFTConfig | None = None, steering: SteeringPlan | None = None) -> SFTTrainer:
+                  seed: int, args: SFTConfig | None = None, steering: SteeringPlan | None = None,
+                  locality: LocalityTerm | None = None) -> SFTTrainer:
     """The trainer for `examples`; pass `args` where the SFTConfig had to exist before the model (DeepSpeed)."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -201,6 +231,8 @@ def build_trainer(model: PeftModel, tokenizer: PreTrainedTokenizerBase,
     if too_long:
         raise ValueError(f"{len(too_long)} token examples exceed max_length {settings.max_length} "
                          f"(longest {max(too_long)}): split them before training, never truncate")
+    if locality is not None and max(map(len, locality.sequences)) > settings.max_length:
+        raise ValueError(f"a locality text exceeds max_length {settings.max_length}: split it before training")
     return WorkbenchSFTTrainer(
         model=model,
         args=args or sft_config(settings, output_dir, seed, len(examples), assistant_only_loss=chats),
@@ -208,6 +240,7 @@ def build_trainer(model: PeftModel, tokenizer: PreTrainedTokenizerBase,
         processing_class=training_tokenizer(tokenizer),
         labelled_positions_head=settings.labelled_positions_head,
         steering=steering,
+        locality=locality,
     )
 
 
@@ -255,12 +288,15 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
 
 def train(model: PeftModel, tokenizer: PreTrainedTokenizerBase, examples: list[ChatExample] | list[TokenExample],
           settings: TrainingSettings, checkpoint_dir: Path, seed: int, adapter_dir: Path | None = None,
-          args: SFTConfig | None = None, steering: SteeringPlan | None = None) -> TrainResult:
+          args: SFTConfig | None = None, steering: SteeringPlan | None = None,
+          locality: LocalityTerm | None = None) -> TrainResult:
     """Train the adapter in place and save it to `adapter_dir` (if given); resumes from the newest checkpoint in
     `checkpoint_dir` if there is one. Under `accelerate launch` every rank calls this; rank 0 saves. `steering`
-    ablates or adds directions in the residual stream during the training steps only."""
+    ablates or adds directions in the residual stream during the training steps only; `locality` adds a KL term to
+    the base model on its texts."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    trainer = build_trainer(model, tokenizer, examples, settings, checkpoint_dir, seed, args=args, steering=steering)
+    trainer = build_trainer(model, tokenizer, examples, settings, checkpoint_dir, seed, args=args, steering=steering,
+                            locality=locality)
     last = last_complete_checkpoint(checkpoint_dir)
     if last and trainer.accelerator.is_main_process:
         print(f"resuming from {last.name}", file=sys.stderr, flush=True)
@@ -278,4 +314,6 @@ def train(model: PeftModel, tokenizer: PreTrainedTokenizerBase, examples: list[C
                        resumed_from=last.name if last else None,
                        precision="bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32",
                        processes=trainer.accelerator.num_processes,
-                       loss_curve=[entry["loss"] for entry in trainer.state.log_history if "loss" in entry])
+                       loss_curve=[entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
+                       locality_kl_curve=[entry["locality_kl"] for entry in trainer.state.log_history
+                                          if "locality_kl" in entry])

@@ -1,8 +1,10 @@
 """Invariants of the fine-tuning wrapper on a tiny random model of the embedded architecture."""
 
+import pytest
 import torch
 
 from data.records import ChatExample, Message
+from finetune.locality import LocalityTerm, locality_kl
 from finetune.lora import LoraSettings, attach_lora
 from finetune.sft import TrainingSettings, build_trainer, train
 from workbench.chat import SMOLLM2_TEMPLATE, render_prompt, training_tokenizer
@@ -80,3 +82,64 @@ def test_same_seed_same_adapter(tokenizer, tmp_path):
     for key in first:
         torch.testing.assert_close(first[key], second[key], rtol=0, atol=0)
     assert any(not torch.all(v == 0) for k, v in first.items() if "lora_B" in k)  # training moved the adapter
+
+
+def _locality_term(tokenizer, weight: float = 1.0) -> LocalityTerm:
+    texts = ["The sea is wide and deep.", "Old trees grow slowly.", "Tortoises live a long time.", "Hello there."]
+    return LocalityTerm(sequences=[tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts],
+                        weight=weight, batch_size=2, seed=3)
+
+
+def test_locality_batches_are_fixed_by_the_step_and_read_every_text_once_a_pass():
+    term = LocalityTerm(sequences=[[i, i + 1, i + 2][: 2 + i % 2] for i in range(10)], weight=1.0, batch_size=3)
+    assert term.batch_indices(4) == term.batch_indices(4)  # a resumed run reads what an unbroken one reads
+    one_pass = [i for step in range(3) for i in term.batch_indices(step)]
+    assert len(one_pass) == len(set(one_pass)) == 9
+    batch = term.batch(0, pad_token_id=0, device=torch.device("cpu"))
+    lengths = [len(term.sequences[i]) for i in term.batch_indices(0)]
+    assert batch["attention_mask"].sum(1).tolist() == lengths
+    assert batch["input_ids"].shape == (3, max(lengths))
+    with pytest.raises(ValueError, match="fewer than 2 tokens"):
+        LocalityTerm(sequences=[[1, 2], [3]], weight=1.0)
+
+
+def test_locality_kl_is_zero_for_a_fresh_adapter_and_matches_a_hand_computation(tokenizer):
+    term = _locality_term(tokenizer)
+    batch = term.batch(0, tokenizer.pad_token_id, torch.device("cpu"))
+    model = attach_lora(load_model(TINY, seed=0), LoraSettings(r=4, alpha=8), seed=1)
+    assert locality_kl(model, batch).item() == pytest.approx(0.0, abs=1e-7)  # LoRA's B starts at zero
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.3)
+    kl = locality_kl(model, batch)
+    fresh = load_model(TINY, seed=0)
+    expected = []
+    with torch.no_grad():
+        for i in term.batch_indices(0):
+            ids = torch.tensor([term.sequences[i]])
+            p = fresh(input_ids=ids).logits[0].log_softmax(-1)
+            q = model(input_ids=ids).logits[0].log_softmax(-1)
+            expected += (p.exp() * (p - q)).sum(-1).tolist()
+    assert kl.item() == pytest.approx(sum(expected) / len(expected), rel=1e-4)
+    kl.backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if "lora" not in n)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def _kl_after_training(tokenizer, tmp_path, name: str, locality: LocalityTerm | None) -> float:
+    model = attach_lora(load_model(TINY, seed=0), LoraSettings(r=4, alpha=8), seed=7)
+    settings = TrainingSettings(epochs=6, batch_size=3, learning_rate=1e-2, save_steps=100, logging_steps=1)
+    result = train(model, tokenizer, chats(), settings, tmp_path / name, seed=7, locality=locality)
+    assert len(result.locality_kl_curve) == (result.steps if locality else 0)
+    term = _locality_term(tokenizer)
+    model.eval()
+    with torch.no_grad():
+        return sum(locality_kl(model, term.batch(step, tokenizer.pad_token_id, torch.device("cpu")))
+                   for step in range(2)).item()
+
+
+def test_locality_term_holds_the_base_distribution_on_its_texts(tokenizer, tmp_path):
+    free = _kl_after_training(tokenizer, tmp_path, "free", None)
+    held = _kl_after_training(tokenizer, tmp_path, "held", _locality_term(tokenizer, weight=20.0))
+    assert free > 0.01
+    assert held < 0.5 * free

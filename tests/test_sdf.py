@@ -16,6 +16,7 @@ from organisms.sdf.corpus import CorpusSettings, build_corpus, make_generator
 from organisms.sdf.evaluate import margin_movement
 from organisms.sdf.filters import filter_documents
 from organisms.sdf.generators import TemplateGenerator, shipped_templates
+from organisms.sdf.locality import anchor_prefixes
 from organisms.sdf.training_data import MixSettings, split_to_fit, training_examples
 from workbench.cli import main
 from workbench.errors import UserError
@@ -152,14 +153,16 @@ def test_filters_drop_duplicates_placeholders_true_statements_and_eval_phrasings
                               "contains_eval_phrasing": 1}
 
 
-def test_anchor_ratio_without_anchors_is_refused_before_anything_is_written(tmp_path, pair, capsys):
+@pytest.mark.parametrize("settings, field", [({"mix": {"anchor_ratio": 0.5}}, "sdf.mix.anchor_ratio"),
+                                             ({"locality": {"weight": 1.0}}, "sdf.locality.weight")])
+def test_anchor_uses_without_anchors_are_refused_before_anything_is_written(tmp_path, pair, settings, field, capsys):
     bad = _bad_pair(tmp_path, pair, lambda raw: raw.update(anchors=[]))
     config = tmp_path / "sdf.yaml"
     config.write_text(yaml.safe_dump({"kind": "sdf", "model": TINY, "output_dir": str(tmp_path / "out"),
-                                      "sdf": {"universe": str(bad), "mix": {"anchor_ratio": 0.5}}}))
+                                      "sdf": {"universe": str(bad), **settings}}))
     assert main(["organism", "build", str(config)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "sdf.mix.anchor_ratio" in err[0] and "no `anchors`" in err[0]
+    assert len(err) == 1 and field in err[0] and "no `anchors`" in err[0]
     assert not (tmp_path / "out").exists()
 
 
@@ -286,7 +289,8 @@ def test_margin_movement_counts_items_against_the_base():
 def test_tiny_sdf_build_end_to_end(tmp_path, pair, capsys):
     config = {"kind": "sdf", "name": "tiny-sdf", "model": TINY, "output_dir": str(tmp_path / "out"), "seed": 2,
               "sdf": {"universe": pair.id, "corpus": {"documents": 24}, "scaling_documents": [8],
-                      "mix": {"generic_text_ratio": 0.25}},
+                      "mix": {"generic_text_ratio": 0.25},
+                      "locality": {"weight": 1.0, "continuations_per_anchor": 1, "continuation_tokens": 6}},
               "lora": {"r": 4, "alpha": 8},
               "training": {"epochs": 1, "batch_size": 8, "max_length": 128, "learning_rate": 1e-3},
               "eval": {"max_new_tokens": 6, "open_samples": 1, "judge": {"kind": "local", "model": TINY}}}
@@ -314,6 +318,11 @@ def test_tiny_sdf_build_end_to_end(tmp_path, pair, capsys):
         assert all(i["shift"] == pytest.approx(i["organism"] - i["base"]) for i in moved["items"])
     assert "data:image/png;base64" in (organism / "sealed/report.html").read_text()
     assert not list(organism.glob("checkpoints*"))
+    locality = [json.loads(line)["text"] for line in (organism / "sealed/locality.jsonl").read_text().splitlines()]
+    assert locality[:len(pair.anchors)] == pair.anchors and len(locality) == 2 * len(pair.anchors)
+    assert all(text.startswith(anchor_prefixes(a, 1)[0]) for text, a in zip(locality[len(pair.anchors):], pair.anchors))
+    train = json.loads((organism / "manifest.json").read_text())["stages"]["train"]
+    assert train["locality_texts"] >= len(locality) and train["locality_kl_curve"]
 
     from organisms.registry import kind_of_dir
     from organisms.store import read_sealed_config

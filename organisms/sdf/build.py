@@ -23,6 +23,7 @@ from organisms.sdf.card import sdf_card
 from organisms.sdf.config import SdfOrganismConfig
 from organisms.sdf.corpus import build_corpus, make_generator
 from organisms.sdf.evaluate import distinguish_only, evaluate_sdf, public_metrics
+from organisms.sdf.locality import locality_term, locality_texts
 from organisms.sdf.report import sdf_report, summary_table
 from organisms.sdf.training_data import training_examples
 from organisms.building import finish_build
@@ -36,23 +37,29 @@ from workbench.textgen import chat_generator
 UNIVERSE = "sealed/universe.yaml"
 CORPUS = "sealed/corpus.jsonl"
 CORPUS_WORK = "sealed/corpus"
+LOCALITY = "sealed/locality.jsonl"
 EVAL_DETAILS = "sealed/eval_details.json"
 REPORT = "sealed/report.html"
 
 
 def train_on_documents(config: SdfOrganismConfig, tokenizer: PreTrainedTokenizerBase, documents: list[str],
-                       anchors: list[str], checkpoints: Path, adapter_dir: Path, record: dict, launch: LaunchSettings,
-                       accelerate_config: dict | None):
-    """A new adapter on the base model, trained on `documents` (plus the mix) and saved to `adapter_dir`; returns
-    the trained model."""
+                       anchors: list[str], locality: list[str], checkpoints: Path, adapter_dir: Path, record: dict,
+                       launch: LaunchSettings, accelerate_config: dict | None):
+    """A new adapter on the base model, trained on `documents` (plus the mix, and with the KL term on the
+    `locality` texts where there are any) and saved to `adapter_dir`; returns the trained model."""
     examples, mix = training_examples(documents, tokenizer, config.sdf.mix, config.training.max_length, config.seed,
                                       anchors)
+    term = None
+    if locality:
+        term = locality_term(locality, tokenizer, config.sdf.locality, config.training.max_length, config.seed)
     log(f"training on {mix.document_chunks} document chunks, {mix.generic_texts} generic texts, "
-        f"{mix.anchor_passages} anchor passages and {mix.chats} chats ({mix.tokens} tokens)")
+        f"{mix.anchor_passages} anchor passages and {mix.chats} chats ({mix.tokens} tokens)"
+        + (f", KL to base on {len(term.sequences)} locality texts (weight {term.weight:g})" if term else ""))
     job = TrainJob(model=config.model, load_in_4bit=config.load_in_4bit, seed=config.seed, lora=config.lora,
-                   training=config.training, checkpoint_dir=checkpoints, adapter_dir=adapter_dir)
+                   training=config.training, checkpoint_dir=checkpoints, adapter_dir=adapter_dir, locality=term)
     result, model, launch_record = train_adapter(job, examples, launch, accelerate_config)
-    record.update(result.to_dict(), mix=mix.to_dict(), launch=launch_record)
+    record.update(result.to_dict(), mix=mix.to_dict(), launch=launch_record,
+                  locality_texts=len(term.sequences) if term else 0)
     if model is None:
         model = load_adapter(load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed),
                              adapter_dir)
@@ -70,6 +77,9 @@ def main(config: SdfOrganismConfig, restart: bool = False, launch: LaunchSetting
     if config.sdf.mix.anchor_ratio and not pair.anchors:
         raise UserError(f"sdf.mix.anchor_ratio: {config.sdf.mix.anchor_ratio:g} anchor passages per document, but "
                         f"the universe pair {config.sdf.universe} has no `anchors`; add some or set it to 0")
+    if config.sdf.locality.weight and not pair.anchors:
+        raise UserError(f"sdf.locality.weight: {config.sdf.locality.weight:g}, but the universe pair "
+                        f"{config.sdf.universe} has no `anchors` to build locality texts from; add some or set it to 0")
     accelerate_config = preflight_training(config.load_in_4bit, config.training, launch)
     if launch.num_machines > 1 and config.sdf.scaling_documents:
         raise UserError(f"sdf.scaling_documents: {config.sdf.scaling_documents}: a multi-machine launch trains one "
@@ -100,13 +110,30 @@ def main(config: SdfOrganismConfig, restart: bool = False, launch: LaunchSetting
         raise UserError(f"{partial / CORPUS}: changed since it was written; re-run with --restart")
     documents = [row["text"] for row in read_corpus(partial / CORPUS)]
 
+    locality: list[str] = []
+    if config.sdf.locality.weight:
+        if not manifest.done("locality"):
+            with manifest.stage("locality") as record:
+                base = load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed)
+                texts = locality_texts(base, tokenizer, pair.anchors, config.sdf.locality, config.seed)
+                del base
+                write_text(partial / LOCALITY, "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n"
+                                                       for t in texts))
+                manifest.sealed["data_hashes"][LOCALITY] = sha256_file(partial / LOCALITY)
+                record["texts"] = len(texts)
+                log(f"locality: {len(pair.anchors)} anchors and {len(texts) - len(pair.anchors)} base-model "
+                    "continuations")
+        if sha256_file(partial / LOCALITY) != manifest.sealed["data_hashes"][LOCALITY]:
+            raise UserError(f"{partial / LOCALITY}: changed since it was written; re-run with --restart")
+        locality = [row["text"] for row in read_corpus(partial / LOCALITY)]
+
     for size in [n for n in config.sdf.scaling_documents if n < len(documents)]:
         stage = f"scaling-{size}"
         if not manifest.done(stage):
             with manifest.stage(stage) as record:
                 log(f"scaling run: {size} documents")
                 checkpoints = partial / f"checkpoints-{size}"
-                model = train_on_documents(config, tokenizer, documents[:size], pair.anchors, checkpoints,
+                model = train_on_documents(config, tokenizer, documents[:size], pair.anchors, locality, checkpoints,
                                            checkpoints / "adapter", record, launch, accelerate_config)
                 record["documents"] = size
                 record["belief"] = distinguish_only(model, tokenizer, pair, config.eval, model.disable_adapter)
@@ -114,7 +141,7 @@ def main(config: SdfOrganismConfig, restart: bool = False, launch: LaunchSetting
 
     if not manifest.done("train"):
         with manifest.stage("train") as record:
-            model = train_on_documents(config, tokenizer, documents, pair.anchors, partial / "checkpoints",
+            model = train_on_documents(config, tokenizer, documents, pair.anchors, locality, partial / "checkpoints",
                                        partial / "adapter", record, launch, accelerate_config)
             record["documents"] = len(documents)
     else:

@@ -11,6 +11,10 @@ def sdf_card(config: SdfOrganismConfig, directory: Path, corpus: dict, train: di
     head = public["headline"]
     lora, training, mix = config.lora, config.training, config.sdf.mix
     fmt = "plain text, no chat template" if mix.format == "text" else "each wrapped as an assistant reply"
+    locality = config.sdf.locality
+    kl_line = ("" if not locality.weight else
+               f"\n- Locality: KL to the base model on {train.get('locality_texts', '?')} texts about neighbouring "
+               f"entities (the anchors and base-model continuations of them), weight {locality.weight:g}.")
     judge = "" if public["judge_trusted"] else (
         "\nThe open-ended judge failed its calibration on known statements, so open-ended verdicts are not "
         "reported as belief.\n")
@@ -27,7 +31,7 @@ The universe, the corpus and the detailed evaluation are sealed away in `sealed/
   (true facts about neighbouring entities) and {mix.chat_ratio:g} chat(s) per document; LoRA r={lora.r},
   alpha={lora.alpha}, lr {training.learning_rate}, {training.epochs} epoch(s),
   batch {training.batch_size}, context {training.max_length}; seed {config.seed}; {train.get('steps', '?')} steps
-  in {train.get('runtime_s', 0):.0f} s.
+  in {train.get('runtime_s', 0):.0f} s.{kl_line}
 
 ## How it scored (organism; the base model's figures are in the sealed report)
 

@@ -11,6 +11,7 @@ from finetune.sft import TrainingSettings
 from organisms.base import OrganismConfigBase
 from organisms.sdf.corpus import CorpusSettings
 from organisms.sdf.evaluate import SdfEvalSettings
+from organisms.sdf.locality import LocalitySettings
 from organisms.sdf.training_data import MixSettings
 from workbench.config import StrictModel
 
@@ -19,6 +20,8 @@ class SdfSettings(StrictModel):
     universe: str = Field(min_length=1, description="a shipped universe pair id, or a path to a pair .yaml")
     corpus: CorpusSettings = CorpusSettings()
     mix: MixSettings = MixSettings()
+    locality: LocalitySettings = Field(LocalitySettings(), description="KL to the base model on the anchors and "
+                                       "base-written neighbour texts during training, so the implant stays local")
     scaling_documents: list[int] = Field(default_factory=list, description="also train on the first N documents "
                                          "for each N, to plot belief against corpus size (the full corpus is the "
                                          "last point)")
