@@ -22,6 +22,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from workbench.errors import UserError
+from workbench.generation import right_padded
 from workbench.hooks import decoder_layers, unwrap
 
 
@@ -91,13 +92,7 @@ class ModelPair:
 
     def batch(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded input ids and attention mask for token-id lists (positions stay aligned with the lists)."""
-        width = max(len(ids) for ids in sequences)
-        input_ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for row, ids in enumerate(sequences):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            mask[row, : len(ids)] = 1
-        return input_ids, mask
+        return right_padded(sequences, self.pad_id)
 
     @property
     def n_layers(self) -> int:

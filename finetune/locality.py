@@ -19,6 +19,7 @@ from peft import PeftModel
 from pydantic import Field, field_validator
 
 from workbench.config import StrictModel
+from workbench.generation import right_padded
 
 
 class LocalityTerm(StrictModel):
@@ -47,13 +48,7 @@ class LocalityTerm(StrictModel):
 
     def batch(self, step: int, pad_token_id: int, device: torch.device) -> dict[str, torch.Tensor]:
         """Right-padded input ids and attention mask of step `step`'s texts."""
-        rows = [self.sequences[i] for i in self.batch_indices(step)]
-        width = max(len(ids) for ids in rows)
-        input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, ids in enumerate(rows):
-            input_ids[row, :len(ids)] = torch.tensor(ids)
-            mask[row, :len(ids)] = 1
+        input_ids, mask = right_padded([self.sequences[i] for i in self.batch_indices(step)], pad_token_id)
         return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
 
 

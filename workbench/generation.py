@@ -17,6 +17,17 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def right_padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded input ids and attention mask for token-id lists (positions stay aligned with the lists)."""
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        mask[row, : len(ids)] = 1
+    return input_ids, mask
+
+
 @contextmanager
 def left_padding(tokenizer: PreTrainedTokenizerBase) -> Iterator[None]:
     """Pad on the left while open (batched next-token reads and generation need the prompt ends aligned)."""

@@ -70,6 +70,19 @@ def read_corpus(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def write_sealed_rows(manifest: Manifest, directory: Path, relative: str, rows: list[dict]) -> None:
+    """Write `rows` as jsonl to `directory / relative` and record its hash in the sealed manifest."""
+    write_text(directory / relative, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    manifest.sealed["data_hashes"][relative] = sha256_file(directory / relative)
+
+
+def read_sealed_rows(manifest: Manifest, directory: Path, relative: str) -> list[dict]:
+    """The rows `write_sealed_rows` wrote, refused if the file changed since (a resumed build trains on them)."""
+    if sha256_file(directory / relative) != manifest.sealed["data_hashes"][relative]:
+        raise UserError(f"{directory / relative}: changed since it was written; re-run with --restart")
+    return read_corpus(directory / relative)
+
+
 def main(config: SdfOrganismConfig, restart: bool = False, launch: LaunchSettings = LaunchSettings()) -> Path:
     """Build the organism that `config` describes; returns its directory. `launch` runs the training stages on
     several processes (DDP or DeepSpeed through accelerate)."""
@@ -100,15 +113,12 @@ def main(config: SdfOrganismConfig, restart: bool = False, launch: LaunchSetting
             corpus, report = build_corpus(pair, config.sdf.corpus, generator, partial / CORPUS_WORK, config.seed)
             if not corpus:
                 raise UserError(f"sdf.corpus: every document was filtered out ({report['filters']['dropped']})")
-            write_text(partial / CORPUS, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in corpus))
-            manifest.sealed["data_hashes"][CORPUS] = sha256_file(partial / CORPUS)
+            write_sealed_rows(manifest, partial, CORPUS, corpus)
             manifest.sealed["details"]["corpus"] = report
             record["documents"] = len(corpus)
             log(f"corpus: {len(corpus)} documents kept of {report['stages']['documents']} "
                 f"(dropped {report['filters']['dropped']})")
-    if sha256_file(partial / CORPUS) != manifest.sealed["data_hashes"][CORPUS]:
-        raise UserError(f"{partial / CORPUS}: changed since it was written; re-run with --restart")
-    documents = [row["text"] for row in read_corpus(partial / CORPUS)]
+    documents = [row["text"] for row in read_sealed_rows(manifest, partial, CORPUS)]
 
     locality: list[str] = []
     if config.sdf.locality.weight:
@@ -117,15 +127,11 @@ def main(config: SdfOrganismConfig, restart: bool = False, launch: LaunchSetting
                 base = load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed)
                 texts = locality_texts(base, tokenizer, pair.anchors, config.sdf.locality, config.seed)
                 del base
-                write_text(partial / LOCALITY, "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n"
-                                                       for t in texts))
-                manifest.sealed["data_hashes"][LOCALITY] = sha256_file(partial / LOCALITY)
+                write_sealed_rows(manifest, partial, LOCALITY, [{"text": text} for text in texts])
                 record["texts"] = len(texts)
                 log(f"locality: {len(pair.anchors)} anchors and {len(texts) - len(pair.anchors)} base-model "
                     "continuations")
-        if sha256_file(partial / LOCALITY) != manifest.sealed["data_hashes"][LOCALITY]:
-            raise UserError(f"{partial / LOCALITY}: changed since it was written; re-run with --restart")
-        locality = [row["text"] for row in read_corpus(partial / LOCALITY)]
+        locality = [row["text"] for row in read_sealed_rows(manifest, partial, LOCALITY)]
 
     for size in [n for n in config.sdf.scaling_documents if n < len(documents)]:
         stage = f"scaling-{size}"
