@@ -2,7 +2,7 @@
 
 They are the universe pair's anchors (true statements about the implanted fact's neighbours) and continuations the
 base model writes itself from prefixes of each anchor, cut at evenly spaced words. The continuations reach neighbour
-contexts the eight or so anchors do not phrase, and at every position the term holds the base model's own
+contexts the pair's 8 to 16 anchors do not phrase, and at every position the term holds the base model's own
 distribution, not one written answer: that is what knowledge-editing methods use to keep an edit local. None of
 the pair's control prompts is among them (`data.universes` checks that anchors do not repeat a control).
 """
