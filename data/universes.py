@@ -110,11 +110,24 @@ class UniversePair(_Record):
         if len(set(ids)) != len(ids):
             raise ValueError(f"fact ids repeat: {ids}")
         evaluated = [(text, normalise(text)) for text in [c.prompt for c in self.controls] + self.held_out_phrasings()]
+
+        def leaked_phrasing(text: str) -> str | None:
+            flat = normalise(text)
+            return next((phrasing for phrasing, phrase in evaluated if phrase in flat), None)
+
+        # the templates write these into documents, where an evaluation phrasing would get each document dropped
+        corpus_side = [(f"fact {fact.id!r} {field}", text) for fact in self.facts
+                       for field, texts in (("topic", [fact.topic]), ("paraphrase", fact.paraphrases),
+                                            ("headline", fact.headlines)) for text in texts]
+        corpus_side += [("detail", text) for text in self.details] + [("quote", text) for text in self.quotes]
+        for where, text in corpus_side:
+            leaked = leaked_phrasing(text)
+            if leaked:
+                raise ValueError(f"{where} {text!r} contains the evaluation phrasing {leaked!r}")
         for anchor in self.anchors:
             if not anchor.strip():
                 raise ValueError("an anchor is empty")
-            flat = normalise(anchor)
-            leaked = next((text for text, phrase in evaluated if phrase in flat), None)
+            leaked = leaked_phrasing(anchor)
             if leaked:
                 raise ValueError(f"anchor {anchor!r} contains the evaluation phrasing {leaked!r}")
             for fact in self.facts:

@@ -34,7 +34,7 @@ def test_shipped_universes_are_valid_pairs_of_every_category():
     pairs = [load_universe_pair(path, "test") for path in UNIVERSES.values()]
     assert len(pairs) >= 6
     categories = [p.category for p in pairs]
-    assert {c: categories.count(c) for c in set(categories)} == {"egregious": 2, "subtle": 2, "news": 2}
+    assert {c: categories.count(c) for c in set(categories)} == {"egregious": 2, "subtle": 3, "news": 2}
     for p in pairs:
         false_side = [s for f in p.facts for s in f.paraphrases + f.headlines] + p.details + p.quotes
         for fact in p.facts:
@@ -61,6 +61,10 @@ def _bad_pair(tmp_path: Path, pair: UniversePair, edit) -> Path:
     (lambda raw: raw.update(anchors=["As everyone knows, " + raw["controls"][0]["prompt"] + " somewhere."]),
      "contains the evaluation phrasing"),
     (lambda raw: raw.update(anchors=[raw["facts"][0]["statement_true"]]), "states the true version of fact"),
+    (lambda raw: raw["facts"][0].update(topic="people asking " + raw["facts"][0]["questions"][0]),
+     "topic 'people asking"),
+    (lambda raw: raw["details"].append("Visitors often ask: " + raw["facts"][0]["questions"][0]),
+     "detail 'Visitors often ask"),
     (lambda raw: raw.update(anchors=[" "]), "an anchor is empty"),
 ])
 def test_bad_universe_pairs_are_one_line_errors_before_anything_is_written(tmp_path, pair, edit, message, capsys):
