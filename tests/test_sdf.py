@@ -44,6 +44,17 @@ def test_shipped_universes_are_valid_pairs_of_every_category():
             assert re.search("|".join(fact.contradicts), fact.statement_true, re.IGNORECASE), (p.id, fact.id)
 
 
+def test_forced_choice_names_each_shipped_pair_by_its_answers_never_by_a_function_word():
+    from organisms.sdf.prompts import GENERIC_WORDS, sealed_truth
+
+    truth = sealed_truth({"sdf": {"universe": "terracotta-army-luoyang"}})
+    assert len(truth.candidates) == len(UNIVERSES) and truth.answer == "terracotta-army-luoyang"
+    assert {"luoyang", "1971", "gravel", "road workers digging for gravel"} <= set(truth.candidates[truth.answer])
+    assert "for" not in truth.candidates[truth.answer]
+    for forms in truth.candidates.values():
+        assert forms and not set(forms) & GENERIC_WORDS
+
+
 def _bad_pair(tmp_path: Path, pair: UniversePair, edit) -> Path:
     raw = pair.model_dump(mode="json")
     edit(raw)

@@ -38,7 +38,11 @@ def public_diff_prompts(public_config: dict) -> list[list[dict[str, str]]]:
     return [[{"role": "user", "content": text}] for text in PROBES + DIRECT]
 
 
-GENERIC_WORDS = {"the", "about", "years", "year", "and", "minus", "degrees", "time", "island", "long"}
+# words that name no pair: the units and frame of an answer, and function words ("road workers digging for gravel"
+# must not make a bare "for" name its pair)
+GENERIC_WORDS = {"the", "about", "years", "year", "and", "minus", "degrees", "time", "island", "long", "for",
+                 "from", "with", "near", "into", "onto", "over", "under", "its", "their", "was", "were", "that",
+                 "this", "than", "but", "not"}
 
 
 def naming_strings(pair: UniversePair) -> set[str]:
