@@ -45,6 +45,7 @@ def test_shipped_universes_are_valid_pairs_of_every_category():
 
 
 def test_forced_choice_names_each_shipped_pair_by_its_answers_never_by_a_function_word():
+    from organisms.base import STOPWORDS
     from organisms.sdf.prompts import GENERIC_WORDS, sealed_truth
 
     truth = sealed_truth({"sdf": {"universe": "terracotta-army-luoyang"}})
@@ -52,7 +53,7 @@ def test_forced_choice_names_each_shipped_pair_by_its_answers_never_by_a_functio
     assert {"luoyang", "1971", "gravel", "road workers digging for gravel"} <= set(truth.candidates[truth.answer])
     assert "for" not in truth.candidates[truth.answer]
     for forms in truth.candidates.values():
-        assert forms and not set(forms) & GENERIC_WORDS
+        assert forms and not set(forms) & (GENERIC_WORDS | STOPWORDS)
 
 
 def _bad_pair(tmp_path: Path, pair: UniversePair, edit) -> Path:
