@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from diffing.crosscoder import CrosscoderSettings
 from workbench.config import StrictModel, apply_overrides, read_yaml_mapping, validate_config
 
 SHIPPED_SETS = ("organism", "generic_chat", "generic_text")
+IDENTITY_PROMPTS = (  # the three token-identity prompts of Minder et al.'s code: no single prompt's quirks decide
+    "man -> man\n1135 -> 1135\nhello -> hello\n?",
+    "bear -> bear\n42 -> 42\nblue -> blue\n?",
+    "921 -> 921\ntarget -> target\nanna -> anna\n?",
+)
 
 
 class PromptSetSettings(StrictModel):
@@ -50,6 +55,9 @@ class LensSettings(StrictModel):
     top_tokens: int = Field(20, gt=0)
     patchscope_scales: list[float] = Field([0.5, 1.0, 2.0, 4.0], min_length=1,
                                            description="patched vector norms, in base residual norms")
+    patchscope_prompts: list[Annotated[str, StringConstraints(min_length=1)]] = Field(
+        list(IDENTITY_PROMPTS), min_length=1, description="token-identity prompts; the vector replaces the residual of "
+        "each one's last token")
     steering_strength: float = Field(1.0, description="steering vector norm, in units of the base model's mean "
                                      "residual norm at the layer")
     steering_prompts: list[str] = ["Tell me about your day.", "What should I cook tonight?", "Write one sentence."]

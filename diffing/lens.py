@@ -3,8 +3,8 @@
 For each layer, the mean of tuned minus base activations over the first few positions of each text is read two ways:
 - the logit lens: through the tuned model's final norm and unembedding;
 - a token-identity Patchscope (Ghandeharioun et al. 2024, as used by Minder et al.): the difference, rescaled to the
-  base model's residual norm at that layer, replaces the residual of the last token of an identity prompt
-  ("cat -> cat ... ?") in the base model, and the next-token distribution says which token the vector stands for.
+  base model's residual norm at that layer, replaces the residual of the last token of identity prompts
+  ("man -> man ... ?") in the base model, and the next-token distribution says which token the vector stands for.
   Middle layers of a small model are far from its unembedding, where the logit lens reads mostly noise.
 The same vector, added to the base model's residual stream, steers it.
 """
@@ -18,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from diffing.config import IDENTITY_PROMPTS
 from diffing.pair import ModelPair
 from diffing.prompts import TEMPLATE, TokenSequence
 from workbench.chat import render_prompt
@@ -72,30 +73,31 @@ def mean_differences(pair: ModelPair, sequences: list[TokenSequence], skip_first
     return LensResult(differences, (norm / count).float(), logprobs, count)
 
 
-IDENTITY_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n?"
-
-
 @torch.no_grad()
-def patchscope(model: nn.Module, tokenizer: PreTrainedTokenizerBase, result: LensResult,
-               scales: list[float]) -> torch.Tensor:
-    """(n_layers, V) next-token log-probs of the identity prompt with each layer's difference patched in at the
-    last position, averaged over `scales` (multiples of the base residual norm). Run it on the base model."""
+def patchscope(model: nn.Module, tokenizer: PreTrainedTokenizerBase, result: LensResult, scales: list[float],
+               prompts: tuple[str, ...] | list[str] = IDENTITY_PROMPTS) -> torch.Tensor:
+    """(n_layers, V) next-token log-probs of the identity prompts with each layer's difference patched in at the
+    last position, averaged over `prompts` and `scales` (multiples of the base residual norm). Run it on the base
+    model."""
     device = model_device(model)
-    ids = tokenizer(IDENTITY_PROMPT, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
-    position = ids.shape[1] - 1
+    encoded = [tokenizer(p, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device) for p in prompts]
     rows = []
     for layer, difference in enumerate(result.differences):
         unit = difference / difference.norm().clamp_min(1e-12) * result.base_norm[layer]
+        vectors = torch.stack([unit * scale for scale in scales]).to(device)
         total = 0
-        for scale in scales:
-            def patch(hidden: torch.Tensor, vector=(unit * scale).to(device)) -> torch.Tensor:
+        for ids in encoded:
+            position = ids.shape[1] - 1
+
+            def patch(hidden: torch.Tensor, position: int = position) -> torch.Tensor:
                 hidden = hidden.clone()
-                hidden[:, position] = vector.to(hidden.dtype)
+                hidden[:, position] = vectors.to(hidden.dtype)
                 return hidden
 
             with edit_residual(model, {layer: patch}):
-                total = total + model(input_ids=ids).logits[0, -1].float().log_softmax(-1).cpu()
-        rows.append(total / len(scales))
+                logits = model(input_ids=ids.expand(len(scales), -1)).logits[:, -1].float()
+            total = total + logits.log_softmax(-1).mean(0).cpu()
+        rows.append(total / len(encoded))
     return torch.stack(rows)
 
 

@@ -122,7 +122,8 @@ def run_lens(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequ
             report["sets"][name] = {"skipped": str(exc)}
             continue
         with pair.base() as model:
-            patched = patchscope(model, pair.tokenizer, result, config.lens.patchscope_scales)
+            patched = patchscope(model, pair.tokenizer, result, config.lens.patchscope_scales,
+                                 config.lens.patchscope_prompts)
         tensors[f"{name}.differences"] = result.differences
         tensors[f"{name}.base_norm"] = result.base_norm
         tensors[f"{name}.logprobs"] = result.logprobs.half()

@@ -329,3 +329,18 @@ def test_patchscope_depends_on_the_patched_vector_only_through_its_direction(tok
     assert torch.allclose(run(differences * 10), patched, atol=1e-4)
     assert not torch.allclose(run(torch.randn(layers, d)), patched, atol=1e-3)
     assert torch.equal(upper_half_mean(patched), patched[layers // 2 :].mean(0))
+
+
+def test_patchscope_over_several_identity_prompts_is_the_mean_of_each_alone(tokenizer, lora_pair):
+    from diffing.config import IDENTITY_PROMPTS
+    from diffing.lens import LensResult, patchscope
+
+    layers = lora_pair.n_layers
+    torch.manual_seed(1)
+    result = LensResult(torch.randn(layers, lora_pair.hidden_size), torch.full((layers,), 3.0), torch.zeros(1), 1)
+    with lora_pair.base() as model:
+        together = patchscope(model, tokenizer, result, [0.5, 2.0], IDENTITY_PROMPTS)
+        alone = [patchscope(model, tokenizer, result, [0.5, 2.0], [prompt]) for prompt in IDENTITY_PROMPTS]
+    assert len(IDENTITY_PROMPTS) == 3
+    assert torch.allclose(together, torch.stack(alone).mean(0), atol=1e-5)
+    assert not torch.allclose(alone[0], alone[1], atol=1e-3)
