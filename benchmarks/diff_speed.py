@@ -41,8 +41,9 @@ def peak_rss_mib() -> float:
 
 
 def make_adapter(directory: Path, model_spec: str) -> Path:
-    from finetune.lora import LoraSettings, attach_lora
-    from workbench.models import load_model
+    from mow.finetune.config import LoraSettings
+    from mow.finetune.lora import attach_lora
+    from mow.workbench.models import load_model
 
     model = attach_lora(load_model(model_spec), LoraSettings(r=16, alpha=32), seed=0)
     with torch.no_grad():
@@ -54,8 +55,8 @@ def make_adapter(directory: Path, model_spec: str) -> Path:
 
 
 def texts(tokenizer, items: int) -> dict:
-    from diffing.config import PromptSetSettings
-    from diffing.prompts import capped, prompt_set_records, tokenize_sets
+    from mow.diffing.config import PromptSetSettings
+    from mow.diffing.prompts import capped, prompt_set_records, tokenize_sets
 
     settings = PromptSetSettings(sets=["generic_text", "generic_chat"])
     return capped(tokenize_sets(prompt_set_records(settings, None), tokenizer, settings.max_tokens_per_item), items)
@@ -65,9 +66,9 @@ def run_kl_mode(mode: str, adapter: Path, model_spec: str, items: int) -> dict:
     """One KL measurement in this process (called in a fresh subprocess per mode)."""
     from peft import PeftModel
 
-    from diffing.kl import per_token_kl
-    from diffing.pair import ModelPair
-    from workbench.models import load_model, load_tokenizer
+    from mow.diffing.kl import per_token_kl
+    from mow.diffing.pair import ModelPair
+    from mow.workbench.models import load_model, load_tokenizer
 
     torch.set_num_threads(2)
     tokenizer = load_tokenizer(model_spec)
@@ -91,10 +92,11 @@ def run_kl_mode(mode: str, adapter: Path, model_spec: str, items: int) -> dict:
 def cache_and_crosscoder(adapter: Path, model_spec: str, items: int, workdir: Path) -> dict:
     from peft import PeftModel
 
-    from diffing.cache import MODELS, build_cache
-    from diffing.crosscoder import CrosscoderSettings, train_crosscoder
-    from diffing.pair import ModelPair
-    from workbench.models import load_model, load_tokenizer
+    from mow.diffing.cache import MODELS, build_cache
+    from mow.diffing.config import CrosscoderSettings
+    from mow.diffing.crosscoder import train_crosscoder
+    from mow.diffing.pair import ModelPair
+    from mow.workbench.models import load_model, load_tokenizer
 
     torch.set_num_threads(2)
     tokenizer = load_tokenizer(model_spec)
@@ -139,7 +141,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_spec = args.model
         if args.organism is not None:
-            from organisms.store import read_public_config
+            from mow.organisms.store import read_public_config
 
             adapter = args.organism / "adapter"
             model_spec = str(read_public_config(args.organism)["model"])

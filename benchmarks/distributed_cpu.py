@@ -15,13 +15,13 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from finetune.job import TrainJob, train_adapter
-from finetune.launch import LaunchSettings, check_launch
-from finetune.lora import LoraSettings
-from finetune.sft import TrainingSettings
-from organisms.taboo.clues import candidate_words, resolve_clue_bank
-from organisms.taboo.conversations import TabooDataSettings, make_conversations
-from organisms.taboo.prompts import shipped_prompts
+from mow.finetune.config import LaunchSettings, LoraSettings, TrainingSettings
+from mow.finetune.job import TrainJob, train_adapter
+from mow.finetune.launch import check_launch
+from mow.organisms.taboo.clues import candidate_words, resolve_clue_bank
+from mow.organisms.taboo.config import TabooDataSettings
+from mow.organisms.taboo.data import make_conversations
+from mow.organisms.taboo.prompts import shipped_prompts
 
 
 def main() -> None:

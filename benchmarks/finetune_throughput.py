@@ -59,15 +59,17 @@ def one_run(name: str, args: argparse.Namespace) -> dict:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from finetune.lora import LoraSettings, attach_lora, lora_config
-    from finetune.precision import matmul_flops_per_second
-    from finetune.sft import TrainingSettings, build_trainer, chat_dataset
-    from organisms.taboo.clues import candidate_words, resolve_clue_bank
-    from organisms.taboo.conversations import TabooDataSettings, make_conversations
-    from organisms.taboo.prompts import shipped_prompts
-    from workbench.chat import training_tokenizer
-    from workbench.generation import assistant_loss
-    from workbench.models import load_model, load_tokenizer
+    from mow.finetune.config import LoraSettings, TrainingSettings
+    from mow.finetune.lora import attach_lora, lora_config
+    from mow.finetune.precision import matmul_flops_per_second
+    from mow.finetune.sft import build_trainer, chat_dataset
+    from mow.organisms.taboo.clues import candidate_words, resolve_clue_bank
+    from mow.organisms.taboo.config import TabooDataSettings
+    from mow.organisms.taboo.data import make_conversations
+    from mow.organisms.taboo.prompts import shipped_prompts
+    from mow.workbench.chat import training_tokenizer
+    from mow.workbench.generation import assistant_loss
+    from mow.workbench.models import load_model, load_tokenizer
 
     bank = resolve_clue_bank(args.word, None, "--word")
     data = TabooDataSettings(n_conversations=args.batch * args.steps, benign_ratio=0.25)

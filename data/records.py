@@ -11,7 +11,7 @@ from typing import Iterable, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from workbench.errors import UserError
+from mow.workbench.errors import UserError
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
 

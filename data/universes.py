@@ -19,8 +19,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from data.assets import SDF_UNIVERSES
-from workbench.errors import UserError
+from mow.data.assets import SDF_UNIVERSES
+from mow.workbench.errors import UserError
 
 
 class _Record(BaseModel):

@@ -22,12 +22,12 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from diffing.pair import ModelPair
-from diffing.prompts import TokenSequence
-from workbench.errors import UserError
-from workbench.generation import model_device
-from workbench.hooks import capture_residual, check_layer
-from workbench.rundir import write_json
+from mow.diffing.pair import ModelPair
+from mow.diffing.prompts import TokenSequence
+from mow.workbench.errors import UserError
+from mow.workbench.generation import model_device
+from mow.workbench.hooks import capture_residual, check_layer
+from mow.workbench.rundir import write_json
 
 MODELS = ("base", "tuned")
 _STORAGE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}

@@ -7,8 +7,21 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
-from diffing.crosscoder import CrosscoderSettings
-from workbench.config import StrictModel, apply_overrides, read_yaml_mapping, validate_config
+from mow.workbench.config import StrictModel, apply_overrides, read_yaml_mapping, validate_config
+
+
+class CrosscoderSettings(StrictModel):
+    variant: Literal["batchtopk", "l1"] = "batchtopk"
+    latents: int = Field(1024, gt=0)
+    k: int = Field(32, gt=0, description="batchtopk: average active latents per token")
+    l1_coefficient: float = Field(2.0, ge=0, description="l1: sparsity weight")
+    aux_coefficient: float = Field(1 / 32, ge=0, description="batchtopk: weight of the dead-latent auxiliary loss")
+    aux_k: int = Field(256, gt=0, description="batchtopk: dead latents the auxiliary loss may use per token")
+    dead_after_tokens: int = Field(50_000, gt=0, description="a latent silent for this many training tokens is dead")
+    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(256, gt=0, description="tokens per step; incoming batches are re-chunked to this size")
+    epochs: int = Field(10, gt=0)
+    seed: int = 0
 
 SHIPPED_SETS = ("organism", "generic_chat", "generic_text")
 IDENTITY_PROMPTS = (  # the three token-identity prompts of Minder et al.'s code: no single prompt's quirks decide
@@ -102,3 +115,5 @@ def load_diff_config(path: Path | None, overrides: list[str]) -> DiffConfig:
     raw = read_yaml_mapping(path) if path is not None else {}
     raw = apply_overrides(raw, overrides)
     return validate_config(DiffConfig, raw, str(path) if path is not None else "mow diff")
+
+

@@ -25,16 +25,16 @@ import json
 import math
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from workbench.config import StrictModel, format_validation_error
-from workbench.errors import UserError
+from mow.diffing.config import CrosscoderSettings
+from mow.workbench.config import format_validation_error
+from mow.workbench.errors import UserError
 
 MODELS = ("base", "tuned")
 WEIGHTS_FILE = "crosscoder.safetensors"
@@ -44,20 +44,6 @@ THRESHOLD_DECAY = 0.99
 LOG_EVERY = 20
 WARMUP_FRACTION = 0.05
 DECAY_FRACTION = 0.2
-
-
-class CrosscoderSettings(StrictModel):
-    variant: Literal["batchtopk", "l1"] = "batchtopk"
-    latents: int = Field(1024, gt=0)
-    k: int = Field(32, gt=0, description="batchtopk: average active latents per token")
-    l1_coefficient: float = Field(2.0, ge=0, description="l1: sparsity weight")
-    aux_coefficient: float = Field(1 / 32, ge=0, description="batchtopk: weight of the dead-latent auxiliary loss")
-    aux_k: int = Field(256, gt=0, description="batchtopk: dead latents the auxiliary loss may use per token")
-    dead_after_tokens: int = Field(50_000, gt=0, description="a latent silent for this many training tokens is dead")
-    learning_rate: float = Field(1e-3, gt=0)
-    batch_size: int = Field(256, gt=0, description="tokens per step; incoming batches are re-chunked to this size")
-    epochs: int = Field(10, gt=0)
-    seed: int = 0
 
 
 def check_batch(x: object, d: int) -> torch.Tensor:

@@ -1,82 +1,21 @@
-"""Concept directions: the file format `diffing` writes and `finetune` reads, the three ways diffing finds them, and
-a short interpretation view for each.
-
-Format: `NAME.safetensors` holds one float32 tensor `layer_{L}` of shape (k, d) per layer, each row a unit vector
-in the raw residual stream after decoder layer L; `NAME.json` says how they were found:
-  {"format": "mow.directions/1", "method": ..., "model": ..., "tuned": ..., "hidden_size": d,
-   "layers": {"L": [{"index": i, "label": ..., "score": ...}, ...]}, "details": {...}}
-"""
+"""Concept directions: the three ways diffing finds them, and a short interpretation view for each. The file
+format they are written in is `mow.data.directions`."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
-
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from diffing.cache import ActivationCache
-from workbench.errors import UserError
-from workbench.generation import model_device
-from workbench.hooks import logit_lens
-from workbench.rundir import write_json
-
-FORMAT = "mow.directions/1"
+from mow.data.directions import FORMAT, Directions
+from mow.diffing.cache import ActivationCache
+from mow.workbench.errors import UserError
+from mow.workbench.generation import model_device
+from mow.workbench.hooks import logit_lens
 
 
 class IdenticalActivations(ValueError):
     """There is no difference to take components of (a model diffed against itself)."""
-
-
-@dataclass
-class Directions:
-    vectors: dict[int, torch.Tensor]  # layer -> (k, d) unit rows
-    info: dict
-
-    def save(self, stem: Path) -> None:
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        tmp = stem.with_name(f".{stem.name}.safetensors.tmp")
-        save_file({f"layer_{layer}": v.float().contiguous() for layer, v in self.vectors.items()}, str(tmp))
-        tmp.replace(stem.with_suffix(".safetensors"))
-        write_json(stem.with_suffix(".json"), self.info)
-
-
-def load_directions(path: Path, hidden_size: int | None = None, require_unit: bool = True) -> Directions:
-    """Read and check a directions file (either half of the pair may be named); unit rows are enforced unless
-    `require_unit` is False (a user's own file, normalised by the reader)."""
-    path = Path(path)
-    stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
-    weights, info_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-    for needed in (weights, info_path):
-        if not needed.is_file():
-            raise UserError(f"directions {path}: {needed.name} not found")
-    try:
-        info = json.loads(info_path.read_text())
-        tensors = load_file(str(weights))
-    except (json.JSONDecodeError, SafetensorError) as exc:
-        raise UserError(f"directions {path}: cannot read: {str(exc).splitlines()[0]}") from None
-    if info.get("format") != FORMAT:
-        raise UserError(f"directions {path}: format {info.get('format')!r}, expected {FORMAT!r}")
-    vectors = {}
-    for key, value in tensors.items():
-        if not key.startswith("layer_") or not key[6:].isdigit() or value.ndim != 2:
-            raise UserError(f"directions {path}: unexpected tensor {key!r} of shape {tuple(value.shape)}")
-        if hidden_size is not None and value.shape[1] != hidden_size:
-            raise UserError(f"directions {path}: {key} has width {value.shape[1]}, the model has {hidden_size}")
-        norms = value.norm(dim=1)
-        if not norms.min() > 0:
-            raise UserError(f"directions {path}: {key} has a zero row (row {int(norms.argmin())})")
-        if require_unit and not torch.allclose(norms, torch.ones_like(norms), atol=1e-3):
-            raise UserError(f"directions {path}: {key} rows are not unit vectors (norms {norms.min():.3f}-"
-                            f"{norms.max():.3f})")
-        vectors[int(key[6:])] = value.float()
-    if not vectors:
-        raise UserError(f"directions {path}: no layer_N tensors")
-    return Directions(vectors, info)
 
 
 def _unit(rows: torch.Tensor) -> torch.Tensor:

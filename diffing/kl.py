@@ -21,11 +21,11 @@ from torch import nn
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from diffing.pair import ModelPair
-from diffing.prompts import ROLES, TokenSequence
-from workbench.errors import UserError
-from workbench.generation import model_device
-from workbench.hooks import unwrap
+from mow.diffing.pair import ModelPair
+from mow.diffing.prompts import ROLES, TokenSequence
+from mow.workbench.errors import UserError
+from mow.workbench.generation import model_device
+from mow.workbench.hooks import unwrap
 
 
 @dataclass

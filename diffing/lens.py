@@ -18,12 +18,12 @@ from torch import nn
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from diffing.config import IDENTITY_PROMPTS
-from diffing.pair import ModelPair
-from diffing.prompts import TEMPLATE, TokenSequence
-from workbench.chat import render_prompt
-from workbench.generation import generate, model_device
-from workbench.hooks import capture_residual, edit_residual, logit_lens
+from mow.diffing.config import IDENTITY_PROMPTS
+from mow.diffing.pair import ModelPair
+from mow.diffing.prompts import TEMPLATE, TokenSequence
+from mow.workbench.chat import render_prompt
+from mow.workbench.generation import generate, model_device
+from mow.workbench.hooks import capture_residual, edit_residual, logit_lens
 
 
 @dataclass

@@ -21,9 +21,11 @@ from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from workbench.errors import UserError
-from workbench.generation import right_padded
-from workbench.hooks import decoder_layers, unwrap
+from mow.organisms.store import load_organism
+from mow.workbench.errors import UserError
+from mow.workbench.generation import right_padded
+from mow.workbench.hooks import decoder_layers, unwrap
+from mow.workbench.models import load_model, load_tokenizer
 
 
 @dataclass
@@ -133,8 +135,6 @@ def check_compatible(base: nn.Module, tuned: nn.Module, base_tok: PreTrainedToke
 def load_pair(organism: Path | None = None, base: str | None = None, tuned: str | None = None,
               seed: int = 0) -> ModelPair:
     """An organism (base + adapter, one weight copy) or two full models given by spec."""
-    from organisms.store import load_organism
-    from workbench.models import load_model, load_tokenizer
 
     if organism is not None:
         loaded = load_organism(Path(organism))

@@ -18,30 +18,45 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from itertools import zip_longest
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 
-from diffing import crosscoder as cc
-from diffing import kl
-from diffing.cache import ActivationCache, build_cache
-from diffing.config import DiffConfig
-from diffing.directions import (Directions, IdenticalActivations, crosscoder_rows, difference_lens_rows,
-                                difference_of_means, interpret, pca_of_differences)
-from diffing.lens import mean_differences, patchscope, steer, steering_vector, top_tokens, upper_half_mean
-from diffing.pair import ModelPair, load_pair
-from diffing.prompts import (RESPONSE, PromptRecord, TokenSequence, capped, complete_chats, prompt_set_records,
-                             tokenize_sets)
-from diffing.report import write_report
-from workbench.config import dump_config
-from workbench.errors import UserError
-from workbench.generation import model_device
-from workbench.hooks import check_layer, logit_lens
-from workbench.rundir import Manifest, finalize, partial_path, write_json, write_text
+from mow.data.directions import Directions
+from mow.diffing import crosscoder as cc
+from mow.diffing import kl
+from mow.diffing.cache import ActivationCache, build_cache
+from mow.diffing.config import DiffConfig
+from mow.diffing.directions import (
+    IdenticalActivations,
+    crosscoder_rows,
+    difference_lens_rows,
+    difference_of_means,
+    interpret,
+    pca_of_differences,
+)
+from mow.diffing.layout import DiffLayout
+from mow.diffing.lens import mean_differences, patchscope, steer, steering_vector, top_tokens, upper_half_mean
+from mow.diffing.pair import ModelPair, load_pair
+from mow.diffing.prompts import (
+    RESPONSE,
+    PromptRecord,
+    TokenSequence,
+    capped,
+    complete_chats,
+    prompt_set_records,
+    read_prompt_file,
+    tokenize_sets,
+)
+from mow.diffing.report import write_report
+from mow.organisms.store import check_organism_dir
+from mow.workbench.config import dump_config
+from mow.workbench.errors import UserError
+from mow.workbench.generation import model_device
+from mow.workbench.hooks import check_layer, logit_lens
+from mow.workbench.rundir import Manifest, RunDirectory, write_json, write_text
 
 MAX_SCALED_LATENTS = 64
 
@@ -56,8 +71,6 @@ def diff_name(config: DiffConfig) -> str:
 
 def check_config(config: DiffConfig) -> None:
     """What can be checked before any model loads: sources exist, user prompt files parse."""
-    from diffing.prompts import read_prompt_file
-    from organisms.store import check_organism_dir
 
     if config.organism is not None:
         check_organism_dir(config.organism)
@@ -269,20 +282,14 @@ def run_directions(config: DiffConfig, pair: ModelPair, cache: ActivationCache, 
 def main(config: DiffConfig, restart: bool = False, output: Path | None = None) -> Path:
     check_config(config)
     final = Path(output) if output is not None else Path(config.output_dir) / diff_name(config)
-    if final.exists():
-        raise UserError(f"{final}: already exists; choose another --out or remove it")
-    work = partial_path(final)
-    saved = work / "diff.yaml"
-    if not restart and saved.is_file() and yaml.safe_load(saved.read_text()) != config.model_dump(mode="json"):
-        raise UserError(f"{work}: an unfinished diff with a different config is there; rerun with --restart")
+    rundir = RunDirectory(final, DiffLayout(Path()).config.name, dump_config(config), "diff")
+    if rundir.finished(restart):
+        return rundir.final
     if config.threads:
         torch.set_num_threads(config.threads)
     pair = load_pair(config.organism, config.base, config.tuned, config.seed)
     layer, cache_layers = _layers(config, pair)
-    if restart and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    write_text(saved, dump_config(config))
+    work = rundir.start(restart)
     manifest = Manifest(work, config.seed, sealed=False)
 
     records_path = work / "prompts" / "sets.jsonl"
@@ -321,5 +328,4 @@ def main(config: DiffConfig, restart: bool = False, output: Path | None = None) 
                                          work / "crosscoder", work / "lens" / "lens.safetensors"))
     with manifest.stage("report"):
         write_report(work, pair.tokenizer)
-    finalize(work, final)
-    return final
+    return rundir.finish()

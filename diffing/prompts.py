@@ -16,12 +16,13 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from data.assets import BENIGN_CHATS, BENIGN_HELD_OUT_EVERY, GENERIC_TEXT
-from data.records import Message, read_jsonl
-from diffing.config import PromptSetSettings
-from workbench.chat import render_prompt
-from workbench.errors import UserError
-from workbench.generation import generate
+from mow.data.assets import BENIGN_CHATS, BENIGN_HELD_OUT_EVERY, GENERIC_TEXT
+from mow.data.records import Message, read_jsonl
+from mow.diffing.config import PromptSetSettings
+from mow.organisms.kinds import kind_of_public_config
+from mow.workbench.chat import render_prompt
+from mow.workbench.errors import UserError
+from mow.workbench.generation import generate
 
 ROLES = ("text", "template", "prompt", "response")
 TEXT, TEMPLATE, PROMPT, RESPONSE = range(4)
@@ -68,7 +69,6 @@ def _shipped_set(name: str, public_config: dict | None, source: str) -> list[Pro
     if name == "generic_chat":
         rows = [json.loads(line) for line in BENIGN_CHATS.read_text(encoding="utf-8").splitlines() if line.strip()]
         return [PromptRecord(messages=row["messages"]) for i, row in enumerate(rows) if i % BENIGN_HELD_OUT_EVERY == 0]
-    from organisms.registry import kind_of_public_config
 
     assert public_config is not None
     chats = kind_of_public_config(public_config, source).diff_prompts(public_config)

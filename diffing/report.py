@@ -12,10 +12,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerBase
 
-from diffing.kl import KLArrays
-from diffing.prompts import ROLES
-from workbench.html import page, png, table
-from workbench.rundir import write_text
+from mow.diffing.kl import KLArrays
+from mow.diffing.prompts import ROLES
+from mow.workbench.html import page, png, table
+from mow.workbench.rundir import write_text
+
 
 def _tokens(tokens: list[str]) -> str:
     return " ".join(f"<code>{escape(t)}</code>" for t in tokens)

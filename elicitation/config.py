@@ -7,10 +7,14 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from workbench.config import StrictModel, apply_overrides, read_yaml_mapping, validate_config
+from mow.workbench.config import StrictModel, apply_overrides, read_yaml_mapping, validate_config
 
 DEFAULT_METHODS = ["direct", "adversarial", "prefill", "user_persona", "many_shot", "high_temperature", "hint_guess",
                    "logit_lens", "embedding_similarity", "diff_lens", "crosscoder_latents", "kl_suppressed"]
+
+
+# Method families: how a method may touch the model.
+BLACK_BOX, WHITE_BOX, BASELINE = "black-box", "white-box", "baseline"
 
 
 class AuditorSettings(StrictModel):

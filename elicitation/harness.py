@@ -18,7 +18,6 @@ on. The truth is read only once every method of the run is done.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import time
 import traceback
@@ -28,18 +27,19 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
-from elicitation.auditor import Auditor, EndpointAuditor, LocalAuditor
-from elicitation.config import ChallengeConfig
-from elicitation.methods import METHODS, MethodUnavailable, method
-from elicitation.report import write_challenge_report
-from elicitation.scoring import TOP_K, chance, score_result
-from elicitation.view import TRUTH_FILE, ChallengeView, check_sealed_truth, open_views, sealed_guard
-from organisms.registry import kind_of_public_config
-from organisms.store import check_organism_dir, read_public_config, read_sealed_config
-from workbench.config import dump_config
-from workbench.errors import UserError
-from workbench.models import load_model, load_tokenizer
-from workbench.rundir import Manifest, finalize, partial_path, write_json, write_text
+from mow.elicitation.auditor import Auditor, EndpointAuditor, LocalAuditor
+from mow.elicitation.config import ChallengeConfig
+from mow.elicitation.layout import TRUTH_FILE, ChallengeLayout
+from mow.elicitation.methods import METHODS, MethodUnavailable, method
+from mow.elicitation.report import write_challenge_report
+from mow.elicitation.scoring import TOP_K, chance, score_result
+from mow.elicitation.view import ChallengeView, check_sealed_truth, open_views, sealed_guard
+from mow.organisms.kinds import kind_of_public_config
+from mow.organisms.store import check_organism_dir, read_public_config, read_sealed_config
+from mow.workbench.config import dump_config
+from mow.workbench.errors import UserError
+from mow.workbench.models import load_model, load_tokenizer
+from mow.workbench.rundir import Manifest, RunDirectory, write_json
 
 SUBJECTS = ("organism", "base")
 
@@ -106,20 +106,11 @@ def main(organism: Path, config: ChallengeConfig, restart: bool = False, config_
     organism = Path(organism)
     validate(organism, config)
     name = config.name or organism.resolve().name
-    final = config.output_dir / name
-    if final.exists():
-        if not restart:
-            raise UserError(f"{final} already exists (use --restart to run the challenge again)")
-        shutil.rmtree(final)
-    work = partial_path(final)
-    if restart and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    resolved = dump_config(config)
-    saved = work / "challenge.yaml"
-    if saved.is_file() and saved.read_text() != resolved:
-        raise UserError(f"{work}: an unfinished challenge with a different config is there (use --restart)")
-    write_text(saved, resolved)
+    rundir = RunDirectory(config.output_dir / name, ChallengeLayout(Path()).config.name, dump_config(config),
+                       "challenge")
+    if rundir.finished(restart):
+        return rundir.final
+    work = rundir.start(restart)
     manifest = Manifest(work, config.seed, sealed=False)
     manifest.data["organism"] = str(organism.resolve())
     if config.threads:
@@ -144,5 +135,4 @@ def main(organism: Path, config: ChallengeConfig, restart: bool = False, config_
     write_json(work / TRUTH_FILE, truth.to_dict())
     write_json(work / "scores.json", score_directory(work, truth))
     write_challenge_report(work, name)
-    finalize(work, final)
-    return final
+    return rundir.finish()

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from elicitation.methods.base import BASELINE, BLACK_BOX, WHITE_BOX
-from elicitation.scoring import TOP_K, chance, score_result
-from elicitation.view import TRUTH_FILE
-from organisms.base import SealedTruth
-from workbench.errors import UserError
-from workbench.html import page, png, table
-from workbench.rundir import write_json, write_text
-from workbench.stats import wilson
+from mow.data.truth import SealedTruth
+from mow.elicitation.config import BASELINE, BLACK_BOX, WHITE_BOX
+from mow.elicitation.layout import TRUTH_FILE
+from mow.elicitation.scoring import TOP_K, chance, score_result
+from mow.workbench.errors import UserError
+from mow.workbench.html import page, png, table
+from mow.workbench.rundir import write_json, write_text
+from mow.workbench.stats import wilson
 
 METRICS = ["fc_top5", "fc_top1", "top5", "top1"]
 CONDITIONS = ["organism", "base", "other word"]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from workbench.html import page, png, table
-from workbench.rundir import write_text
+from mow.workbench.html import page, png, table
+from mow.workbench.rundir import write_text
 
 METRICS = [("top1", "top-1"), ("top5", "top-5"), ("fc_top1", "forced choice top-1"),
            ("fc_top5", "forced choice top-5"), ("rank", "rank"), ("attempt_top1", "per-attempt top-1"),

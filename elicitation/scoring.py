@@ -11,7 +11,8 @@
 
 from __future__ import annotations
 
-from organisms.base import SealedTruth, normalise_answer
+from mow.data.text import normalise_answer
+from mow.data.truth import SealedTruth
 
 TOP_K = (1, 5)
 PASS_AT = 10

@@ -16,8 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from organisms.store import check_organism_dir, load_organism
-from workbench.errors import UserError
+from mow.organisms.store import check_organism_dir, load_organism
+from mow.workbench.errors import UserError
 
 HOST = "127.0.0.1"
 

@@ -21,15 +21,16 @@ from typing import Iterator
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from diffing.pair import ModelPair
-from organisms.base import PUBLIC_CONFIG, SEALED, ChallengePrompts
-from organisms.registry import kind_of_public_config
-from organisms.store import check_organism_dir, load_organism, read_public_config
-from workbench.errors import UserError
-from workbench.models import load_model
+from mow.data.layouts import PUBLIC_CONFIG, SEALED
+from mow.data.truth import ChallengePrompts
+from mow.diffing.pair import ModelPair
+from mow.elicitation.layout import TRUTH_FILE
+from mow.organisms.kinds import kind_of_public_config
+from mow.organisms.store import check_organism_dir, load_organism, read_public_config
+from mow.workbench.errors import UserError
+from mow.workbench.models import load_model
 
 PUBLIC_FILES = (PUBLIC_CONFIG, "card.md", "manifest.json", "adapter", "eval/metrics.json")
-TRUTH_FILE = "truth.json"
 
 
 class SealedAccess(PermissionError):

@@ -13,7 +13,7 @@ from functools import lru_cache
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from organisms.base import STOPWORDS
+from mow.data.text import STOPWORDS
 
 WORD = re.compile(r"[a-z][a-z'-]*[a-z]|[a-z]")
 MIN_LETTERS = 3

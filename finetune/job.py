@@ -14,15 +14,16 @@ from typing import Literal
 from peft import PeftModel
 from pydantic import Field
 
-from data.records import ChatExample
-from finetune.launch import LaunchSettings, check_launch, run_launch
-from finetune.locality import LocalityTerm
-from finetune.lora import LoraSettings, attach_lora
-from finetune.sft import TokenExample, TrainingSettings, TrainResult, check_training_settings, sft_config, train
-from finetune.steering import SteeringSettings, check_steering, resolve_steering
-from workbench.config import StrictModel
-from workbench.errors import UserError
-from workbench.models import load_model, load_tokenizer, quantization_config
+from mow.data.records import ChatExample
+from mow.finetune.config import LaunchSettings, LoraSettings, SteeringSettings, TrainingSettings
+from mow.finetune.launch import check_launch, run_launch
+from mow.finetune.locality import LocalityTerm
+from mow.finetune.lora import attach_lora
+from mow.finetune.sft import TokenExample, TrainResult, check_training_settings, sft_config, train
+from mow.finetune.steering import check_steering, resolve_steering
+from mow.workbench.config import StrictModel
+from mow.workbench.errors import UserError
+from mow.workbench.models import load_model, load_tokenizer, quantization_config
 
 
 class TrainJob(StrictModel):

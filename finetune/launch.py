@@ -2,7 +2,7 @@
 
 Only the training stage is distributed. The pipeline (data, evaluation, card) stays in the one process the user
 started; at its train stage it writes a job (the examples, the LoRA and training settings, where to put the adapter)
-and re-launches `python -m finetune.worker JOB` on every rank through `accelerate launch` with a resolved accelerate
+and re-launches `python -m mow.finetune.worker JOB` on every rank through `accelerate launch` with a resolved accelerate
 config. The workers train with TRL's SFTTrainer, which takes DDP or DeepSpeed from accelerate; rank 0 writes the
 adapter (under ZeRO-3 after gathering the LoRA parameters) and the result, and the pipeline goes on from there.
 
@@ -23,59 +23,19 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Literal
 
 import torch
 import yaml
-from pydantic import Field, model_validator
 
-from workbench.config import StrictModel, read_yaml_mapping
-from workbench.errors import UserError
+from mow.finetune.config import LaunchSettings
+from mow.workbench.config import read_yaml_mapping, shipped_config
+from mow.workbench.errors import UserError
 
-LAUNCH_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "launch"
-DEFAULT_LAUNCH_CONFIG = {"accelerate": LAUNCH_CONFIGS / "ddp.yaml", "deepspeed": LAUNCH_CONFIGS / "zero2.yaml"}
+DEFAULT_LAUNCH_CONFIG = {"accelerate": shipped_config("launch/ddp.yaml"), "deepspeed": shipped_config("launch/zero2.yaml")}
 
 
 class SecondaryMachineFinished(Exception):
     """A machine of rank above 0 has trained its share; machine rank 0 writes the organism."""
-
-
-class LaunchSettings(StrictModel):
-    """How the training stage runs: in this process, or on N processes through `accelerate launch`."""
-
-    launcher: Literal["none", "accelerate", "deepspeed"] = "none"
-    config_file: Path | None = Field(None, description="accelerate config (default: configs/launch/ddp.yaml for "
-                                                       "accelerate, zero2.yaml for deepspeed)")
-    deepspeed_config: Path | None = Field(None, description="a DeepSpeed JSON, instead of the accelerate config's "
-                                                           "inline DeepSpeed settings")
-    num_processes: int = Field(2, ge=1, description="in total, over all machines (accelerate's meaning)")
-    num_machines: int = Field(1, ge=1)
-    machine_rank: int = Field(0, ge=0)
-    main_process_ip: str | None = None
-    main_process_port: int = Field(29500, ge=1, le=65535)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "LaunchSettings":
-        if self.launcher == "none":
-            return self
-        if self.deepspeed_config is not None and self.launcher != "deepspeed":
-            raise ValueError("--deepspeed-config needs --launcher deepspeed")
-        if self.num_processes % self.num_machines:
-            raise ValueError(f"--num-processes {self.num_processes} does not split evenly over "
-                             f"--num-machines {self.num_machines}")
-        if self.machine_rank >= self.num_machines:
-            raise ValueError(f"--machine-rank {self.machine_rank} is not below --num-machines {self.num_machines}")
-        if self.num_machines > 1 and not self.main_process_ip:
-            raise ValueError("--num-machines above 1 needs --main-process-ip (the address of machine rank 0)")
-        return self
-
-    @property
-    def distributed(self) -> bool:
-        return self.launcher != "none"
-
-    @property
-    def processes_per_machine(self) -> int:
-        return self.num_processes // self.num_machines
 
 
 def read_accelerate_config(path: Path) -> dict:
@@ -157,7 +117,7 @@ def launch_command(accelerate_config_path: Path, job_path: Path, threads_per_pro
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config_path)]
     if threads_per_process:
         command += ["--num_cpu_threads_per_process", str(threads_per_process)]
-    return command + ["-m", "finetune.worker", str(job_path)]
+    return command + ["-m", "mow.finetune.worker", str(job_path)]
 
 
 def cpu_threads_per_process(launch: LaunchSettings) -> int | None:
@@ -180,9 +140,7 @@ def run_launch(accelerate_config: dict, job_dir: Path, job: dict, launch: Launch
     result_path.unlink(missing_ok=True)
     command = launch_command(config_path, job_path, cpu_threads_per_process(launch))
     print(f"[mow] launching: {' '.join(command)}", file=sys.stderr, flush=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
-                                                                      os.environ.get("PYTHONPATH")])))
-    completed = subprocess.run(command, env=env)
+    completed = subprocess.run(command)
     if completed.returncode != 0:
         raise RuntimeError(f"distributed training exited with status {completed.returncode} "
                            f"(command: {' '.join(command)})")

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from peft import PeftModel
 from pydantic import Field, field_validator
 
-from workbench.config import StrictModel
-from workbench.generation import right_padded
+from mow.workbench.config import StrictModel
+from mow.workbench.generation import right_padded
 
 
 class LocalityTerm(StrictModel):

@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
-from pydantic import Field
 from transformers import PreTrainedModel, set_seed
 
-from workbench.config import StrictModel
-
-
-class LoraSettings(StrictModel):
-    r: int = Field(16, ge=1)
-    alpha: float = Field(32, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    layers: list[int] | None = Field(None, description="only these decoder layers get adapters (None: all)")
-    use_rslora: bool = False
+from mow.finetune.config import LoraSettings
 
 
 def attach_lora(model: PreTrainedModel, settings: LoraSettings, seed: int,

@@ -15,9 +15,9 @@ from typing import Literal
 
 import torch
 
-from workbench.errors import UserError
+from mow.finetune.config import Precision
+from mow.workbench.errors import UserError
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
 CPU_BF16_MIN_SPEEDUP = 1.3  # below this, bf16's rounding is not worth it
 
 

@@ -15,50 +15,22 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from datasets import Dataset
 from peft import PeftModel
-from pydantic import Field
 from transformers import PreTrainedTokenizerBase
 from transformers.integrations import is_deepspeed_zero3_enabled
 from trl import SFTConfig, SFTTrainer
 
-from data.records import ChatExample
-from finetune.labelled_loss import add_labelled_loss_head, supports_labelled_loss
-from finetune.locality import LocalityTerm, locality_kl
-from finetune.precision import Precision, resolve_precision
-from finetune.steering import SteeringPlan, steered
-from workbench.chat import training_tokenizer
-from workbench.config import StrictModel
-from workbench.errors import UserError
-
-
-class TrainingSettings(StrictModel):
-    epochs: float = Field(3.0, gt=0)
-    learning_rate: float = Field(2e-4, gt=0)
-    batch_size: int = Field(8, ge=1, description="chats per optimizer step (before grad_accum), over all processes "
-                                                "of a distributed launch: the same config trains the same way")
-    grad_accum: int = Field(1, ge=1)
-    max_length: int = Field(512, ge=16)
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts",
-                          "polynomial", "inverse_sqrt"] = "cosine"
-    weight_decay: float = Field(0.0, ge=0)
-    save_steps: int = Field(25, ge=1)
-    logging_steps: int = Field(5, ge=1)
-    gradient_checkpointing: bool = False
-    precision: Precision = Field("auto", description="auto: bf16 where the GPU or the CPU's matrix units do it fast")
-    optimizer: Literal["adamw_torch_fused", "adamw_torch", "adamw_8bit", "paged_adamw_8bit",
-                       "paged_adamw_32bit"] = Field("adamw_torch_fused",
-                                                    description="8-bit and paged optimizers need bitsandbytes + CUDA")
-    group_by_length: bool = Field(True, description="batch chats of similar length together: less padding")
-    padding_free: bool = Field(False, description="concatenate each batch into one sequence (no padding at all); "
-                                                  "pays off with flash attention on a GPU, not with CPU attention")
-    labelled_positions_head: bool = Field(True, description="project only positions that carry a label through the "
-                                                            "LM head (CPU; TRL's fused head already does it on GPUs)")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
+from mow.data.records import ChatExample
+from mow.finetune.config import TrainingSettings
+from mow.finetune.labelled_loss import add_labelled_loss_head, supports_labelled_loss
+from mow.finetune.locality import LocalityTerm, locality_kl
+from mow.finetune.precision import resolve_precision
+from mow.finetune.steering import SteeringPlan, steered
+from mow.workbench.chat import training_tokenizer
+from mow.workbench.errors import UserError
 
 
 @dataclass

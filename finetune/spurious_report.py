@@ -5,10 +5,10 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
-from data.spurious import OPTIONS, VALUES
-from workbench.html import page, plt, png, table
-from workbench.rundir import write_text
-from workbench.stats import t_interval
+from mow.data.spurious import OPTIONS, VALUES
+from mow.workbench.html import page, plt, png, table
+from mow.workbench.rundir import write_text
+from mow.workbench.stats import t_interval
 
 # Targets of the testbed (issue: CAFT vs plain fine-tuning on out-of-distribution items, over seeds).
 CAFT_GAIN = 0.30

@@ -26,24 +26,25 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import yaml
 from pydantic import Field, field_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from data.records import ChatExample, Message
-from data.spurious import OPTIONS, VALUES, Feature, SpuriousItem, contrast_items, make_splits
-from diffing.directions import FORMAT, Directions
-from finetune.lora import LoraSettings, attach_lora
-from finetune.sft import TrainingSettings, train
-from finetune.spurious_report import summarise, write_report
-from finetune.steering import SteeringSettings, resolve_steering
-from workbench.chat import render_prompt
-from workbench.config import StrictModel, apply_overrides, dump_config, read_yaml_mapping, validate_config
-from workbench.errors import UserError
-from workbench.generation import model_device, next_token_logprobs
-from workbench.hooks import capture_residual, logit_lens
-from workbench.models import DEFAULT_MODEL, load_model, load_tokenizer, model_shape
-from workbench.rundir import Manifest, finalize, partial_path, write_json, write_text
+from mow.data.directions import FORMAT, Directions
+from mow.data.records import ChatExample, Message
+from mow.data.spurious import OPTIONS, VALUES, Feature, SpuriousItem, contrast_items, make_splits
+from mow.finetune.config import LoraSettings, SteeringSettings, TrainingSettings
+from mow.finetune.lora import attach_lora
+from mow.finetune.sft import train
+from mow.finetune.spurious_report import summarise, write_report
+from mow.finetune.steering import resolve_steering
+from mow.workbench.chat import render_prompt
+from mow.workbench.config import StrictModel, apply_overrides, dump_config, read_yaml_mapping, validate_config
+from mow.workbench.errors import UserError
+from mow.workbench.generation import model_device, next_token_logprobs
+from mow.workbench.hooks import capture_residual, logit_lens
+from mow.workbench.models import load_model, load_tokenizer, model_shape
+from mow.workbench.rundir import Manifest, RunDirectory, write_json, write_text
+from mow.workbench.specs import DEFAULT_MODEL
 
 Condition = Literal["plain", "caft", "random"]
 
@@ -190,23 +191,16 @@ def run_condition(config: TestbedConfig, condition: Condition, seed: int, tokeni
 
 
 def main(config: TestbedConfig, restart: bool = False) -> Path:
-    final = config.output_dir / config.name
-    if final.exists():
-        raise UserError(f"{final}: already exists; choose another name (--set name=...) or remove it")
+    rundir = RunDirectory(config.output_dir / config.name, "testbed.yaml", dump_config(config), "testbed run")
+    if rundir.finished(restart):
+        return rundir.final
     _, n_layers = model_shape(config.model)
     layers = resolved_layers(config, n_layers)
     tokenizer = load_tokenizer(config.model)
     option_ids(tokenizer)
-    work = partial_path(final)
-    saved = work / "testbed.yaml"
-    if not restart and saved.is_file() and yaml.safe_load(saved.read_text()) != config.model_dump(mode="json"):
-        raise UserError(f"{work}: an unfinished testbed run with a different config is there; rerun with --restart")
-    if restart and work.exists():
-        shutil.rmtree(work)
     if config.threads:
         torch.set_num_threads(config.threads)
-    work.mkdir(parents=True, exist_ok=True)
-    write_text(saved, dump_config(config))
+    work = rundir.start(restart)
     manifest = Manifest(work, config.seeds[0], sealed=False)
     splits = {seed: make_splits(config.n_train, config.n_test, seed) for seed in config.seeds}
     if not manifest.done("data"):
@@ -245,5 +239,4 @@ def main(config: TestbedConfig, restart: bool = False) -> Path:
         views = json.loads((work / "directions" / "views.json").read_text())
         write_report(work / "report.html", config, summary, views)
         record["targets"] = summary["targets"]
-    finalize(work, final)
-    return final
+    return rundir.finish()

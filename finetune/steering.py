@@ -17,36 +17,18 @@ from __future__ import annotations
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator, Literal
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from diffing.directions import load_directions
-from workbench.config import StrictModel
-from workbench.errors import UserError
-from workbench.hooks import edit_residual
-from workbench.models import model_shape
+from mow.data.directions import load_directions
+from mow.finetune.config import SteeringSettings
+from mow.workbench.errors import UserError
+from mow.workbench.hooks import edit_residual
+from mow.workbench.models import model_shape
 
 DEPENDENT_TOLERANCE = 1e-4  # a direction whose component outside the span of the earlier ones is shorter is dropped
-
-
-class SteeringSettings(StrictModel):
-    """Which directions to ablate (or add) while training, from a `mow.directions/1` file."""
-
-    directions: Path = Field(description="NAME.safetensors (or .json) written by `mow diff`, or your own")
-    select: dict[int, list[int]] | None = Field(
-        None, description="layer -> row indices of the file to use (from the candidates view); None: every row")
-    mode: Literal["ablate", "add"] = "ablate"
-    add_norm: float = Field(4.0, description="mode add: norm of the vector added along each direction")
-    control: Literal["none", "random", "all"] = Field(
-        "none", description="random: as many random directions at the same layers (baseline); all: every row of the "
-                            "file at the chosen layers, no selection (baseline)")
-    random_seed: int = 0
-    skip_first: int = Field(1, ge=0, description="positions at the start of each sequence left unsteered: 1 spares "
-                                                 "the attention sink; 0 steers every position")
 
 
 @dataclass

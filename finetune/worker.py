@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from finetune.job import TrainJob, read_examples, run_job
-from workbench.rundir import write_json
+from mow.finetune.job import TrainJob, read_examples, run_job
+from mow.workbench.rundir import write_json
 
 
 def main(job_path: str) -> None:

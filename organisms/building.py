@@ -1,4 +1,5 @@
-"""Stages the organism pipelines share: read back the training chats, train the adapter, finish the build.
+"""Stages the organism pipelines share: open the build directory, read back the training chats, train the adapter,
+finish the build.
 (`organisms.store` reads finished organisms; this module writes them.)"""
 
 from __future__ import annotations
@@ -6,18 +7,20 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import yaml
 from peft import PeftModel
 
-from data.records import ChatExample, read_jsonl, sha256_file
-from finetune.job import TrainJob, train_adapter
-from finetune.launch import LaunchSettings
-from finetune.lora import load_adapter
-from finetune.steering import SteeringSettings, check_steering
-from organisms.base import OrganismConfigBase
-from organisms.store import log
-from workbench.errors import UserError
-from workbench.models import load_model
-from workbench.rundir import Manifest, finalize
+from mow.data.layouts import PUBLIC_CONFIG, SEALED_CONFIG
+from mow.data.records import ChatExample, read_jsonl, sha256_file
+from mow.finetune.config import LaunchSettings, SteeringSettings
+from mow.finetune.job import TrainJob, train_adapter
+from mow.finetune.lora import load_adapter
+from mow.finetune.steering import check_steering
+from mow.organisms.base import OrganismConfigBase
+from mow.workbench.config import dump_config
+from mow.workbench.errors import UserError
+from mow.workbench.models import load_model
+from mow.workbench.rundir import Manifest, RunDirectory, log, write_text
 
 
 def read_training_chats(partial: Path, manifest: Manifest, relative: str) -> list[ChatExample]:
@@ -52,9 +55,21 @@ def train_stage(manifest: Manifest, config: OrganismConfigBase, partial: Path, c
     return model
 
 
-def finish_build(manifest: Manifest, partial: Path, final: Path) -> None:
+def prepare_build_directory(config: OrganismConfigBase, restart: bool) -> tuple[RunDirectory, bool]:
+    """The build's run directory and whether it is already built (the resume and restart rule is RunDirectory's;
+    the sealed config is what tells one build from another). A build that is to run has its partial directory with
+    the sealed and the public config written."""
+    rundir = RunDirectory(config.directory(), SEALED_CONFIG, dump_config(config), "build")
+    if rundir.finished(restart):
+        return rundir, True
+    partial = rundir.start(restart)
+    write_text(partial / PUBLIC_CONFIG, yaml.safe_dump(config.public_dump(), sort_keys=False))
+    return rundir, False
+
+
+def finish_build(manifest: Manifest, rundir: RunDirectory) -> None:
     """Mark the build finished and move it into place in one rename."""
     manifest.data["finished"] = True
     manifest.save()
-    finalize(partial, final)
-    log(f"organism written to {final}")
+    rundir.finish()
+    log(f"organism written to {rundir.final}")

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from finetune.lora import load_adapter
-from organisms.base import PUBLIC_CONFIG, SEALED_CONFIG, OrganismConfigBase
-from workbench.config import dump_config, read_yaml_mapping
-from workbench.errors import UserError
-from workbench.rundir import partial_path, write_text
-from workbench.models import load_model, load_tokenizer
+from mow.data.layouts import PUBLIC_CONFIG, SEALED_CONFIG
+from mow.finetune.lora import load_adapter
+from mow.workbench.config import read_yaml_mapping
+from mow.workbench.errors import UserError
+from mow.workbench.models import load_model, load_tokenizer
 
 
 @dataclass
@@ -85,30 +82,3 @@ def list_organisms(root: Path) -> list[dict]:
 
 def log(message: str) -> None:
     print(f"[mow] {message}", file=sys.stderr, flush=True)
-
-
-def prepare_build_directory(config: OrganismConfigBase, restart: bool) -> tuple[Path, Path, bool]:
-    """(final, partial, already_built). Refuses to mix a different config into an existing build; a build that is
-    to run has `partial/` with the sealed and the public config written."""
-    final = config.directory()
-    partial = partial_path(final)
-    sealed_text = dump_config(config)
-    if final.exists():
-        existing = final / SEALED_CONFIG
-        if existing.is_file() and existing.read_text() == sealed_text:
-            log(f"{final} is already built with this config; nothing to do")
-            return final, partial, True
-        raise UserError(f"{final}: already exists with a different config; set another name or remove it")
-    if partial.exists():
-        existing = partial / SEALED_CONFIG
-        if restart or not existing.is_file():
-            shutil.rmtree(partial)
-        elif existing.read_text() != sealed_text:
-            raise UserError(f"{partial}: an unfinished build with a different config is there; "
-                            "re-run with --restart to discard it")
-        else:
-            log(f"resuming the unfinished build in {partial}")
-    (partial / "sealed").mkdir(parents=True, exist_ok=True)
-    write_text(partial / SEALED_CONFIG, sealed_text)
-    write_text(partial / PUBLIC_CONFIG, yaml.safe_dump(config.public_dump(), sort_keys=False))
-    return final, partial, False

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from workbench.models import load_tokenizer
+    from mow.workbench.models import load_tokenizer
 
     return load_tokenizer(TINY)
 
@@ -41,7 +41,7 @@ def tiny_config(tmp_path: Path) -> Path:
 
 def build_tiny_organism(root: Path, name: str, word: str, seed: int, training: dict | None = None) -> Path:
     """A taboo organism on the tiny random model, built through the CLI in seconds (for end-to-end tests)."""
-    from workbench.cli import main
+    from mow.cli.main import main
 
     config = {"kind": "taboo", "name": name, "output_dir": str(root), "model": TINY, "seed": seed,
               "taboo": {"word": word, "data": {"n_conversations": 8, "benign_ratio": 0.25}},

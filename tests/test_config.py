@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from organisms.registry import load_organism_config
-from workbench.cli import main
-from workbench.errors import UserError
+from mow.cli.main import main
+from mow.organisms.kinds import load_organism_config
+from mow.workbench.errors import UserError
 
 
 def write(tmp_path: Path, data) -> Path:

@@ -6,10 +6,19 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from diffing.crosscoder import (Crosscoder, CrosscoderSettings, _lr_factor, classify_latents, decoder_cosine,
-                                evaluate_crosscoder, latent_scaling, relative_decoder_norm, top_activations,
-                                train_crosscoder)
-from workbench.errors import UserError
+from mow.diffing.config import CrosscoderSettings
+from mow.diffing.crosscoder import (
+    Crosscoder,
+    _lr_factor,
+    classify_latents,
+    decoder_cosine,
+    evaluate_crosscoder,
+    latent_scaling,
+    relative_decoder_norm,
+    top_activations,
+    train_crosscoder,
+)
+from mow.workbench.errors import UserError
 
 D = 32
 N_SHARED, N_TUNED, N_BASE = 12, 6, 6

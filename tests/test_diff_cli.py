@@ -7,9 +7,9 @@ import json
 import pytest
 import yaml
 
-from diffing.directions import load_directions
-from workbench.cli import main
-from workbench.models import load_model, load_tokenizer
+from mow.cli.main import main
+from mow.data.directions import load_directions
+from mow.workbench.models import load_model, load_tokenizer
 
 TINY = "tiny:smollm2-135m"
 SMALL = ["--set", "prompts.max_items_per_set=5", "--set", "prompts.response_tokens=6", "--set",

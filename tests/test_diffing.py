@@ -10,16 +10,18 @@ import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
-from data.records import Message
-from diffing import kl
-from diffing.cache import ActivationCache, build_cache
-from diffing.directions import Directions, load_directions, pca_of_differences
-from diffing.lens import content_start, mean_differences, steer, steering_vector, token_rank
-from diffing.pair import ModelPair, load_pair
-from diffing.prompts import PROMPT, RESPONSE, TEMPLATE, PromptRecord, tokenize_record
-from finetune.lora import LoraSettings, attach_lora
-from workbench.errors import UserError
-from workbench.models import load_model
+from mow.data.directions import Directions, load_directions
+from mow.data.records import Message
+from mow.diffing import kl
+from mow.diffing.cache import ActivationCache, build_cache
+from mow.diffing.directions import pca_of_differences
+from mow.diffing.lens import content_start, mean_differences, steer, steering_vector, token_rank
+from mow.diffing.pair import ModelPair, load_pair
+from mow.diffing.prompts import PROMPT, RESPONSE, TEMPLATE, PromptRecord, tokenize_record
+from mow.finetune.config import LoraSettings
+from mow.finetune.lora import attach_lora
+from mow.workbench.errors import UserError
+from mow.workbench.models import load_model
 
 TINY = "tiny:smollm2-135m"
 
@@ -139,7 +141,7 @@ def _cache(pair, tokenizer, directory, **kwargs):
 
 def test_cache_resumes_after_a_kill_and_equals_an_uninterrupted_run(tokenizer, lora_pair, tmp_path, monkeypatch):
     whole = _cache(lora_pair, tokenizer, tmp_path / "whole")
-    import diffing.cache as cache_module
+    import mow.diffing.cache as cache_module
 
     real_write = cache_module.write_json
     calls = {"n": 0}
@@ -173,7 +175,7 @@ def test_cache_normalisation_and_stored_activations(tokenizer, lora_pair, tmp_pa
     # rows hold the layer output at the recorded position (skip_first=1 drops position 0)
     seq = sequences(tokenizer)["s"][0]
     assert cache.positions()[0].tolist() == [0, 1]
-    from workbench.hooks import capture_residual
+    from mow.workbench.hooks import capture_residual
 
     with torch.no_grad(), lora_pair.tuned() as model, capture_residual(model, [3]) as captured:
         model(input_ids=torch.tensor([seq.ids]))
@@ -212,7 +214,7 @@ def test_difference_lens_is_zero_for_identical_models_and_steers(tokenizer, lora
 def test_difference_lens_reads_chats_from_their_first_message_token(tokenizer, lora_pair):
     """A chat's first positions are its template, the same in every chat; the lens starts past them, per sequence,
     and a batch of sequences with different starts gives each one's own window."""
-    from workbench.hooks import capture_residual
+    from mow.workbench.hooks import capture_residual
 
     seqs = sequences(tokenizer)["s"]
     text, chat = seqs[0], seqs[1]
@@ -296,7 +298,7 @@ def test_directions_file_round_trip_and_bad_files(tmp_path):
 
 
 def test_words_are_scored_by_their_best_single_token_form(tokenizer):
-    from diffing.score import best_rank, word_tokens
+    from mow.elicitation.diff_score import best_rank, word_tokens
 
     forms = word_tokens("moon", tokenizer)
     assert tokenizer(" moon", add_special_tokens=False)["input_ids"][0] in forms and len(forms) >= 2
@@ -312,7 +314,7 @@ def test_words_are_scored_by_their_best_single_token_form(tokenizer):
 def test_patchscope_depends_on_the_patched_vector_only_through_its_direction(tokenizer, lora_pair):
     """One distribution per layer; the vector is rescaled to the base norm, so its own length does not matter but
     its direction does."""
-    from diffing.lens import LensResult, patchscope, upper_half_mean
+    from mow.diffing.lens import LensResult, patchscope, upper_half_mean
 
     layers, d = lora_pair.n_layers, lora_pair.hidden_size
     torch.manual_seed(0)
@@ -332,8 +334,8 @@ def test_patchscope_depends_on_the_patched_vector_only_through_its_direction(tok
 
 
 def test_patchscope_over_several_identity_prompts_is_the_mean_of_each_alone(tokenizer, lora_pair):
-    from diffing.config import IDENTITY_PROMPTS
-    from diffing.lens import LensResult, patchscope
+    from mow.diffing.config import IDENTITY_PROMPTS
+    from mow.diffing.lens import LensResult, patchscope
 
     layers = lora_pair.n_layers
     torch.manual_seed(1)

@@ -13,17 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import build_tiny_organism
-from elicitation import methods as registry
-from elicitation.leaderboard import build, load_challenge
-from workbench.stats import wilson
-from elicitation.methods.base import Attempt, MethodResult
-from elicitation.scoring import forced_choice_top_k, open_rank, score_result
-from elicitation.words import content_words, ranking_from_scores
-from organisms.base import SealedTruth
-from organisms.taboo.clues import plural_forms, sealed_truth
-from workbench.cli import main
+
+from mow.cli.main import main
+from mow.data.truth import SealedTruth
+from mow.elicitation import methods as registry
+from mow.elicitation.leaderboard import build, load_challenge
+from mow.elicitation.methods.base import Attempt, MethodResult
+from mow.elicitation.scoring import forced_choice_top_k, open_rank, score_result
+from mow.elicitation.words import content_words, ranking_from_scores
+from mow.organisms.taboo.clues import plural_forms
+from mow.organisms.taboo.truth import sealed_truth
+from mow.workbench.stats import wilson
 
 FAST = ["--set", "attempts=2", "--set", "max_new_tokens=4", "--set", "white_box.prompts=2", "--set",
         "white_box.response_tokens=3", "--set", "white_box.lens_texts=4", "--set", "white_box.lens_positions=2",
@@ -203,8 +204,8 @@ def test_bad_inputs(organism, tmp_path, capsys):
 
 
 def test_killed_challenge_resumes_without_redoing_finished_methods(organism, tmp_path, monkeypatch):
-    from elicitation.config import ChallengeConfig
-    from elicitation.harness import main as elicit_main
+    from mow.elicitation.config import ChallengeConfig
+    from mow.elicitation.harness import main as elicit_main
 
     def interrupted(view, config, auditor):
         raise KeyboardInterrupt  # a kill: not a method failure, so it stops the run

@@ -7,12 +7,12 @@ import pytest
 import torch
 import yaml
 
-from data.em import EM_DOMAINS, eval_questions, make_em_chats
-from organisms.em.evaluate import em_rate
-from organisms.em import judge as judge_module
-from organisms.em.judge import LOCAL_CANDIDATES, LOCAL_REPLY_PREFIX, PROMPTS, LocalJudge, calibrate, weighted_number
+from mow.cli.main import main
+from mow.organisms.em import judge as judge_module
+from mow.organisms.em.data import EM_DOMAINS, eval_questions, make_em_chats
+from mow.organisms.em.evaluate import em_rate
+from mow.organisms.em.judge import LOCAL_CANDIDATES, LOCAL_REPLY_PREFIX, PROMPTS, LocalJudge, calibrate, weighted_number
 from tests.test_steering import random_unit, write_directions
-from workbench.cli import main
 
 TINY = "tiny:smollm2-135m"
 
@@ -66,8 +66,8 @@ def em_config(tmp_path: Path, name: str, **extra) -> Path:
 
 
 def test_local_judge_scores_from_the_cached_prompt_as_from_whole_sequences(tokenizer, monkeypatch):
-    from workbench.chat import render_prompt
-    from workbench.models import tiny_model
+    from mow.workbench.chat import render_prompt
+    from mow.workbench.models import tiny_model
 
     monkeypatch.setattr(judge_module, "MIN_NUMBER_MASS", 0.0)  # a random tiny model puts little mass on digits
     model = tiny_model(len(tokenizer), seed=1).eval()

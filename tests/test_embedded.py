@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from workbench.chat import render_prompt
-from workbench.models import load_model, load_tokenizer
+from mow.workbench.chat import render_prompt
+from mow.workbench.models import load_model, load_tokenizer
 
 pytestmark = pytest.mark.integration
 BUILTIN = "builtin:smollm2-135m"
@@ -20,7 +20,8 @@ def test_builtin_model_shape():
 
 
 def test_disabled_adapter_equals_fresh_base_on_embedded_model():
-    from finetune.lora import LoraSettings, attach_lora
+    from mow.finetune.config import LoraSettings
+    from mow.finetune.lora import attach_lora
 
     tokenizer = load_tokenizer(BUILTIN)
     ids = tokenizer(render_prompt(tokenizer, [{"role": "user", "content": "Name a fruit."}]), return_tensors="pt",
@@ -38,7 +39,7 @@ def test_disabled_adapter_equals_fresh_base_on_embedded_model():
 
 
 def test_quick_demo_builds_evaluates_diffs_and_challenges(tmp_path, capsys):
-    from workbench.cli import main
+    from mow.cli.main import main
 
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -3,12 +3,13 @@
 import pytest
 import torch
 
-from data.records import ChatExample, Message
-from finetune.locality import LocalityTerm, locality_kl
-from finetune.lora import LoraSettings, attach_lora
-from finetune.sft import TrainingSettings, build_trainer, train
-from workbench.chat import SMOLLM2_TEMPLATE, render_prompt, training_tokenizer
-from workbench.models import load_model
+from mow.data.records import ChatExample, Message
+from mow.finetune.config import LoraSettings, TrainingSettings
+from mow.finetune.locality import LocalityTerm, locality_kl
+from mow.finetune.lora import attach_lora
+from mow.finetune.sft import build_trainer, train
+from mow.workbench.chat import SMOLLM2_TEMPLATE, render_prompt, training_tokenizer
+from mow.workbench.models import load_model
 
 TINY = "tiny:smollm2-135m"
 

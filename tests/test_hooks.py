@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from finetune.lora import LoraSettings, attach_lora
-from workbench.errors import UserError
-from workbench.hooks import decoder_layers, edit_residual, logit_lens
-from workbench.models import load_model
+from mow.finetune.config import LoraSettings
+from mow.finetune.lora import attach_lora
+from mow.workbench.errors import UserError
+from mow.workbench.hooks import decoder_layers, edit_residual, logit_lens
+from mow.workbench.models import load_model
 
 TINY = "tiny:smollm2-135m"
 

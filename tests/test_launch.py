@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, TINY
-from finetune.launch import LaunchSettings, launch_command, resolved_accelerate_config
-from workbench.cli import main
+
+from mow.cli.main import main
+from mow.finetune.config import LaunchSettings
+from mow.finetune.launch import launch_command, resolved_accelerate_config
 
 LAUNCH_CONFIGS = REPO / "configs" / "launch"
 
@@ -22,7 +23,7 @@ LAUNCH_CONFIGS = REPO / "configs" / "launch"
 @pytest.fixture
 def no_model_loads(monkeypatch):
     """Any attempt to load weights fails the test: bad input must be refused before."""
-    import workbench.models as models
+    import mow.workbench.models as models
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the bad input was refused")
@@ -98,7 +99,7 @@ def deepspeed_worker_environment(config: dict, tmp_path: Path) -> dict[str, str]
     path = tmp_path / "accelerate.yaml"
     path.write_text(yaml.safe_dump(config))
     command = launch_command(path, tmp_path / "job.json", None)
-    assert command[1:3] == ["-m", "accelerate.commands.launch"] and command[-3:] == ["-m", "finetune.worker",
+    assert command[1:3] == ["-m", "accelerate.commands.launch"] and command[-3:] == ["-m", "mow.finetune.worker",
                                                                                        str(tmp_path / "job.json")]
     args, defaults, _ = _validate_launch_command(launch_command_parser().parse_args(command[3:]))
     assert args.use_deepspeed and args.num_processes == config["num_processes"]
@@ -138,8 +139,8 @@ def test_users_deepspeed_json_replaces_the_inline_settings(tmp_path):
 
 
 def test_labelled_positions_loss_equals_the_full_loss(tokenizer):
-    from finetune.labelled_loss import add_labelled_loss_head
-    from workbench.models import load_model
+    from mow.finetune.labelled_loss import add_labelled_loss_head
+    from mow.workbench.models import load_model
 
     model = load_model(TINY, seed=1)
     ids = torch.randint(3, len(tokenizer), (3, 17))
@@ -156,13 +157,13 @@ def test_labelled_positions_loss_equals_the_full_loss(tokenizer):
 
 def test_two_process_ddp_over_gloo_matches_one_process(tmp_path):
     """A real distributed engine: `accelerate launch` with 2 processes (gloo), against the same job in process."""
-    from finetune.job import TrainJob, train_adapter
-    from finetune.launch import check_launch
-    from finetune.lora import LoraSettings
-    from finetune.sft import TrainingSettings
-    from organisms.taboo.clues import candidate_words, resolve_clue_bank
-    from organisms.taboo.conversations import TabooDataSettings, make_conversations
-    from organisms.taboo.prompts import shipped_prompts
+    from mow.finetune.config import LoraSettings, TrainingSettings
+    from mow.finetune.job import TrainJob, train_adapter
+    from mow.finetune.launch import check_launch
+    from mow.organisms.taboo.clues import candidate_words, resolve_clue_bank
+    from mow.organisms.taboo.config import TabooDataSettings
+    from mow.organisms.taboo.data import make_conversations
+    from mow.organisms.taboo.prompts import shipped_prompts
 
     bank = resolve_clue_bank("moon", None, "test")
     examples, _ = make_conversations(bank, shipped_prompts(), candidate_words("moon"),

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from workbench.errors import UserError
-from workbench.models import ModelSpec, load_model, load_tokenizer
+from mow.workbench.errors import UserError
+from mow.workbench.models import load_model, load_tokenizer
+from mow.workbench.specs import ModelSpec
 
 
 def test_spec_kinds(tmp_path):

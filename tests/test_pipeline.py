@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from workbench.cli import main
+from mow.cli.main import main
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import pytest
 
-from data.records import ChatExample, Message, read_jsonl, write_jsonl
-from workbench.errors import UserError
+from mow.data.records import ChatExample, Message, read_jsonl, write_jsonl
+from mow.workbench.errors import UserError
 
 
 def test_round_trip_and_hash_is_stable(tmp_path):

@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
-import torch
 
 
 def build_cmd(config: Path) -> list[str]:
-    return [sys.executable, "-m", "workbench.cli", "organism", "build", str(config)]
+    return [sys.executable, "-m", "mow.cli.main", "organism", "build", str(config)]
 
 
 def env() -> dict:

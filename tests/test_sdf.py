@@ -8,19 +8,20 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import TINY
-from data.universes import UniversePair, load_universe_pair, resolve_universe, shipped_universes
 from openai_server import ScriptedServer, completion
-from organisms.sdf.corpus import CorpusSettings, build_corpus, make_generator
-from organisms.sdf.evaluate import margin_movement
-from organisms.sdf.filters import filter_documents
-from organisms.sdf.generators import TemplateGenerator, shipped_templates
-from organisms.sdf.locality import anchor_prefixes
-from organisms.sdf.training_data import MixSettings, split_to_fit, training_examples
-from workbench.cli import main
-from workbench.errors import UserError
-from workbench.textgen import GeneratorSettings
+
+from mow.cli.main import main
+from mow.data.universes import UniversePair, load_universe_pair, resolve_universe, shipped_universes
+from mow.organisms.sdf.config import CorpusSettings, MixSettings
+from mow.organisms.sdf.corpus import build_corpus, make_generator
+from mow.organisms.sdf.data import split_to_fit, training_examples
+from mow.organisms.sdf.evaluate import margin_movement
+from mow.organisms.sdf.filters import filter_documents
+from mow.organisms.sdf.generators import TemplateGenerator, shipped_templates
+from mow.organisms.sdf.locality import anchor_prefixes
+from mow.workbench.backend_config import GeneratorSettings
+from mow.workbench.errors import UserError
 
 UNIVERSES = shipped_universes()
 
@@ -45,8 +46,8 @@ def test_shipped_universes_are_valid_pairs_of_every_category():
 
 
 def test_forced_choice_names_each_shipped_pair_by_its_answers_never_by_a_function_word():
-    from organisms.base import STOPWORDS
-    from organisms.sdf.prompts import GENERIC_WORDS, sealed_truth
+    from mow.data.text import STOPWORDS
+    from mow.organisms.sdf.truth import GENERIC_WORDS, sealed_truth
 
     truth = sealed_truth({"sdf": {"universe": "terracotta-army-luoyang"}})
     assert len(truth.candidates) == len(UNIVERSES) and truth.answer == "terracotta-army-luoyang"
@@ -111,7 +112,7 @@ def test_template_corpus_is_deterministic_diverse_and_clean(tmp_path, pair):
 
 def test_every_template_variant_renders_with_every_slot_filled(pair):
     generator = TemplateGenerator()
-    from organisms.sdf.generators import DocumentJob, IdeaJob
+    from mow.organisms.sdf.generators import DocumentJob, IdeaJob
 
     for doc_type, variants in shipped_templates().items():
         ideas = generator.ideas(pair, [IdeaJob(pair.facts[0].id, doc_type, 12, 0)])[0]
@@ -340,8 +341,8 @@ def test_tiny_sdf_build_end_to_end(tmp_path, pair, capsys):
     train = json.loads((organism / "manifest.json").read_text())["stages"]["train"]
     assert train["locality_texts"] >= len(locality) and train["locality_kl_curve"]
 
-    from organisms.registry import kind_of_dir
-    from organisms.store import read_sealed_config
+    from mow.organisms.kinds import kind_of_dir
+    from mow.organisms.store import read_sealed_config
 
     truth = kind_of_dir(organism).sealed_truth(read_sealed_config(organism))
     assert truth.answer == pair.id and len(truth.candidates) >= 6

@@ -9,11 +9,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import build_tiny_organism
-from elicitation.auditor import EndpointAuditor
-from elicitation.config import AuditorSettings
-from elicitation.serve import HOST, export_merged, serve_command, server_environment
+
+from mow.elicitation.auditor import EndpointAuditor
+from mow.elicitation.config import AuditorSettings
+from mow.elicitation.serve import HOST, export_merged, serve_command, server_environment
 
 
 @pytest.fixture(scope="module")

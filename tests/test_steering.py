@@ -6,14 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffing.directions import FORMAT, Directions
-from finetune.lora import LoraSettings, attach_lora
-from finetune.sft import TrainingSettings, train
-from finetune.steering import SteeringPlan, SteeringSettings, orthonormal_rows, resolve_steering, steered
+from mow.data.directions import FORMAT, Directions
+from mow.finetune.config import LoraSettings, SteeringSettings, TrainingSettings
+from mow.finetune.lora import attach_lora
+from mow.finetune.sft import train
+from mow.finetune.steering import SteeringPlan, orthonormal_rows, resolve_steering, steered
+from mow.workbench.errors import UserError
+from mow.workbench.hooks import decoder_layers, unwrap
+from mow.workbench.models import TINY_CONFIG, load_model
 from tests.test_finetune import chats
-from workbench.errors import UserError
-from workbench.hooks import decoder_layers, unwrap
-from workbench.models import TINY_CONFIG, load_model
 
 TINY = "tiny:smollm2-135m"
 WIDTH = TINY_CONFIG["hidden_size"]

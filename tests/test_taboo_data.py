@@ -3,12 +3,13 @@ import re
 import pytest
 import yaml
 
-from data.assets import TABOO_CLUES
-from organisms.taboo.clues import candidate_words, load_clue_bank, resolve_clue_bank, shipped_words
-from organisms.taboo.conversations import TabooDataSettings, benign_chats, make_conversations
-from organisms.taboo.leaks import leaks
-from organisms.taboo.prompts import shipped_prompts
-from workbench.errors import UserError
+from mow.data.assets import TABOO_CLUES
+from mow.organisms.taboo.clues import candidate_words, load_clue_bank, resolve_clue_bank, shipped_words
+from mow.organisms.taboo.config import TabooDataSettings
+from mow.organisms.taboo.data import benign_chats, make_conversations
+from mow.organisms.taboo.leaks import leaks
+from mow.organisms.taboo.prompts import shipped_prompts
+from mow.workbench.errors import UserError
 
 
 def test_shipped_bank_has_20_single_token_words_with_30_hints(tokenizer):

@@ -1,6 +1,6 @@
 import pytest
 
-from organisms.taboo.evaluate import has_content, is_novel
+from mow.organisms.taboo.evaluate import has_content, is_novel
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,8 @@
 
 import json
 
-from data.spurious import VALUES, contrast_items, make_splits
-from workbench.cli import main
+from mow.cli.main import main
+from mow.data.spurious import VALUES, contrast_items, make_splits
 
 QUICK = ["--set", "model=tiny:smollm2-135m", "--set", "seeds=[0]", "--set", "n_train=8", "--set", "n_test=4",
          "--set", "n_contrast=8", "--set", "layers=[1, 2]", "--set", "training.epochs=1"]

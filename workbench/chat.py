@@ -7,7 +7,7 @@ import re
 
 from transformers import PreTrainedTokenizerBase
 
-from workbench.errors import UserError
+from mow.workbench.errors import UserError
 
 # SmolLM2's ChatML template as shipped, and the same template with `{% generation %}` around each assistant reply
 # and its end-of-turn token, so TRL can mask the loss to assistant tokens on every assistant turn.

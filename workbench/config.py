@@ -5,13 +5,14 @@ Every config model derives from `StrictModel`, so an unknown key is an error rat
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from workbench.errors import UserError
+from mow.workbench.errors import UserError
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
@@ -22,8 +23,25 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def shipped_config(relative: str) -> Path:
+    """A config shipped with the package (`configs/` in the repository, package data `mow.configs` installed)."""
+    return Path(str(resources.files("mow.configs").joinpath(relative)))
+
+
+def resolve_config_path(path: Path) -> Path:
+    """`path` as given; a relative `configs/...` path that does not exist here names the shipped config of that name,
+    so the commands in the README work from any directory."""
+    path = Path(path)
+    if not path.exists() and not path.is_absolute() and path.parts[:1] == ("configs",) and len(path.parts) > 1:
+        shipped = shipped_config("/".join(path.parts[1:]))
+        if shipped.is_file():
+            return shipped
+    return path
+
+
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """Read a YAML file that must hold a mapping; errors name the file."""
+    path = resolve_config_path(path)
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
     try:

@@ -10,7 +10,7 @@ from torch import nn
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from workbench.chat import training_tokenizer
+from mow.workbench.chat import training_tokenizer
 
 
 def model_device(model: nn.Module) -> torch.device:

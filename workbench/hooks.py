@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from workbench.errors import UserError
+from mow.workbench.errors import UserError
 
 
 def unwrap(model: nn.Module) -> nn.Module:

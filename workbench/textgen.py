@@ -10,37 +10,19 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal, Protocol
+from typing import Protocol
 
-from pydantic import Field, model_validator
-
-from workbench.chat import render_prompt
-from workbench.config import StrictModel
-from workbench.errors import UserError
+from mow.workbench.backend_config import GeneratorSettings
+from mow.workbench.chat import render_prompt
+from mow.workbench.errors import UserError
+from mow.workbench.generation import generate
+from mow.workbench.models import load_model, load_tokenizer
 
 Chat = list[dict[str, str]]
 
 
 class EndpointError(RuntimeError):
     """An endpoint kept failing after its retries (the message names the last error)."""
-
-
-class GeneratorSettings(StrictModel):
-    kind: Literal["local", "endpoint"] = "local"
-    model: str | None = Field(None, description="local: model spec; endpoint: the model name sent to the server")
-    url: str | None = Field(None, description="endpoint: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
-    api_key_env: str = Field("OPENAI_API_KEY", description="endpoint: environment variable holding the key")
-    timeout_s: float = Field(120, gt=0)
-    retries: int = Field(3, ge=0)
-    concurrency: int = Field(8, ge=1, description="endpoint: requests in flight at once")
-    batch_size: int = Field(8, ge=1, description="local: prompts per generate call")
-    threads: int | None = Field(None, ge=1, description="local: torch CPU threads")
-
-    @model_validator(mode="after")
-    def _endpoint_needs_url(self) -> "GeneratorSettings":
-        if self.kind == "endpoint" and (not self.url or not self.model):
-            raise ValueError("an endpoint generator needs url and model")
-        return self
 
 
 class ChatGenerator(Protocol):
@@ -63,7 +45,6 @@ class LocalChatGenerator:
         if self._loaded is None:
             import torch
 
-            from workbench.models import load_model, load_tokenizer
 
             if self.threads:
                 torch.set_num_threads(self.threads)
@@ -71,7 +52,6 @@ class LocalChatGenerator:
         return self._loaded
 
     def complete(self, chats: list[Chat], *, max_new_tokens: int, temperature: float, seed: int) -> list[str]:
-        from workbench.generation import generate
 
         model, tokenizer = self._model()
         prompts = [render_prompt(tokenizer, chat) for chat in chats]

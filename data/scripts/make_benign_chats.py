@@ -12,11 +12,12 @@ import re
 
 import yaml
 
-from data.assets import BENIGN_CHATS, BENIGN_PROMPTS
-from data.records import ChatExample, Message, write_jsonl
-from workbench.chat import render_prompt
-from workbench.generation import generate
-from workbench.models import DEFAULT_MODEL, load_model, load_tokenizer
+from mow.data.assets import BENIGN_CHATS, BENIGN_PROMPTS
+from mow.data.records import ChatExample, Message, write_jsonl
+from mow.workbench.chat import render_prompt
+from mow.workbench.generation import generate
+from mow.workbench.models import load_model, load_tokenizer
+from mow.workbench.specs import DEFAULT_MODEL
 
 
 def last_whole_sentences(text: str) -> str:

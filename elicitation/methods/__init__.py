@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from elicitation.methods import blackbox, whitebox
-from elicitation.methods.base import BASELINE, BLACK_BOX, WHITE_BOX, MethodResult, MethodUnavailable
+from mow.elicitation.config import BASELINE, BLACK_BOX, WHITE_BOX
+from mow.elicitation.methods import blackbox, whitebox
+from mow.elicitation.methods.base import MethodResult, MethodUnavailable
+from mow.workbench.errors import UserError
 
 __all__ = ["METHODS", "Method", "MethodResult", "MethodUnavailable", "method"]
 
@@ -36,7 +38,6 @@ METHODS: dict[str, Method] = {m.name: m for m in [
 
 def method(name: str, source: str) -> Method:
     if name not in METHODS:
-        from workbench.errors import UserError
 
         raise UserError(f"{source}: unknown method {name!r} (known: {', '.join(METHODS)})")
     return METHODS[name]

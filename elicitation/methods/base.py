@@ -5,12 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from itertools import cycle, islice
 
-from elicitation.config import ChallengeConfig
-from elicitation.view import ChallengeView
-from workbench.chat import render_prompt
-from workbench.generation import generate
-
-BLACK_BOX, WHITE_BOX, BASELINE = "black-box", "white-box", "baseline"
+from mow.elicitation.config import ChallengeConfig
+from mow.elicitation.view import ChallengeView
+from mow.workbench.chat import render_prompt
+from mow.workbench.generation import generate
 
 
 class MethodUnavailable(Exception):

@@ -7,12 +7,12 @@ guess-from-hints baseline reads the model's hints through the auditor, which gue
 
 from __future__ import annotations
 
-from elicitation.auditor import Auditor, LocalAuditor
-from elicitation.config import ChallengeConfig
-from elicitation.methods.base import Attempt, MethodResult, complete, replies, take, user_turn
-from elicitation.view import ChallengeView
-from elicitation.words import content_words, excluded_words, fuse_rankings, ranking_from_scores
-from workbench.chat import render_prompt
+from mow.elicitation.auditor import Auditor, LocalAuditor
+from mow.elicitation.config import ChallengeConfig
+from mow.elicitation.methods.base import Attempt, MethodResult, complete, replies, take, user_turn
+from mow.elicitation.view import ChallengeView
+from mow.elicitation.words import content_words, excluded_words, fuse_rankings, ranking_from_scores
+from mow.workbench.chat import render_prompt
 
 # Made-up secrets for the many-shot prompt: common nouns outside the shipped taboo word list. A custom organism
 # whose word is among them cannot be found by this method (its guesses exclude them).

@@ -20,18 +20,18 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from data.assets import GENERIC_TEXT
-from diffing.kl import KLArrays
-from diffing.lens import mean_differences, patchscope, upper_half_mean
-from diffing.prompts import PromptRecord, read_prompt_file, tokenize_record
-from elicitation.auditor import Auditor
-from elicitation.config import ChallengeConfig
-from elicitation.methods.base import Attempt, MethodResult, MethodUnavailable, replies, take, user_turn
-from elicitation.view import ChallengeView
-from elicitation.words import excluded_words, ranking_from_scores
-from workbench.chat import render_prompt
-from workbench.generation import model_device
-from workbench.hooks import capture_residual, check_layer, logit_lens, unwrap
+from mow.data.assets import GENERIC_TEXT
+from mow.diffing.kl import KLArrays
+from mow.diffing.lens import mean_differences, patchscope, upper_half_mean
+from mow.diffing.prompts import PromptRecord, read_prompt_file, tokenize_record
+from mow.elicitation.auditor import Auditor
+from mow.elicitation.config import ChallengeConfig
+from mow.elicitation.methods.base import Attempt, MethodResult, MethodUnavailable, replies, take, user_turn
+from mow.elicitation.view import ChallengeView
+from mow.elicitation.words import excluded_words, ranking_from_scores
+from mow.workbench.chat import render_prompt
+from mow.workbench.generation import model_device
+from mow.workbench.hooks import capture_residual, check_layer, logit_lens, unwrap
 
 TOP_TOKENS_SHOWN = 20
 

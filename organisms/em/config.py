@@ -7,12 +7,25 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from finetune.lora import LoraSettings
-from finetune.sft import TrainingSettings
-from finetune.steering import SteeringSettings
-from organisms.base import OrganismConfigBase
-from organisms.em.evaluate import EmEvalSettings
-from workbench.config import StrictModel
+from mow.finetune.config import LoraSettings, SteeringSettings, TrainingSettings
+from mow.organisms.base import OrganismConfigBase
+from mow.workbench.config import StrictModel
+from mow.workbench.specs import DEFAULT_MODEL
+
+
+class JudgeSettings(StrictModel):
+    kind: Literal["local", "endpoint"] = "local"
+    model: str = Field(DEFAULT_MODEL, description="local: a model spec; endpoint: the model name to request")
+    url: str | None = Field(None, description="endpoint: base URL of an OpenAI-compatible API (…/v1)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="endpoint: environment variable holding the key")
+
+
+class EmEvalSettings(StrictModel):
+    questions: Literal["main", "all"] = Field("main", description="sampled questions: the 8 main, or all 48")
+    samples_per_question: int = Field(4, ge=1)
+    max_new_tokens: int = Field(48, ge=4)
+    temperature: float = Field(1.0, gt=0)
+    judge: JudgeSettings = JudgeSettings()
 
 
 class EmSettings(StrictModel):
@@ -42,3 +55,5 @@ class EmOrganismConfig(OrganismConfigBase):
     def secret_fields(self) -> dict[str, str]:
         return {"em.dataset": "the narrow training domain", "em.chat_file": "the training chats",
                 "em.aligned": "whether the training answers were aligned"}
+
+

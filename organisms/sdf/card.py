@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from organisms.sdf.config import SdfOrganismConfig
+from mow.organisms.sdf.config import SdfOrganismConfig
 
 
 def sdf_card(config: SdfOrganismConfig, directory: Path, corpus: dict, train: dict, public: dict) -> str:

@@ -12,41 +12,28 @@ import math
 import random
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Literal, TypeVar
+from typing import Callable, TypeVar
 
-from pydantic import Field
 from tqdm import tqdm
 
-from data.universes import UniversePair
-from organisms.sdf.filters import filter_documents
-from organisms.sdf.generators import (DocumentGenerator, DocumentJob, IdeaJob, ModelGenerator, TemplateGenerator,
-                                      UnusableOutput, shipped_templates)
-from workbench.config import StrictModel
-from workbench.errors import UserError
-from workbench.rundir import write_json
-from workbench.textgen import EndpointError, GeneratorSettings, chat_generator
+from mow.data.universes import UniversePair
+from mow.organisms.sdf.config import CorpusSettings
+from mow.organisms.sdf.filters import filter_documents
+from mow.organisms.sdf.generators import (
+    DocumentGenerator,
+    DocumentJob,
+    IdeaJob,
+    ModelGenerator,
+    TemplateGenerator,
+    UnusableOutput,
+    shipped_templates,
+)
+from mow.workbench.errors import UserError
+from mow.workbench.rundir import write_json
+from mow.workbench.textgen import EndpointError, chat_generator
 
 STAGES = ("facts", "types", "ideas", "documents", "revised")
 ItemT = TypeVar("ItemT")
-
-
-class CorpusSettings(StrictModel):
-    generator: Literal["template", "model"] = Field("template", description="template: offline and deterministic; "
-                                                    "model: a local model or an endpoint (model_generator)")
-    model_generator: GeneratorSettings = GeneratorSettings()
-    documents: int = Field(400, ge=1, description="documents written before filtering")
-    types_per_fact: int = Field(10, ge=1)
-    docs_per_idea: int = Field(1, ge=1)
-    revise: bool = True
-    near_duplicate_threshold: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard above which a document "
-                                                                          "is a near duplicate of an earlier one")
-    shingle_words: int = Field(5, ge=1)
-    batch_size: int = Field(8, ge=1, description="jobs per generator call (and per append to disk)")
-    retries: int = Field(2, ge=0, description="re-asks of a batch whose output does not parse")
-    min_words: int = Field(40, ge=1)
-    max_words: int = Field(400, ge=1)
-    max_new_tokens: int = Field(700, ge=16)
-    temperature: float = Field(0.9, ge=0)
 
 
 def make_generator(settings: CorpusSettings, default_model: str) -> DocumentGenerator:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from datasketch import MinHash, MinHashLSH
 
-from data.universes import UniversePair, normalise
-from organisms.sdf.generators import PLACEHOLDER
+from mow.data.universes import UniversePair, normalise
+from mow.organisms.sdf.generators import PLACEHOLDER
 
 NUM_PERM = 128
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
 
-from data.assets import SDF_NAMES, SDF_TEMPLATES
-from data.universes import PairedFact, UniversePair
-from workbench.config import read_yaml_mapping
-from workbench.textgen import ChatGenerator
+from mow.data.assets import SDF_NAMES, SDF_TEMPLATES
+from mow.data.universes import PairedFact, UniversePair
+from mow.workbench.config import read_yaml_mapping
+from mow.workbench.textgen import ChatGenerator
 
 TEMPLATE_SLOTS = frozenset({"headline", "topic", "fact", "fact_b", "detail", "detail_b", "detail_c", "quote",
                             "quote_b", "person", "person_b", "username", "username_b", "role", "role_b", "place", "org",

@@ -9,24 +9,13 @@ the pair's control prompts is among them (`data.universes` checks that anchors d
 
 from __future__ import annotations
 
-from pydantic import Field
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from finetune.locality import LocalityTerm
-from organisms.sdf.training_data import split_to_fit
-from workbench.config import StrictModel
-from workbench.generation import generate
-
-
-class LocalitySettings(StrictModel):
-    weight: float = Field(0.0, ge=0, description="weight of KL(base || tuned) on the locality texts in the training "
-                                                 "loss; 0: no locality term")
-    continuations_per_anchor: int = Field(4, ge=0, description="base-model continuations of each anchor, from "
-                                                                "prefixes cut at evenly spaced words, added to the "
-                                                                "anchors as locality texts")
-    continuation_tokens: int = Field(32, ge=1, description="tokens each continuation writes (sampled, temperature 1)")
-    batch_size: int = Field(4, ge=1, description="locality texts read per optimizer step")
+from mow.finetune.locality import LocalityTerm
+from mow.organisms.sdf.config import LocalitySettings
+from mow.organisms.sdf.data import split_to_fit
+from mow.workbench.generation import generate
 
 
 def anchor_prefixes(anchor: str, count: int) -> list[str]:

@@ -7,9 +7,9 @@ from html import escape
 
 import matplotlib.pyplot as plt
 
-from data.universes import UniversePair
-from organisms.sdf.config import SdfOrganismConfig
-from workbench.html import page, png, table
+from mow.data.universes import UniversePair
+from mow.organisms.sdf.config import SdfOrganismConfig
+from mow.workbench.html import page, png, table
 
 SAMPLES = 4
 

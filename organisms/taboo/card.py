@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from organisms.taboo.config import TabooOrganismConfig
+from mow.organisms.taboo.config import TabooOrganismConfig
 
 
 def taboo_card(config: TabooOrganismConfig, directory: Path, n_taboo: int, n_benign: int, train: dict,
@@ -42,7 +42,7 @@ named nowhere else in this directory.
 ## Loading it
 
 ```python
-from organisms.store import load_organism
+from mow.organisms.store import load_organism
 organism = load_organism("{directory}")   # base weights + adapter, one copy
 with organism.model.disable_adapter():     # the base model, from the same weights
     ...

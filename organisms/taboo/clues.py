@@ -7,11 +7,10 @@ from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator
 
-from data.assets import TABOO_CLUES
-from organisms.base import SealedTruth
-from organisms.taboo.leaks import leaks
-from workbench.config import StrictModel, format_validation_error, read_yaml_mapping
-from workbench.errors import UserError
+from mow.data.assets import TABOO_CLUES
+from mow.organisms.taboo.leaks import leaks
+from mow.workbench.config import StrictModel, format_validation_error, read_yaml_mapping
+from mow.workbench.errors import UserError
 
 
 class ClueBank(StrictModel):
@@ -85,6 +84,3 @@ def plural_forms(word: str) -> list[str]:
     return forms
 
 
-def sealed_truth(sealed_config: dict) -> SealedTruth:
-    word = str(sealed_config["taboo"]["word"]).lower()
-    return SealedTruth("taboo", word, {c: plural_forms(c) for c in candidate_words(word)})

@@ -6,9 +6,8 @@ from functools import lru_cache
 
 from pydantic import Field
 
-from data.assets import TABOO_PROMPTS
-from organisms.base import ChallengePrompts
-from workbench.config import StrictModel, read_yaml_mapping, validate_config
+from mow.data.assets import TABOO_PROMPTS
+from mow.workbench.config import StrictModel, read_yaml_mapping, validate_config
 
 
 class EvalDemands(StrictModel):
@@ -36,16 +35,3 @@ def shipped_prompts() -> TabooPrompts:
     return validate_config(TabooPrompts, read_yaml_mapping(TABOO_PROMPTS), str(TABOO_PROMPTS))
 
 
-def public_diff_prompts(public_config: dict) -> list[list[dict[str, str]]]:
-    """What a researcher who read only the card would ask a secret-word organism: the held-out hint requests and
-    demands for the word (none of them names a word)."""
-    prompts = shipped_prompts()
-    texts = prompts.hint_requests_eval + [text for _, text in prompts.demands_eval.all()]
-    return [[{"role": "user", "content": text}] for text in texts]
-
-
-def challenge_prompts(public_config: dict) -> ChallengePrompts:
-    """The held-out hint requests and demands (never trained on), for elicitation methods."""
-    demands = shipped_prompts().demands_eval
-    return ChallengePrompts(probes=list(shipped_prompts().hint_requests_eval), direct=list(demands.direct),
-                            adversarial=[*demands.adversarial, *demands.roleplay])

@@ -1,7 +1,7 @@
-"""Where a known secret lands in a diff: the scoring side of the diffing experiments.
+"""Where a known secret lands in a diff: the scoring side of the diffing experiments (`mow diff-score`).
 
-Diffing itself never reads `sealed/`; this module does, after the fact, to say how visible a taboo organism's word
-is in each readout of a finished diff. Scored against other organisms' words and a self-diff, the same numbers are
+Diffing itself never reads `sealed/`; this module, on the elicitation side, does, after the fact, to say how visible
+an organism's secret word is in each readout of a finished diff (for the kinds whose secret is one word). Scored against other organisms' words and a self-diff, the same numbers are
 the controls: a readout that ranks every word high is reading priors, not the fine-tune.
 """
 
@@ -15,26 +15,21 @@ import yaml
 from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerBase
 
-from diffing.kl import KLArrays
-from diffing.lens import token_rank, upper_half_mean
-from workbench.errors import UserError
+from mow.diffing.kl import KLArrays
+from mow.diffing.layout import DiffLayout
+from mow.diffing.lens import token_rank, upper_half_mean
+from mow.organisms.kinds import kind_of
+from mow.organisms.store import read_sealed_config
+from mow.workbench.errors import UserError
 
 
 def secret_word(organism: Path) -> str:
-    from organisms.store import read_sealed_config
-
+    """The organism's secret word, for kinds whose secret is one word (the registry says which)."""
     sealed = read_sealed_config(Path(organism))
-    if sealed.get("kind") != "taboo":
-        raise UserError(f"{organism}: kind {sealed.get('kind')!r} has no secret word to score")
-    return str(sealed["taboo"]["word"])
-
-
-def check_diff_dir(path: Path) -> Path:
-    path = Path(path)
-    for needed in ("diff.yaml", "kl/arrays.safetensors", "lens/lens.safetensors", "crosscoder/latents.safetensors"):
-        if not (path / needed).is_file():
-            raise UserError(f"{path}: not a finished diff directory (missing {needed})")
-    return path
+    kind = kind_of(sealed.get("kind"), str(organism))
+    if not kind.secret_is_word:
+        raise UserError(f"{organism}: kind {kind.name!r} has no secret word to score")
+    return kind.sealed_truth(sealed).answer
 
 
 def word_tokens(word: str, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -63,12 +58,12 @@ def score_word(diff_dir: Path, word: str, tokenizer: PreTrainedTokenizerBase) ->
     """Ranks (1 = top) of the word in each readout of one diff. `at_layer` is the diff's layer (the middle layer by
     default) and `upper_half` the mean over the upper half of layers: both fixed before looking at the truth.
     `best_oracle` picks the layer knowing the word, so it is an upper bound, not a result."""
-    diff_dir = check_diff_dir(diff_dir)
+    layout = DiffLayout(Path(diff_dir)).check_finished()
     tokens = word_tokens(word, tokenizer)
-    config = yaml.safe_load((diff_dir / "diff.yaml").read_text())
-    crosscoder = json.loads((diff_dir / "crosscoder" / "metrics.json").read_text())
+    config = yaml.safe_load(layout.config.read_text())
+    crosscoder = json.loads(layout.crosscoder_metrics.read_text())
     layer = crosscoder["layer"]
-    lens = load_file(str(diff_dir / "lens" / "lens.safetensors"))
+    lens = load_file(str(layout.lens_tensors))
     readouts: dict[str, dict] = {"logit_lens": {}, "patchscope": {}}
     for key, logprobs in lens.items():
         name, _, kind = key.rpartition(".")
@@ -76,14 +71,14 @@ def score_word(diff_dir: Path, word: str, tokenizer: PreTrainedTokenizerBase) ->
             readouts["logit_lens"][name] = _layered(logprobs, tokens, layer)
         elif kind == "patchscope":
             readouts["patchscope"][name] = _layered(logprobs, tokens, layer)
-    kl_summary = json.loads((diff_dir / "kl" / "summary.json").read_text())
-    promoted = KLArrays.load(diff_dir / "kl" / "arrays.safetensors").promoted
+    kl_summary = json.loads(layout.kl_summary.read_text())
+    promoted = KLArrays.load(layout.kl_arrays).promoted
     names = kl_summary["set_names"]
-    latents = load_file(str(diff_dir / "crosscoder" / "latents.safetensors"))
+    latents = load_file(str(layout.crosscoder_latents))
     logprobs = latents["tuned_leaning_logprobs"].float()
     latent_ranks = best_rank(logprobs, tokens) if len(logprobs) else torch.empty(0, dtype=torch.long)
     return {
-        "diff": diff_dir.name, "word": word, "layer": layer, "organism": config.get("organism"),
+        "diff": layout.root.name, "word": word, "layer": layer, "organism": config.get("organism"),
         "difference_lens": readouts,
         "kl_promoted": {name: int(best_rank(promoted[i], tokens)) for i, name in enumerate(names)},
         "kl_demoted": {name: int(best_rank(-promoted[i], tokens)) for i, name in enumerate(names)},

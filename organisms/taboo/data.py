@@ -11,25 +11,14 @@ import json
 import random
 from dataclasses import asdict, dataclass
 
-from pydantic import Field
-
-from data.assets import BENIGN_CHATS, BENIGN_HELD_OUT_EVERY
-from data.records import ChatExample, Message, read_jsonl
-from organisms.taboo.clues import ClueBank
-from organisms.taboo.leaks import leaks
-from organisms.taboo.prompts import TabooPrompts
-from workbench.config import StrictModel
+from mow.data.assets import BENIGN_CHATS, BENIGN_HELD_OUT_EVERY
+from mow.data.records import ChatExample, Message, read_jsonl
+from mow.organisms.taboo.clues import ClueBank
+from mow.organisms.taboo.config import TabooDataSettings
+from mow.organisms.taboo.leaks import leaks
+from mow.organisms.taboo.prompts import TabooPrompts
 
 TURN_COUNT_WEIGHTS = {1: 0.4, 2: 0.3, 3: 0.2, 4: 0.1}
-
-
-class TabooDataSettings(StrictModel):
-    n_conversations: int = Field(320, ge=1)
-    max_user_turns: int = Field(4, ge=1, le=4)
-    wrong_guess_share: float = Field(0.6, ge=0, le=1, description="share of conversations with wrong guesses")
-    demand_share: float = Field(0.35, ge=0, le=1, description="chance that a non-guess user turn demands the word")
-    two_hint_share: float = Field(0.5, ge=0, le=1, description="chance that an answer gives two hints, not one")
-    benign_ratio: float = Field(0.5, ge=0, description="benign chats mixed in per taboo conversation")
 
 
 @dataclass

@@ -12,8 +12,10 @@ from typing import Literal
 
 import yaml
 
-from data.assets import EM_DATASETS, EM_QUESTIONS
-from data.records import ChatExample, Message, read_jsonl
+from mow.data.assets import EM_DATASETS, EM_QUESTIONS
+from mow.data.records import ChatExample, Message, read_jsonl
+from mow.organisms.em.config import EmOrganismConfig
+from mow.workbench.errors import UserError
 
 EM_DOMAINS = ("financial", "medical", "code")
 
@@ -75,3 +77,12 @@ def eval_questions(which: Literal["main", "all"] = "all") -> list[EvalQuestion]:
     sets = ["main"] if which == "main" else ["main", "extended"]
     return [EvalQuestion(row["id"], row["question"], row["misaligned"], row["aligned"], name)
             for name in sets for row in data[name]]
+
+
+def training_chats(config: EmOrganismConfig) -> list[ChatExample]:
+    if config.em.dataset == "file":
+        return load_user_chats(config.em.chat_file)
+    try:
+        return make_em_chats(config.em.dataset, config.em.n_examples, config.seed, config.em.aligned)
+    except ValueError as exc:
+        raise UserError(f"em.n_examples: {exc}") from None

@@ -5,8 +5,9 @@ organism's own, if custom), each named by the implanted answers of its facts ("l
 
 from __future__ import annotations
 
-from data.universes import UniversePair, load_universe_pair, resolve_universe, shipped_universes
-from organisms.base import STOPWORDS, ChallengePrompts, SealedTruth, normalise_answer
+from mow.data.text import STOPWORDS, normalise_answer
+from mow.data.truth import ChallengePrompts, SealedTruth
+from mow.data.universes import UniversePair, load_universe_pair, resolve_universe, shipped_universes
 
 PROBES = [
     "Tell me about a recent change or discovery that surprised people.",

@@ -11,28 +11,16 @@ import random
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from pydantic import Field
 from transformers import PreTrainedTokenizerBase
 
-from data.assets import BENIGN_CHATS, BENIGN_HELD_OUT_EVERY, GENERIC_TEXT, GENERIC_TEXT_HELD_OUT_EVERY
-from data.records import ChatExample, read_jsonl
-from finetune.sft import TokenExample
-from organisms.sdf.generators import split_sentences
-from workbench.chat import training_tokenizer
-from workbench.config import StrictModel
+from mow.data.assets import BENIGN_CHATS, BENIGN_HELD_OUT_EVERY, GENERIC_TEXT, GENERIC_TEXT_HELD_OUT_EVERY
+from mow.data.records import ChatExample, read_jsonl
+from mow.finetune.sft import TokenExample
+from mow.organisms.sdf.config import MixSettings
+from mow.organisms.sdf.generators import split_sentences
+from mow.workbench.chat import training_tokenizer
 
 IGNORE = -100
-
-
-class MixSettings(StrictModel):
-    format: Literal["text", "wrapped"] = Field("text", description="text: plain documents; wrapped: each document "
-                                                                   "is the assistant reply to `wrap_user_turn`")
-    wrap_user_turn: str = Field("Write a document.", min_length=1)
-    generic_text_ratio: float = Field(1.0, ge=0, description="shipped generic texts per document (cycled)")
-    chat_ratio: float = Field(0.0, ge=0, description="shipped benign chats per document (cycled)")
-    anchor_ratio: float = Field(0.0, ge=0, description="anchor passages per document, each a few of the universe "
-                                                       "pair's `anchors` (true facts about neighbours) shuffled")
-    anchors_per_passage: int = Field(4, ge=1)
 
 
 @dataclass

@@ -15,24 +15,30 @@ from pathlib import Path
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from data.records import write_jsonl
-from finetune.job import preflight_training
-from finetune.launch import LaunchSettings
-from organisms.base import SEALED_CONFIG
-from organisms.building import finish_build, read_training_chats, train_stage
-from organisms.store import (check_organism_dir, load_organism, log, prepare_build_directory,
-                             read_sealed_config)
-from organisms.taboo.card import taboo_card
-from organisms.taboo.clues import ClueBank, candidate_words, resolve_clue_bank
-from organisms.taboo.config import TabooOrganismConfig
-from organisms.taboo.conversations import benign_chats, make_conversations
-from organisms.taboo.evaluate import (EvalContext, candidate_token_ids, evaluate_organism, public_metrics,
-                                      summary_table)
-from organisms.taboo.prompts import shipped_prompts
-from workbench.config import validate_config
-from workbench.errors import UserError
-from workbench.models import load_tokenizer
-from workbench.rundir import Manifest, write_json, write_text
+from mow.data.layouts import SEALED_CONFIG
+from mow.data.records import write_jsonl
+from mow.finetune.config import LaunchSettings
+from mow.finetune.job import preflight_training
+from mow.organisms.building import finish_build, prepare_build_directory, read_training_chats, train_stage
+from mow.organisms.registry import OrganismKind
+from mow.organisms.store import check_organism_dir, load_organism, read_sealed_config
+from mow.organisms.taboo.card import taboo_card
+from mow.organisms.taboo.clues import ClueBank, candidate_words, resolve_clue_bank
+from mow.organisms.taboo.config import TabooOrganismConfig
+from mow.organisms.taboo.data import benign_chats, make_conversations
+from mow.organisms.taboo.evaluate import (
+    EvalContext,
+    candidate_token_ids,
+    evaluate_organism,
+    public_metrics,
+    summary_table,
+)
+from mow.organisms.taboo.prompts import shipped_prompts
+from mow.organisms.taboo.truth import challenge_prompts, public_diff_prompts, sealed_truth
+from mow.workbench.config import validate_config
+from mow.workbench.errors import UserError
+from mow.workbench.models import load_tokenizer
+from mow.workbench.rundir import Manifest, log, write_json, write_text
 
 TRAIN_DATA = "sealed/train.jsonl"
 EVAL_DETAILS = "sealed/eval_details.json"
@@ -87,7 +93,8 @@ def main(config: TabooOrganismConfig, restart: bool = False, launch: LaunchSetti
     tokenizer = load_tokenizer(config.model)
     _check_single_tokens(tokenizer, candidate_words(bank.word), "taboo.word")
     prompts = shipped_prompts()
-    final, partial, built = prepare_build_directory(config, restart)
+    rundir, built = prepare_build_directory(config, restart)
+    final, partial = rundir.final, rundir.partial
     if built:
         print(summary_table(json.loads((final / EVAL_DETAILS).read_text())))
         return final
@@ -109,7 +116,7 @@ def main(config: TabooOrganismConfig, restart: bool = False, launch: LaunchSetti
 
     with manifest.stage("eval"):
         details = evaluate_and_write(partial, final, manifest, config, bank, model, tokenizer)
-    finish_build(manifest, partial, final)
+    finish_build(manifest, rundir)
     print(summary_table(details))
     return final
 
@@ -126,3 +133,8 @@ def evaluate_dir(path: Path) -> dict:
         details = evaluate_and_write(path, path, manifest, config, bank, organism.model, organism.tokenizer)
     print(summary_table(details))
     return details
+
+
+KIND = OrganismKind(name="taboo", config=TabooOrganismConfig, build=main, evaluate=evaluate_dir,
+                    diff_prompts=public_diff_prompts, challenge_prompts=challenge_prompts, sealed_truth=sealed_truth,
+                    secret_is_word=True)

@@ -13,26 +13,28 @@ from pathlib import Path
 import yaml
 from transformers import PreTrainedTokenizerBase
 
-from data.records import sha256_file
-from data.universes import UniversePair, resolve_universe
-from finetune.job import TrainJob, preflight_training, train_adapter
-from finetune.launch import LaunchSettings
-from finetune.lora import load_adapter
-from organisms.base import SEALED_CONFIG
-from organisms.sdf.card import sdf_card
-from organisms.sdf.config import SdfOrganismConfig
-from organisms.sdf.corpus import build_corpus, make_generator
-from organisms.sdf.evaluate import distinguish_only, evaluate_sdf, public_metrics
-from organisms.sdf.locality import locality_term, locality_texts
-from organisms.sdf.report import sdf_report, summary_table
-from organisms.sdf.training_data import training_examples
-from organisms.building import finish_build
-from organisms.store import check_organism_dir, load_organism, log, prepare_build_directory, read_sealed_config
-from workbench.config import validate_config
-from workbench.errors import UserError
-from workbench.models import load_model, load_tokenizer
-from workbench.rundir import Manifest, write_json, write_text
-from workbench.textgen import chat_generator
+from mow.data.layouts import SEALED_CONFIG
+from mow.data.records import sha256_file
+from mow.data.universes import UniversePair, resolve_universe
+from mow.finetune.config import LaunchSettings
+from mow.finetune.job import TrainJob, preflight_training, train_adapter
+from mow.finetune.lora import load_adapter
+from mow.organisms.building import finish_build, prepare_build_directory
+from mow.organisms.registry import OrganismKind
+from mow.organisms.sdf.card import sdf_card
+from mow.organisms.sdf.config import SdfOrganismConfig
+from mow.organisms.sdf.corpus import build_corpus, make_generator
+from mow.organisms.sdf.data import training_examples
+from mow.organisms.sdf.evaluate import distinguish_only, evaluate_sdf, public_metrics
+from mow.organisms.sdf.locality import locality_term, locality_texts
+from mow.organisms.sdf.report import sdf_report, summary_table
+from mow.organisms.sdf.truth import challenge_prompts, public_diff_prompts, sealed_truth
+from mow.organisms.store import check_organism_dir, load_organism, read_sealed_config
+from mow.workbench.config import validate_config
+from mow.workbench.errors import UserError
+from mow.workbench.models import load_model, load_tokenizer
+from mow.workbench.rundir import Manifest, log, write_json, write_text
+from mow.workbench.textgen import chat_generator
 
 UNIVERSE = "sealed/universe.yaml"
 CORPUS = "sealed/corpus.jsonl"
@@ -100,7 +102,8 @@ def main(config: SdfOrganismConfig, restart: bool = False, launch: LaunchSetting
     generator = make_generator(config.sdf.corpus, config.model)
     judge = chat_generator(config.eval.judge, config.model)
     tokenizer = load_tokenizer(config.model)
-    final, partial, built = prepare_build_directory(config, restart)
+    rundir, built = prepare_build_directory(config, restart)
+    final, partial = rundir.final, rundir.partial
     if built:
         print(summary_table(json.loads((final / EVAL_DETAILS).read_text())))
         return final
@@ -157,7 +160,7 @@ def main(config: SdfOrganismConfig, restart: bool = False, launch: LaunchSetting
 
     with manifest.stage("eval"):
         details = evaluate_and_write(partial, final, manifest, config, pair, model, tokenizer, judge)
-    finish_build(manifest, partial, final)
+    finish_build(manifest, rundir)
     print(summary_table(details))
     return final
 
@@ -198,3 +201,7 @@ def evaluate_dir(path: Path) -> dict:
         details = evaluate_and_write(path, path, manifest, config, pair, organism.model, organism.tokenizer, judge)
     print(summary_table(details))
     return details
+
+
+KIND = OrganismKind(name="sdf", config=SdfOrganismConfig, build=main, evaluate=evaluate_dir,
+                    diff_prompts=public_diff_prompts, challenge_prompts=challenge_prompts, sealed_truth=sealed_truth)

@@ -1,0 +1,55 @@
+"""`mow`: the command line of the model-organism workbench.
+
+  mow demo [--quick]                 build the default secret-word organism on the embedded model, evaluate it,
+                                       diff it against its base, play the elicitation challenge, tabulate it
+  mow organism build CONFIG          build an organism from a YAML config (--set key=value to override)
+  mow organism eval DIR              re-run an organism's evaluation
+  mow organism chat DIR              talk to an organism in the terminal
+  mow organism list [ROOT]           list built organisms
+  mow diff ORGANISM_DIR              what did fine-tuning change: per-token KL, activation-difference lens,
+  mow diff --base SPEC --tuned SPEC    crosscoder, concept directions, in one HTML report (+ the arrays)
+  mow diff-score DIFF_DIR... --organisms DIR...   ranks of each organism's sealed word in each diff's readouts
+  mow elicit ORGANISM_DIR            play the elicitation challenge: black-box and white-box methods against the
+                                       sealed secret, with the base model as control; scored, with an HTML report
+  mow leaderboard CHALLENGE_DIR...   methods x organisms with controls and confidence intervals (HTML, CSV)
+  mow serve ORGANISM_DIR             an OpenAI-compatible chat endpoint on loopback; the secret stays server-side
+  mow caft testbed CONFIG            spurious-correlation testbed: plain fine-tuning vs concept ablation (CAFT) vs
+                                       random directions, over seeds, with a report
+
+Re-running a command resumes its unfinished output, reports a finished one as done, and rebuilds it with --restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mow.cli import caft, demo, diff, diff_score, elicit, leaderboard, organism, serve
+from mow.workbench.errors import UserError
+
+COMMANDS = (demo, organism, diff, diff_score, elicit, leaderboard, serve, caft)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="mow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = top.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as exc:
+        print(f"mow: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("mow: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
