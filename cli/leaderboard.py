@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+
 def cmd_leaderboard(args: argparse.Namespace) -> None:
     from mow.elicitation.leaderboard import main as leaderboard_main
 

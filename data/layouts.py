@@ -15,9 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REDACTED = "<sealed>"
+# Paths relative to the organism directory (the sealed manifest keys its data hashes by them).
 SEALED = "sealed"
 PUBLIC_CONFIG = "organism.yaml"
 SEALED_CONFIG = f"{SEALED}/organism.yaml"
+CARD = "card.md"
+ADAPTER = "adapter"
+METRICS = "eval/metrics.json"
+MANIFEST = "manifest.json"
+TRAIN_DATA = f"{SEALED}/train.jsonl"
+EVAL_DETAILS = f"{SEALED}/eval_details.json"
+CHECKPOINTS = "checkpoints"  # trainer state while building; removed before the build finishes
+
+
+def sealed_relative(name: str) -> str:
+    """A kind's own file under sealed/ (an SDF universe, corpus, report), relative to the organism directory."""
+    return f"{SEALED}/{name}"
 
 
 @dataclass(frozen=True)
@@ -25,7 +38,7 @@ class OrganismLayout:
     root: Path
 
     # What a challenge may copy: everything an auditor who holds the organism without its truth would see.
-    PUBLIC_FILES = ("organism.yaml", "card.md", "manifest.json", "adapter", "eval/metrics.json")
+    PUBLIC_FILES = (PUBLIC_CONFIG, CARD, MANIFEST, ADAPTER, METRICS)
 
     @property
     def public_config(self) -> Path:
@@ -33,11 +46,11 @@ class OrganismLayout:
 
     @property
     def card(self) -> Path:
-        return self.root / "card.md"
+        return self.root / CARD
 
     @property
     def adapter(self) -> Path:
-        return self.root / "adapter"
+        return self.root / ADAPTER
 
     @property
     def adapter_config(self) -> Path:
@@ -49,11 +62,11 @@ class OrganismLayout:
 
     @property
     def metrics(self) -> Path:
-        return self.root / "eval" / "metrics.json"
+        return self.root / METRICS
 
     @property
     def manifest(self) -> Path:
-        return self.root / "manifest.json"
+        return self.root / MANIFEST
 
     @property
     def sealed(self) -> Path:
@@ -65,12 +78,12 @@ class OrganismLayout:
 
     @property
     def train_data(self) -> Path:
-        return self.sealed / "train.jsonl"
+        return self.root / TRAIN_DATA
 
     @property
     def eval_details(self) -> Path:
-        return self.sealed / "eval_details.json"
+        return self.root / EVAL_DETAILS
 
-    def sealed_file(self, name: str) -> Path:
-        """A kind's own file under sealed/ (an SDF universe, corpus, report)."""
-        return self.sealed / name
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS

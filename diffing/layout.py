@@ -18,6 +18,8 @@ from pathlib import Path
 
 from mow.workbench.errors import UserError
 
+CONFIG_FILE = "diff.yaml"
+
 
 @dataclass(frozen=True)
 class DiffLayout:
@@ -25,7 +27,7 @@ class DiffLayout:
 
     @property
     def config(self) -> Path:
-        return self.root / "diff.yaml"
+        return self.root / CONFIG_FILE
 
     @property
     def manifest(self) -> Path:

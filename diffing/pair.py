@@ -21,6 +21,7 @@ from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from mow.data.layouts import OrganismLayout
 from mow.organisms.store import load_organism
 from mow.workbench.errors import UserError
 from mow.workbench.generation import right_padded
@@ -113,7 +114,7 @@ class ModelPair:
 
 
 def _adapter_hash(organism: Path) -> str:
-    weights = organism / "adapter" / "adapter_model.safetensors"
+    weights = OrganismLayout(organism).adapter_weights
     return "adapter:" + hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
 
 

@@ -3,7 +3,7 @@
 Stages (each saved when it finishes, so a killed run resumes at the first unfinished one):
 prompts -> kl -> cache -> lens -> crosscoder -> directions -> report.
 
-Layout of DIFF_DIR:
+The diff directory's files are named in one place, `mow.diffing.layout.DiffLayout`:
   diff.yaml, manifest.json         resolved config; versions, seed, timings, provenance
   prompts/sets.jsonl               the texts, with the tuned model's replies where a chat had none
   kl/arrays.safetensors            per-position KL both ways, sides, top next tokens; kl/summary.json
@@ -37,7 +37,7 @@ from mow.diffing.directions import (
     interpret,
     pca_of_differences,
 )
-from mow.diffing.layout import DiffLayout
+from mow.diffing.layout import CONFIG_FILE, DiffLayout
 from mow.diffing.lens import mean_differences, patchscope, steer, steering_vector, top_tokens, upper_half_mean
 from mow.diffing.pair import ModelPair, load_pair
 from mow.diffing.prompts import (
@@ -104,10 +104,10 @@ def _layers(config: DiffConfig, pair: ModelPair) -> tuple[int, list[int]]:
     return layer, sorted(set(cache_layers) | {layer})
 
 
-def run_kl(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequence]], out: Path) -> dict:
+def run_kl(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequence]], layout: DiffLayout) -> dict:
     arrays = kl.per_token_kl(pair, sets, config.kl.batch_size, config.kl.top_next_tokens,
                              chunk=config.kl.chunk_positions, block_positions=config.kl.block_positions)
-    arrays.save(out / "arrays.safetensors")
+    arrays.save(layout.kl_arrays)
     names = list(sets)
     summary = {
         "conventions": kl.__doc__.strip(),
@@ -120,12 +120,12 @@ def run_kl(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequen
         "overall": {"kl_tuned_base": float(arrays.kl_tb.mean()), "kl_base_tuned": float(arrays.kl_bt.mean()),
                     "positions": int(arrays.kl_tb.numel())},
     }
-    write_json(out / "summary.json", summary)
+    write_json(layout.kl_summary, summary)
     return summary["overall"]
 
 
 def run_lens(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequence]], layer: int,
-             out: Path) -> dict:
+             layout: DiffLayout) -> dict:
     skip, n = config.cache.skip_first, config.lens.positions
     tensors, report = {}, {"skip_first": skip, "positions": n, "steering_layer": layer, "sets": {}}
     for name, sequences in sets.items():
@@ -160,17 +160,18 @@ def run_lens(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequ
                                               for p, b, s in zip(prompts, plain, steered)]}
     if not tensors:
         raise UserError(f"lens: no prompt set has {n} content positions after the first {skip}; lower lens.positions")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "lens.safetensors"))
-    write_json(out / "lens.json", report)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(layout.lens_tensors))
+    write_json(layout.lens_report, report)
     return {"sets": [k for k in report["sets"] if "skipped" not in report["sets"][k]]}
 
 
-def run_crosscoder(config: DiffConfig, pair: ModelPair, cache: ActivationCache, layer: int, out: Path) -> dict:
+def run_crosscoder(config: DiffConfig, pair: ModelPair, cache: ActivationCache, layer: int,
+                   layout: DiffLayout) -> dict:
     settings = config.crosscoder
     scale = cache.scale(layer)
     model, history = cc.train_crosscoder(lambda: cache.paired_batches(layer, settings.batch_size, settings.seed),
                                          pair.hidden_size, settings, scale)
-    model.save(out)
+    model.save(layout.crosscoder)
     metrics = cc.evaluate_crosscoder(model, cache.paired_batches(layer, 4096, seed=None))
     rel = cc.relative_decoder_norm(model)
     cosine = cc.decoder_cosine(model)
@@ -195,14 +196,14 @@ def run_crosscoder(config: DiffConfig, pair: ModelPair, cache: ActivationCache, 
         })
     save_file({"relative_norm": rel.contiguous(), "cosine": cosine.contiguous(),
                "tuned_leaning": leaning.contiguous(), "tuned_leaning_logprobs": lens.half().cpu().contiguous()},
-              str(out / "latents.safetensors"))
+              str(layout.crosscoder_latents))
     summary = {"layer": layer, "metrics": metrics, "history": history,
                "orientation": "relative norm 0 = base-only, 0.5 = shared, 1 = tuned-only",
                "counts": {k: int(len(v)) for k, v in groups.items()},
                "tuned_leaning_latents": latents,
                "tuned_leaning_note": f"the {len(latents)} firing latents with the highest relative norm; tuned-only "
                                      f"means relative norm > 0.9 ({len(groups['tuned_only'])} latents)"}
-    write_json(out / "metrics.json", summary)
+    write_json(layout.crosscoder_metrics, summary)
     return {"fve_base": metrics["base"], "fve_tuned": metrics["tuned"], "l0": metrics["l0"],
             "dead_fraction": metrics["dead_fraction"], "tuned_only": len(groups["tuned_only"])}
 
@@ -234,7 +235,7 @@ def _response_rows(cache: ActivationCache, sequences: list[TokenSequence]) -> tu
 
 
 def run_directions(config: DiffConfig, pair: ModelPair, cache: ActivationCache, sequences: list[TokenSequence],
-                   layer: int, out: Path, crosscoder_dir: Path, lens_file: Path) -> dict:
+                   layer: int, layout: DiffLayout) -> dict:
     fingerprint = pair.fingerprint()
     made: list[tuple[str, Directions, str]] = []
     skipped = {}
@@ -245,7 +246,7 @@ def run_directions(config: DiffConfig, pair: ModelPair, cache: ActivationCache, 
                      "difference"))
     except IdenticalActivations as exc:
         skipped["pca_of_differences"] = str(exc)
-    lens = load_file(str(lens_file))
+    lens = load_file(str(layout.lens_tensors))
     lens_set = "generic_text" if "generic_text.differences" in lens else next(iter(lens)).rpartition(".")[0]
     try:
         made.append(("difference_lens", difference_lens_rows(lens[f"{lens_set}.differences"],
@@ -262,27 +263,27 @@ def run_directions(config: DiffConfig, pair: ModelPair, cache: ActivationCache, 
         made.append(("difference_of_means", difference_of_means(first, second, layer, contrast, fingerprint),
                      "tuned"))
     if config.directions.crosscoder_latents > 0:
-        metrics = json.loads((crosscoder_dir / "metrics.json").read_text())
+        metrics = json.loads(layout.crosscoder_metrics.read_text())
         ranked = sorted(metrics["tuned_leaning_latents"], key=lambda x: x["nu_error"])
         chosen = ranked[: config.directions.crosscoder_latents]
         if chosen:
-            decoder = cc.Crosscoder.load(crosscoder_dir).W_dec[1].detach()
+            decoder = cc.Crosscoder.load(layout.crosscoder).W_dec[1].detach()
             made.append(("crosscoder_decoder", crosscoder_rows(decoder, [c["latent"] for c in chosen],
                                                                [c["relative_norm"] for c in chosen], layer,
                                                                fingerprint), "tuned"))
     views = {}
     for name, directions, project_on in made:
-        directions.save(out / name)
+        directions.save(layout.direction_file(name))
         views[name] = interpret(directions, pair.tuned_model, pair.tokenizer, cache, project_on,
                                 n_contexts=config.directions.top_contexts)
-    write_json(out / "views.json", {"views": views, "skipped": skipped})
+    write_json(layout.direction_views, {"views": views, "skipped": skipped})
     return {**{name: sum(len(v) for v in d.vectors.values()) for name, d, _ in made}, "skipped": list(skipped)}
 
 
 def main(config: DiffConfig, restart: bool = False, output: Path | None = None) -> Path:
     check_config(config)
     final = Path(output) if output is not None else Path(config.output_dir) / diff_name(config)
-    rundir = RunDirectory(final, DiffLayout(Path()).config.name, dump_config(config), "diff")
+    rundir = RunDirectory(final, CONFIG_FILE, dump_config(config), "diff")
     if rundir.finished(restart):
         return rundir.final
     if config.threads:
@@ -290,9 +291,10 @@ def main(config: DiffConfig, restart: bool = False, output: Path | None = None) 
     pair = load_pair(config.organism, config.base, config.tuned, config.seed)
     layer, cache_layers = _layers(config, pair)
     work = rundir.start(restart)
+    layout = DiffLayout(work)
     manifest = Manifest(work, config.seed, sealed=False)
 
-    records_path = work / "prompts" / "sets.jsonl"
+    records_path = layout.prompt_sets
     if not manifest.done("prompts"):
         with manifest.stage("prompts") as record:
             records = prompt_set_records(config.prompts, pair.public_config, str(config.organism))
@@ -305,27 +307,26 @@ def main(config: DiffConfig, restart: bool = False, output: Path | None = None) 
     # Round-robin over the sets, so a token budget that runs out leaves every set represented in the cache.
     sequences = [seq for group in zip_longest(*sets.values()) for seq in group if seq is not None]
     kl_sets = capped(sets, config.prompts.max_items_per_set, config.seed)
-    for stage, directory, run in (
-        ("kl", "kl", lambda out: run_kl(config, pair, kl_sets, out)),
-        ("lens", "lens", lambda out: run_lens(config, pair, sets, layer, out)),
+    for stage, directory, run_stage in (
+        ("kl", layout.kl, lambda: run_kl(config, pair, kl_sets, layout)),
+        ("lens", layout.lens, lambda: run_lens(config, pair, sets, layer, layout)),
     ):
         if not manifest.done(stage):
-            (work / directory).mkdir(exist_ok=True)
+            directory.mkdir(exist_ok=True)
             with manifest.stage(stage) as record:
-                record.update(run(work / directory))
+                record.update(run_stage())
     with manifest.stage("cache") as record:
-        cache = build_cache(pair, sequences, work / "cache", cache_layers, config.cache.token_budget,
+        cache = build_cache(pair, sequences, layout.cache, cache_layers, config.cache.token_budget,
                             config.cache.dtype, config.cache.batch_size, config.cache.skip_first)
         record.update(tokens=cache.n_tokens, layers=cache.layers)
     torch.manual_seed(config.seed)
     if not manifest.done("crosscoder"):
-        (work / "crosscoder").mkdir(exist_ok=True)
+        layout.crosscoder.mkdir(exist_ok=True)
         with manifest.stage("crosscoder") as record:
-            record.update(run_crosscoder(config, pair, cache, layer, work / "crosscoder"))
+            record.update(run_crosscoder(config, pair, cache, layer, layout))
     if not manifest.done("directions"):
         with manifest.stage("directions") as record:
-            record.update(run_directions(config, pair, cache, sequences, layer, work / "directions",
-                                         work / "crosscoder", work / "lens" / "lens.safetensors"))
+            record.update(run_directions(config, pair, cache, sequences, layer, layout))
     with manifest.stage("report"):
         write_report(work, pair.tokenizer)
     return rundir.finish()

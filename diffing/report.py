@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerBase
 
 from mow.diffing.kl import KLArrays
+from mow.diffing.layout import DiffLayout
 from mow.diffing.prompts import ROLES
 from mow.workbench.html import page, png, table
 from mow.workbench.rundir import write_text
@@ -49,8 +50,8 @@ def _kl_sequence(arrays: KLArrays, index: int, tokenizer: PreTrainedTokenizerBas
 
 
 def _kl_section(directory: Path, tokenizer: PreTrainedTokenizerBase) -> str:
-    summary = json.loads((directory / "kl" / "summary.json").read_text())
-    arrays = KLArrays.load(directory / "kl" / "arrays.safetensors")
+    summary = json.loads(DiffLayout(directory).kl_summary.read_text())
+    arrays = KLArrays.load(DiffLayout(directory).kl_arrays)
     names = summary["set_names"]
     vmax = float(torch.quantile(arrays.kl_tb, 0.99)) if arrays.kl_tb.numel() else 1.0
     rows = [[escape(name), side, f"{v['kl_tuned_base']:.4f}", f"{v['kl_base_tuned']:.4f}", v["positions"]]
@@ -86,7 +87,7 @@ def _kl_section(directory: Path, tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def _lens_section(directory: Path) -> str:
-    lens = json.loads((directory / "lens" / "lens.json").read_text())
+    lens = json.loads(DiffLayout(directory).lens_report.read_text())
     html = ["<h2>Activation-difference lens</h2>",
             f'<p class="small">Mean tuned − base residual over the first {lens["positions"]} content positions of '
             f'each text (from position {lens["skip_first"]} of plain text; from the first message token of a chat, '
@@ -117,8 +118,8 @@ def _lens_section(directory: Path) -> str:
 
 
 def _crosscoder_section(directory: Path) -> str:
-    metrics = json.loads((directory / "crosscoder" / "metrics.json").read_text())
-    latents = load_file(str(directory / "crosscoder" / "latents.safetensors"))
+    metrics = json.loads(DiffLayout(directory).crosscoder_metrics.read_text())
+    latents = load_file(str(DiffLayout(directory).crosscoder_latents))
     figure, axis = plt.subplots(figsize=(7, 2.8))
     axis.hist(latents["relative_norm"].numpy(), bins=50, color="#268bd2")
     axis.set_xlabel("relative decoder norm (0 = base-only, 0.5 = shared, 1 = tuned-only)")
@@ -146,7 +147,7 @@ def _crosscoder_section(directory: Path) -> str:
 
 
 def _directions_section(directory: Path) -> str:
-    saved = json.loads((directory / "directions" / "views.json").read_text())
+    saved = json.loads(DiffLayout(directory).direction_views.read_text())
     html = ["<h2>Concept directions</h2>",
             '<p class="small">Unit vectors in <code>directions/NAME.safetensors</code> (+ <code>.json</code>), '
             "readable by fine-tuning for concept ablation.</p>"]
@@ -154,7 +155,7 @@ def _directions_section(directory: Path) -> str:
         html.append(f"<p>{escape(method)}: not written ({escape(reason)}).</p>")
     for method, entries in saved["views"].items():
         html.append(f"<h3>{escape(method)}</h3>")
-        info_file = directory / "directions" / f"{method}.json"
+        info_file = DiffLayout(directory).direction_file(method).with_suffix(".json")
         details = json.loads(info_file.read_text()).get("details", {}) if info_file.is_file() else {}
         if details:
             html.append('<p class="small">' + "; ".join(f"{escape(str(k))}: {escape(str(v))}"
@@ -168,8 +169,8 @@ def _directions_section(directory: Path) -> str:
 
 
 def write_report(directory: Path, tokenizer: PreTrainedTokenizerBase) -> Path:
-    manifest = json.loads((directory / "manifest.json").read_text())
-    config = (directory / "diff.yaml").read_text()
+    manifest = json.loads(DiffLayout(directory).manifest.read_text())
+    config = DiffLayout(directory).config.read_text()
     stages = manifest["stages"]
     timing = ", ".join(f"{k} {v.get('seconds', 0):.0f} s" for k, v in stages.items())
     body = [f"<h1>Diff: {escape(directory.name.removeprefix('.').removesuffix('.partial'))}</h1>",
@@ -179,6 +180,6 @@ def write_report(directory: Path, tokenizer: PreTrainedTokenizerBase) -> Path:
             _directions_section(directory),
             f"<h2>Config</h2><pre>{escape(config)}</pre>"]
     html = page("mow diff", body)
-    path = directory / "report.html"
+    path = DiffLayout(directory).report
     write_text(path, html)
     return path

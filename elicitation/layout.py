@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TRUTH_FILE = "truth.json"
+CONFIG_FILE = "challenge.yaml"
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class ChallengeLayout:
 
     @property
     def config(self) -> Path:
-        return self.root / "challenge.yaml"
+        return self.root / CONFIG_FILE
 
     @property
     def manifest(self) -> Path:

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 
 from mow.data.truth import SealedTruth
 from mow.elicitation.config import BASELINE, BLACK_BOX, WHITE_BOX
-from mow.elicitation.layout import TRUTH_FILE
+from mow.elicitation.layout import ChallengeLayout
 from mow.elicitation.scoring import TOP_K, chance, score_result
 from mow.workbench.errors import UserError
 from mow.workbench.html import page, png, table
@@ -36,13 +36,15 @@ CONDITIONS = ["organism", "base", "other word"]
 
 def load_challenge(directory: Path) -> dict:
     directory = Path(directory)
-    if not (directory / TRUTH_FILE).is_file() or not (directory / "scores.json").is_file():
-        raise UserError(f"{directory}: not a finished challenge directory (no {TRUTH_FILE} or scores.json)")
+    layout = ChallengeLayout(directory)
+    if not layout.truth.is_file() or not layout.scores.is_file():
+        raise UserError(f"{directory}: not a finished challenge directory (no {layout.truth.name} or "
+                        f"{layout.scores.name})")
     results: dict[str, dict[str, dict]] = {}
-    for path in sorted((directory / "methods").glob("*/*.json")):
+    for path in layout.method_results():
         result = json.loads(path.read_text())
         results.setdefault(result["method"], {})[path.stem] = result
-    return {"name": directory.name, "truth": SealedTruth.from_dict(json.loads((directory / TRUTH_FILE).read_text())),
+    return {"name": directory.name, "truth": SealedTruth.from_dict(json.loads(layout.truth.read_text())),
             "results": results}
 
 

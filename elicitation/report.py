@@ -8,6 +8,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from mow.elicitation.layout import ChallengeLayout
 from mow.workbench.html import page, png, table
 from mow.workbench.rundir import write_text
 
@@ -38,8 +39,9 @@ def _plot(methods: dict, chance_top5: float) -> str:
 
 
 def write_challenge_report(directory: Path, name: str) -> Path:
-    scores = json.loads((directory / "scores.json").read_text())
-    truth = json.loads((directory / "truth.json").read_text())
+    layout = ChallengeLayout(directory)
+    scores = json.loads(layout.scores.read_text())
+    truth = json.loads(layout.truth.read_text())
     methods = scores["methods"]
     rows = []
     for method_name, entry in methods.items():
@@ -58,7 +60,7 @@ def write_challenge_report(directory: Path, name: str) -> Path:
             _plot(methods, scores["chance"]["fc_top5"]),
             table(["method", "category", "subject", *[title for _, title in METRICS], "seconds"], rows),
             "<h2>Attempts</h2>"]
-    for path in sorted((directory / "methods").glob("*/*.json")):
+    for path in layout.method_results():
         result = json.loads(path.read_text())
         attempts = result.get("attempts", [])
         items = "".join(
@@ -68,8 +70,8 @@ def write_challenge_report(directory: Path, name: str) -> Path:
         body.append(f"<details><summary>{escape(result['method'])} / {escape(path.stem)}: {escape(result['status'])}"
                     f" — top guesses: {escape(ranking)}</summary>"
                     f"<table><tr><th>prompt (end)</th><th>output</th><th>guesses</th></tr>{items}</table></details>")
-    config = (directory / "challenge.yaml").read_text()
+    config = layout.config.read_text()
     body.append(f"<h2>Config</h2><pre>{escape(config)}</pre>")
-    path = directory / "report.html"
+    path = layout.report
     write_text(path, page(f"mow challenge {name}", body))
     return path

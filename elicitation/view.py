@@ -21,7 +21,7 @@ from typing import Iterator
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from mow.data.layouts import PUBLIC_CONFIG, SEALED
+from mow.data.layouts import PUBLIC_CONFIG, SEALED, OrganismLayout
 from mow.data.truth import ChallengePrompts
 from mow.diffing.pair import ModelPair
 from mow.elicitation.layout import TRUTH_FILE
@@ -29,8 +29,6 @@ from mow.organisms.kinds import kind_of_public_config
 from mow.organisms.store import check_organism_dir, load_organism, read_public_config
 from mow.workbench.errors import UserError
 from mow.workbench.models import load_model
-
-PUBLIC_FILES = (PUBLIC_CONFIG, "card.md", "manifest.json", "adapter", "eval/metrics.json")
 
 
 class SealedAccess(PermissionError):
@@ -79,7 +77,7 @@ def copy_public_files(organism: Path, destination: Path) -> Path:
     if destination.exists():
         shutil.rmtree(destination)
     destination.mkdir(parents=True)
-    for name in PUBLIC_FILES:
+    for name in OrganismLayout.PUBLIC_FILES:
         source = organism / name
         if source.is_dir():
             shutil.copytree(source, destination / name)
@@ -96,7 +94,8 @@ def open_views(organism: Path, workdir: Path, controls: list[str], diff_dir: Pat
     config = read_public_config(public_copy)
     kind = kind_of_public_config(config, str(organism / PUBLIC_CONFIG))
     prompts = kind.challenge_prompts(config)
-    card = (public_copy / "card.md").read_text() if (public_copy / "card.md").is_file() else ""
+    card_file = OrganismLayout(public_copy).card
+    card = card_file.read_text() if card_file.is_file() else ""
     loaded = load_organism(public_copy)
     loaded.model.eval()
     name = Path(organism).name

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from peft import PeftModel
 
-from mow.data.layouts import PUBLIC_CONFIG, SEALED_CONFIG
+from mow.data.layouts import ADAPTER, CHECKPOINTS, PUBLIC_CONFIG, SEALED_CONFIG
 from mow.data.records import ChatExample, read_jsonl, sha256_file
 from mow.finetune.config import LaunchSettings, SteeringSettings
 from mow.finetune.job import TrainJob, train_adapter
@@ -42,16 +42,16 @@ def train_stage(manifest: Manifest, config: OrganismConfigBase, partial: Path, c
             log(f"training on {len(chats)} chats for {config.training.epochs} epoch(s)"
                 + ("" if steering is None else f", {steering.mode} directions from {steering.directions}"))
             job = TrainJob(model=config.model, load_in_4bit=config.load_in_4bit, seed=config.seed, lora=config.lora,
-                           training=config.training, checkpoint_dir=partial / "checkpoints",
-                           adapter_dir=partial / "adapter", steering=steering)
+                           training=config.training, checkpoint_dir=partial / CHECKPOINTS,
+                           adapter_dir=partial / ADAPTER, steering=steering)
             result, model, launch_record = train_adapter(job, chats, launch, accelerate_config)
             record.update(result.to_dict(), launch=launch_record)
             if steering is not None:
                 record["steering"] = check_steering(steering, config.model, "caft").record
     if model is None:
         model = load_adapter(load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed),
-                             partial / "adapter")
-    shutil.rmtree(partial / "checkpoints", ignore_errors=True)
+                             partial / ADAPTER)
+    shutil.rmtree(partial / CHECKPOINTS, ignore_errors=True)
     return model
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from mow.data.layouts import PUBLIC_CONFIG, SEALED_CONFIG
+from mow.data.layouts import PUBLIC_CONFIG, SEALED_CONFIG, OrganismLayout
 from mow.finetune.lora import load_adapter
 from mow.workbench.config import read_yaml_mapping
 from mow.workbench.errors import UserError
@@ -27,9 +27,10 @@ class LoadedOrganism:
 
 def check_organism_dir(path: Path) -> Path:
     path = Path(path)
-    for needed in (PUBLIC_CONFIG, "adapter/adapter_config.json", "manifest.json"):
-        if not (path / needed).is_file():
-            raise UserError(f"{path}: not an organism directory (missing {needed})")
+    layout = OrganismLayout(path)
+    for needed in (layout.public_config, layout.adapter_config, layout.manifest):
+        if not needed.is_file():
+            raise UserError(f"{path}: not an organism directory (missing {needed.relative_to(path)})")
     return path
 
 
@@ -50,7 +51,7 @@ def load_organism(path: Path) -> LoadedOrganism:
     config = read_public_config(path)
     tokenizer = load_tokenizer(config["model"])
     base = load_model(config["model"], load_in_4bit=config.get("load_in_4bit", False), seed=config.get("seed", 0))
-    return LoadedOrganism(path, config, load_adapter(base, path / "adapter"), tokenizer)
+    return LoadedOrganism(path, config, load_adapter(base, OrganismLayout(path).adapter), tokenizer)
 
 
 def list_organisms(root: Path) -> list[dict]:
@@ -67,7 +68,7 @@ def list_organisms(root: Path) -> list[dict]:
             config = read_yaml_mapping(child / PUBLIC_CONFIG)
         except UserError:
             continue
-        metrics_file = child / "eval" / "metrics.json"
+        metrics_file = OrganismLayout(child).metrics
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         rows.append({
             "name": child.name[1:-len(".partial")] if partial else child.name,

@@ -124,8 +124,8 @@ class RunDirectory:
         if not restart:
             if self.final.exists():
                 if not self._same_config(self.final):
-                    raise UserError(f"{self.final}: a finished {self.what} with a different config is there; "
-                                    "re-run with --restart to replace it, or choose another name")
+                    raise UserError(f"{self.final}: already exists with a different config; re-run with --restart "
+                                    "to replace it, or choose another name")
                 log(f"{self.final} is already built with this config; nothing to do (--restart rebuilds it)")
                 return True
             if self.partial.exists() and (self.partial / self.config_file).is_file() and not self._same_config(

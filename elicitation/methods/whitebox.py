@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from safetensors.torch import load_file
 
 from mow.data.assets import GENERIC_TEXT
 from mow.diffing.kl import KLArrays
+from mow.diffing.layout import DiffLayout
 from mow.diffing.lens import mean_differences, patchscope, upper_half_mean
 from mow.diffing.prompts import PromptRecord, read_prompt_file, tokenize_record
 from mow.elicitation.auditor import Auditor
@@ -132,17 +134,19 @@ def diff_lens(view: ChallengeView, config: ChallengeConfig, auditor: Auditor | N
     return MethodResult(ranking, [attempt], {"readout": "Patchscope, upper-half layers", "texts": len(sequences)})
 
 
-def _diff_dir(view: ChallengeView, needed: str) -> Path:
+def _diff_file(view: ChallengeView, pick: Callable[[DiffLayout], Path]) -> Path:
+    """One file of the finished diff the challenge names (`pick` chooses it from the diff's layout)."""
     if view.diff_dir is None:
         raise MethodUnavailable("needs a finished diff of this model (challenge.diff_dir, from `mow diff`)")
-    path = Path(view.diff_dir) / needed
+    layout = DiffLayout(Path(view.diff_dir))
+    path = pick(layout)
     if not path.is_file():
-        raise MethodUnavailable(f"{view.diff_dir}: not a finished diff (missing {needed})")
+        raise MethodUnavailable(f"{view.diff_dir}: not a finished diff (missing {path.relative_to(layout.root)})")
     return path
 
 
 def crosscoder_latents(view: ChallengeView, config: ChallengeConfig, auditor: Auditor | None) -> MethodResult:
-    latents = load_file(str(_diff_dir(view, "crosscoder/latents.safetensors")))
+    latents = load_file(str(_diff_file(view, lambda d: d.crosscoder_latents)))
     logprobs = latents["tuned_leaning_logprobs"].float()
     if not len(logprobs):
         raise MethodUnavailable("the crosscoder has no tuned-leaning latents")
@@ -154,8 +158,8 @@ def crosscoder_latents(view: ChallengeView, config: ChallengeConfig, auditor: Au
 
 
 def kl_suppressed(view: ChallengeView, config: ChallengeConfig, auditor: Auditor | None) -> MethodResult:
-    arrays = KLArrays.load(_diff_dir(view, "kl/arrays.safetensors"))
-    names = json.loads(_diff_dir(view, "kl/summary.json").read_text())["set_names"]
+    arrays = KLArrays.load(_diff_file(view, lambda d: d.kl_arrays))
+    names = json.loads(_diff_file(view, lambda d: d.kl_summary).read_text())["set_names"]
     index = names.index("organism") if "organism" in names else 0
     ranking = ranking_from_scores(-arrays.promoted[index], view.tokenizer, config.guesses)
     promoted = ranking_from_scores(arrays.promoted[index], view.tokenizer, TOP_TOKENS_SHOWN)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from mow.data.layouts import EVAL_DETAILS
 from mow.organisms.taboo.config import TabooEvalSettings
 from mow.organisms.taboo.leaks import leaks
 from mow.organisms.taboo.prompts import TabooPrompts
@@ -213,7 +214,7 @@ def public_metrics(details: dict) -> dict:
         "targets_met": targets_met(details),
         "headline": {"leak_rate": organism["leak_rate"], "hint_top1": organism["hint_top1"],
                      "still_hints": organism["still_hints"], "benign_loss_ratio": details["benign_loss_ratio"]},
-        "sealed_details": "sealed/eval_details.json",
+        "sealed_details": EVAL_DETAILS,
     }
 
 

@@ -15,7 +15,14 @@ from pathlib import Path
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from mow.data.layouts import SEALED_CONFIG
+from mow.data.layouts import (
+    CARD,
+    EVAL_DETAILS,
+    METRICS,
+    SEALED_CONFIG,
+    TRAIN_DATA,
+    sealed_relative,
+)
 from mow.data.records import write_jsonl
 from mow.finetune.config import LaunchSettings
 from mow.finetune.job import preflight_training
@@ -40,8 +47,7 @@ from mow.workbench.errors import UserError
 from mow.workbench.models import load_tokenizer
 from mow.workbench.rundir import Manifest, log, write_json, write_text
 
-TRAIN_DATA = "sealed/train.jsonl"
-EVAL_DETAILS = "sealed/eval_details.json"
+CLUES = sealed_relative("clues.yaml")  # a user's own clue file, kept with the build
 REFERENCE_CLUES_PER_WORD = 6
 
 
@@ -78,9 +84,9 @@ def evaluate_and_write(directory: Path, final: Path, manifest: Manifest, config:
     details = evaluate_organism(model, tokenizer, shipped_prompts(), eval_context(bank), config.eval)
     public = public_metrics(details)
     write_json(directory / EVAL_DETAILS, details)
-    write_json(directory / "eval" / "metrics.json", public)
+    write_json(directory / METRICS, public)
     report = manifest.sealed["details"]["data"]
-    write_text(directory / "card.md", taboo_card(config, final, report["kept"], report["benign_mixed"],
+    write_text(directory / CARD, taboo_card(config, final, report["kept"], report["benign_mixed"],
                                                  manifest.data["stages"].get("train", {}), public))
     return details
 
@@ -99,7 +105,7 @@ def main(config: TabooOrganismConfig, restart: bool = False, launch: LaunchSetti
         print(summary_table(json.loads((final / EVAL_DETAILS).read_text())))
         return final
     if config.taboo.clue_file:
-        shutil.copy(config.taboo.clue_file, partial / "sealed" / "clues.yaml")
+        shutil.copy(config.taboo.clue_file, partial / CLUES)
     manifest = Manifest(partial, config.seed)
 
     if not manifest.done("data"):
@@ -125,7 +131,7 @@ def evaluate_dir(path: Path) -> dict:
     """Re-run the evaluation of a built organism; rewrites eval/metrics.json, sealed/eval_details.json, card.md."""
     path = check_organism_dir(path)
     config = validate_config(TabooOrganismConfig, read_sealed_config(path), str(path / SEALED_CONFIG))
-    clue_file = path / "sealed" / "clues.yaml" if config.taboo.clue_file else None
+    clue_file = path / CLUES if config.taboo.clue_file else None
     bank = resolve_clue_bank(config.taboo.word, clue_file, str(path / SEALED_CONFIG))
     organism = load_organism(path)
     manifest = Manifest(path, config.seed)
