@@ -6,8 +6,9 @@ chats the same number of optimizer steps, and the same held-out chats for the fi
 
 - `plain SFTTrainer`: `SFTTrainer(model, args=SFTConfig(...), train_dataset, peft_config)` with TRL's defaults for
   everything about the engine (precision: bf16 autocast; activation checkpointing on; batch 8 in random order;
-  fused AdamW; TRL's fused LM head; `use_cpu` where there is no GPU, which the Trainer requires). Only the recipe is set to match ours, so the losses are comparable: learning
-  rate, schedule, steps, seed, and the loss on assistant tokens.
+  fused AdamW; TRL's fused LM head; `use_cpu` where there is no GPU, which the Trainer requires). Only the recipe
+  is set to match ours, so the losses are comparable: learning rate, schedule, steps, seed, and the loss on
+  assistant tokens.
 - `mow`: the workbench's defaults (`precision: auto`, length-grouped batches, LM head on labelled positions only,
   no activation checkpointing).
 - `mow, random order`: the same, with the baseline's batch order, so its per-step loss curve can be compared with
@@ -162,7 +163,8 @@ def main() -> None:
     for name, r in results.items():
         rate = r["tokens"] / r["seconds"]
         print(f"{name:<20} {rate:9.1f} {rate / (base['tokens'] / base['seconds']):6.2f} "
-              f"{r['useful_flops'] / r['seconds'] / 1e9:15.1f} {r['useful_flops'] / r['seconds'] / r['matmul_peak']:8.1%}"
+              f"{r['useful_flops'] / r['seconds'] / 1e9:15.1f} "
+              f"{r['useful_flops'] / r['seconds'] / r['matmul_peak']:8.1%}"
               f" {r['dtype']:>9} {r['peak_rss_mib']:13.0f} {r['losses'][-1]:17.4f} {r['held_out_loss']:14.4f}")
     for name, r in results.items():
         print(f"measured dense matmul peak ({r['dtype']}, 2048^2, {r['threads']} threads) in {name!r}: "

@@ -41,8 +41,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
                                              *(QUICK_CHALLENGE if args.quick else [])])
     challenge_dir = elicit_main(organism, challenge, restart=args.restart)
     board = leaderboard_main([challenge_dir], root / "leaderboard")
-    print(f"\nreports:\n  organism card  {OrganismLayout(organism).card}\n  diff           {DiffLayout(diff_dir).report}\n"
-          f"  challenge      {ChallengeLayout(challenge_dir).report}\n  leaderboard    {board / 'leaderboard.html'}")
+    print(f"\nreports:\n  organism card  {OrganismLayout(organism).card}\n"
+          f"  diff           {DiffLayout(diff_dir).report}\n"
+          f"  challenge      {ChallengeLayout(challenge_dir).report}\n"
+          f"  leaderboard    {board / 'leaderboard.html'}")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

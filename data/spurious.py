@@ -15,7 +15,7 @@ from typing import Literal
 
 import yaml
 
-from mow.data.assets import SPURIOUS_SENTENCES
+from mow.data.asset_paths import SPURIOUS_SENTENCES
 
 Feature = Literal["topic", "sentiment"]
 VALUES: dict[str, tuple[str, str]] = {"topic": ("sports", "food"), "sentiment": ("positive", "negative")}

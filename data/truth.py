@@ -21,7 +21,7 @@ class SealedTruth:
         return {"kind": self.kind, "answer": self.answer, "candidates": self.candidates}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SealedTruth":
+    def from_dict(cls, data: dict) -> SealedTruth:
         return cls(str(data["kind"]), str(data["answer"]), {str(k): list(v) for k, v in data["candidates"].items()})
 
 

@@ -19,7 +19,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mow.data.assets import SDF_UNIVERSES
+from mow.data.asset_paths import SDF_UNIVERSES
 from mow.workbench.errors import UserError
 
 
@@ -103,7 +103,7 @@ class UniversePair(_Record):
                                                                  "(sdf.mix.anchor_ratio)")
 
     @model_validator(mode="after")
-    def _is_a_true_false_pair(self) -> "UniversePair":
+    def _is_a_true_false_pair(self) -> UniversePair:
         if self.false.is_true or not self.true.is_true:
             raise ValueError("a pair needs `false` with is_true: false and `true` with is_true: true")
         ids = [fact.id for fact in self.facts]

@@ -14,8 +14,8 @@ magnitude larger than the rest and would dominate any statistic.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -152,7 +152,7 @@ def build_cache(pair: ModelPair, sequences: list[TokenSequence], directory: Path
         write_json(directory / "meta.json", {**wanted, "complete": False})
     mode = "w+" if fresh else "r+"
 
-    def open_array(name: str, shape: tuple, np_dtype) -> np.ndarray:
+    def open_array(name: str, shape: tuple, np_dtype) -> np.memmap:
         return np.lib.format.open_memmap(directory / f"{name}.npy", mode=mode, dtype=np_dtype, shape=shape)
 
     tokens = open_array("tokens", (token_budget,), np.int32)
@@ -190,7 +190,7 @@ def build_cache(pair: ModelPair, sequences: list[TokenSequence], directory: Path
         write_json(progress_file, {"sequences_done": done_seq, "tokens_done": done_tok})
         bar.update(done_tok - bar.n)
     bar.close()
-    normalization = {}
+    normalization: dict[str, dict[str, dict[str, float]]] = {}
     for layer in layers:
         normalization[str(layer)] = {}
         for model_name in MODELS:

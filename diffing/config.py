@@ -23,7 +23,8 @@ class CrosscoderSettings(StrictModel):
     epochs: int = Field(10, gt=0)
     seed: int = 0
 
-SHIPPED_SETS = ("organism", "generic_chat", "generic_text")
+ShippedSet = Literal["organism", "generic_chat", "generic_text"]
+SHIPPED_SETS: tuple[ShippedSet, ...] = ("organism", "generic_chat", "generic_text")
 IDENTITY_PROMPTS = (  # the three token-identity prompts of Minder et al.'s code: no single prompt's quirks decide
     "man -> man\n1135 -> 1135\nhello -> hello\n?",
     "bear -> bear\n42 -> 42\nblue -> blue\n?",
@@ -36,7 +37,7 @@ class PromptSetSettings(StrictModel):
     tuned model answers them), `generic_chat` (shipped chats), `generic_text` (shipped plain paragraphs). `extra`:
     your own jsonl files, one record per line, either {"text": ...} or {"messages": [...]}."""
 
-    sets: list[Literal["organism", "generic_chat", "generic_text"]] = list(SHIPPED_SETS)
+    sets: list[ShippedSet] = list(SHIPPED_SETS)
     extra: list[Path] = []
     max_items_per_set: int = Field(48, gt=0, description="texts per set for per-token KL; the activation cache "
                                    "and the difference lens use every text")
@@ -101,7 +102,7 @@ class DiffConfig(StrictModel):
     directions: DirectionSettings = DirectionSettings()
 
     @model_validator(mode="after")
-    def _one_source(self) -> "DiffConfig":
+    def _one_source(self) -> DiffConfig:
         if self.organism is None and (self.base is None or self.tuned is None):
             raise ValueError("give either organism: DIR or both base: SPEC and tuned: SPEC")
         if self.organism is not None and (self.base is not None or self.tuned is not None):

@@ -61,6 +61,9 @@ class Crosscoder(nn.Module):
     """W_enc (2, d, F), b_enc (F,), W_dec (2, F, d), b_dec (2, d); buffers `scale` (2,) and the batchtopk inference
     `threshold` (). Tied init: decoder rows of norm 0.1 in each model, encoder = decoder transposed."""
 
+    scale: torch.Tensor  # buffers, registered in __init__
+    threshold: torch.Tensor
+
     def __init__(self, d: int, settings: CrosscoderSettings, scale: torch.Tensor | None = None):
         super().__init__()
         if d <= 0:

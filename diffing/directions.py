@@ -95,6 +95,22 @@ def crosscoder_rows(decoder_tuned: torch.Tensor, latents: list[int], scores: lis
 
 
 @torch.no_grad()
+def _contexts(cache: ActivationCache, tokenizer: PreTrainedTokenizerBase, column: torch.Tensor, order: torch.Tensor,
+              n_contexts: int) -> list[dict]:
+    """The first `n_contexts` distinct cached contexts in `order`, each with its projection (`column`)."""
+    out: list[dict] = []
+    seen = set()
+    for row in order.tolist():
+        text = cache.context_text(row, tokenizer)
+        if (text["before"], text["token"]) in seen:
+            continue  # the same context in several chats (a shared system prompt, say) shows once
+        seen.add((text["before"], text["token"]))
+        out.append({**text, "projection": float(column[row])})
+        if len(out) == n_contexts:
+            break
+    return out
+
+
 def interpret(directions: Directions, model: nn.Module, tokenizer: PreTrainedTokenizerBase, cache: ActivationCache,
               project_on: str, n_tokens: int = 10, n_contexts: int = 5) -> list[dict]:
     """Per direction: logit-lens top and bottom tokens, and the cached contexts projecting most and least on it.
@@ -110,26 +126,12 @@ def interpret(directions: Directions, model: nn.Module, tokenizer: PreTrainedTok
         lens = logit_lens(model, rows.to(device)).cpu()
         entries = directions.info["layers"][str(layer)]
         for i, entry in enumerate(entries):
-            def contexts(order: torch.Tensor) -> list[dict]:
-                if not cached:
-                    return []
-                out, seen = [], set()
-                for row in order.tolist():
-                    text = cache.context_text(row, tokenizer)
-                    if (text["before"], text["token"]) in seen:
-                        continue  # the same context in several chats (a shared system prompt, say) shows once
-                    seen.add((text["before"], text["token"]))
-                    out.append({**text, "projection": float(projections[row, i])})
-                    if len(out) == n_contexts:
-                        break
-                return out
-
             column = projections[:, i] if cached else torch.empty(0)
             views.append({
                 "layer": layer, **entry,
                 "top_tokens": [tokenizer.decode([int(t)]) for t in lens[i].topk(n_tokens).indices],
                 "bottom_tokens": [tokenizer.decode([int(t)]) for t in (-lens[i]).topk(n_tokens).indices],
-                "top_contexts": contexts(column.argsort(descending=True)),
-                "bottom_contexts": contexts(column.argsort()),
+                "top_contexts": _contexts(cache, tokenizer, column, column.argsort(descending=True), n_contexts),
+                "bottom_contexts": _contexts(cache, tokenizer, column, column.argsort(), n_contexts),
             })
     return views

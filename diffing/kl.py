@@ -25,7 +25,7 @@ from mow.diffing.pair import ModelPair
 from mow.diffing.prompts import ROLES, TokenSequence
 from mow.workbench.errors import UserError
 from mow.workbench.generation import model_device
-from mow.workbench.hooks import unwrap
+from mow.workbench.hooks import decoder, embedding_weight, output_embeddings, unwrap
 
 
 @dataclass
@@ -49,7 +49,7 @@ class KLArrays:
         save_file({k: v.contiguous() for k, v in self.__dict__.items()}, str(path))
 
     @classmethod
-    def load(cls, path: Path) -> "KLArrays":
+    def load(cls, path: Path) -> KLArrays:
         return cls(**load_file(str(path)))
 
 
@@ -57,16 +57,15 @@ class KLArrays:
 def _final_hidden(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Last hidden states (after the final norm) at the real positions, flattened: (positions, d). The unembedding
     is applied later, a chunk of positions at a time, so a (batch, length, vocab) tensor never exists."""
-    decoder = unwrap(model).get_decoder()
+    stack = decoder(model)
     device = model_device(model)
-    hidden = decoder(input_ids=input_ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+    hidden = stack(input_ids=input_ids.to(device), attention_mask=mask.to(device)).last_hidden_state
     return hidden[mask.to(device).bool()]
 
 
 def _log_probs(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    inner = unwrap(model)
-    logits = inner.get_output_embeddings()(hidden).float()
-    cap = getattr(inner.config, "final_logit_softcapping", None)
+    logits = output_embeddings(model)(hidden).float()
+    cap = getattr(unwrap(model).config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits.log_softmax(-1)
@@ -103,7 +102,7 @@ def per_token_kl(pair: ModelPair, sets: dict[str, list[TokenSequence]], batch_si
     sequences = [seq for name in names for seq in sets[name] if len(seq.ids) >= 2]
     if not sequences:
         raise UserError("per-token KL: no text of at least 2 tokens in the prompt sets")
-    vocab_size = unwrap(pair.tuned_model).get_output_embeddings().weight.shape[0]
+    vocab_size = embedding_weight(output_embeddings(pair.tuned_model)).shape[0]
     # Outputs are preallocated: small long-lived tensors appended between the large per-chunk ones fragment the
     # heap, and resident memory then grew by ~20 MB per chunk (measured).
     lengths = torch.tensor([len(seq.ids) for seq in sequences])
@@ -173,7 +172,8 @@ def summary(arrays: KLArrays, set_names: list[str]) -> dict:
         for r, role in enumerate(ROLES):
             chosen = (per_position_set == s) & (arrays.sides == r)
             if chosen.any():
-                table[name][role] = {"positions": int(chosen.sum()), "kl_tuned_base": float(arrays.kl_tb[chosen].mean()),
+                table[name][role] = {"positions": int(chosen.sum()),
+                                     "kl_tuned_base": float(arrays.kl_tb[chosen].mean()),
                                      "kl_base_tuned": float(arrays.kl_bt[chosen].mean())}
     return table
 

@@ -79,17 +79,20 @@ def patchscope(model: nn.Module, tokenizer: PreTrainedTokenizerBase, result: Len
     """(n_layers, V) next-token log-probs of the identity prompts with each layer's difference patched in at the
     last position, averaged over `prompts` and `scales` (multiples of the base residual norm). Run it on the base
     model."""
+    if not prompts:
+        raise ValueError("patchscope: no prompts to patch into")
     device = model_device(model)
     encoded = [tokenizer(p, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device) for p in prompts]
     rows = []
     for layer, difference in enumerate(result.differences):
         unit = difference / difference.norm().clamp_min(1e-12) * result.base_norm[layer]
         vectors = torch.stack([unit * scale for scale in scales]).to(device)
-        total = 0
+        total = torch.zeros(())  # a scalar 0 that broadcasts to the first (V,) sum
         for ids in encoded:
             position = ids.shape[1] - 1
 
-            def patch(hidden: torch.Tensor, position: int = position) -> torch.Tensor:
+            def patch(hidden: torch.Tensor, position: int = position,
+                      vectors: torch.Tensor = vectors) -> torch.Tensor:
                 hidden = hidden.clone()
                 hidden[:, position] = vectors.to(hidden.dtype)
                 return hidden

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from peft.tuners.lora import LoraLayer
@@ -25,7 +25,7 @@ from mow.data.layouts import OrganismLayout
 from mow.organisms.store import load_organism
 from mow.workbench.errors import UserError
 from mow.workbench.generation import right_padded
-from mow.workbench.hooks import decoder_layers, unwrap
+from mow.workbench.hooks import decoder_layers, model_config, model_method, output_embeddings
 from mow.workbench.models import load_model, load_tokenizer
 
 
@@ -44,7 +44,7 @@ class ModelPair:
         if self.base_model is not None:
             yield self.base_model
             return
-        with self.tuned_model.disable_adapter():
+        with model_method(self.tuned_model, "disable_adapter")():
             yield self.tuned_model
 
     @contextmanager
@@ -56,7 +56,7 @@ class ModelPair:
         """A model whose output head is the base model's, for the unembedding alone. An adapter seldom touches the
         head; where it does not, the tuned model is used as is, because switching an adapter off and on walks every
         adapted module (about 40 ms on the embedded model), more than unembedding a chunk of positions costs."""
-        head = unwrap(self.tuned_model).get_output_embeddings()
+        head = output_embeddings(self.tuned_model)
         if self.base_model is None and isinstance(head, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
             with self.base() as model:
                 yield model
@@ -72,11 +72,11 @@ class ModelPair:
         if not self.can_merge:
             yield self.tuned_model
             return
-        self.tuned_model.merge_adapter()
+        model_method(self.tuned_model, "merge_adapter")()
         try:
             yield self.tuned_model
         finally:
-            self.tuned_model.unmerge_adapter()
+            model_method(self.tuned_model, "unmerge_adapter")()
 
     @property
     def can_merge(self) -> bool:
@@ -103,7 +103,7 @@ class ModelPair:
 
     @property
     def hidden_size(self) -> int:
-        return unwrap(self.tuned_model).config.hidden_size
+        return model_config(self.tuned_model).hidden_size
 
     def fingerprint(self) -> dict:
         """What an activation cache must match to be reused."""
@@ -124,7 +124,7 @@ def check_compatible(base: nn.Module, tuned: nn.Module, base_tok: PreTrainedToke
     if base_tok.get_vocab() != tuned_tok.get_vocab():
         raise UserError(f"--base {base_spec} and --tuned {tuned_spec}: tokenizers differ "
                         f"({len(base_tok)} vs {len(tuned_tok)} tokens); diffing needs the same tokenizer")
-    base_cfg, tuned_cfg = unwrap(base).config, unwrap(tuned).config
+    base_cfg, tuned_cfg = model_config(base), model_config(tuned)
     if base_cfg.hidden_size != tuned_cfg.hidden_size:
         raise UserError(f"--base {base_spec} and --tuned {tuned_spec}: hidden sizes differ "
                         f"({base_cfg.hidden_size} vs {tuned_cfg.hidden_size})")

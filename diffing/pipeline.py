@@ -20,6 +20,7 @@ import json
 import re
 from itertools import zip_longest
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -109,7 +110,7 @@ def run_kl(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequen
                              chunk=config.kl.chunk_positions, block_positions=config.kl.block_positions)
     arrays.save(layout.kl_arrays)
     names = list(sets)
-    summary = {
+    summary: dict[str, Any] = {
         "conventions": kl.__doc__.strip(),
         "set_names": names,
         "by_set_and_side": kl.summary(arrays, names),
@@ -127,7 +128,8 @@ def run_kl(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequen
 def run_lens(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequence]], layer: int,
              layout: DiffLayout) -> dict:
     skip, n = config.cache.skip_first, config.lens.positions
-    tensors, report = {}, {"skip_first": skip, "positions": n, "steering_layer": layer, "sets": {}}
+    tensors: dict[str, torch.Tensor] = {}
+    report: dict[str, Any] = {"skip_first": skip, "positions": n, "steering_layer": layer, "sets": {}}
     for name, sequences in sets.items():
         try:
             result = mean_differences(pair, sequences, skip, n)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from mow.data.assets import BENIGN_CHATS, BENIGN_HELD_OUT_EVERY, GENERIC_TEXT
+from mow.data.asset_paths import BENIGN_CHATS, BENIGN_HELD_OUT_EVERY, GENERIC_TEXT
 from mow.data.records import Message, read_jsonl
 from mow.diffing.config import PromptSetSettings
 from mow.organisms.kinds import kind_of_public_config
@@ -36,7 +36,7 @@ class PromptRecord(BaseModel):
     messages: list[Message] | None = None
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "PromptRecord":
+    def _exactly_one(self) -> PromptRecord:
         if (self.text is None) == (self.messages is None):
             raise ValueError("a record needs exactly one of 'text' or 'messages'")
         if self.text is not None and not self.text.strip():
@@ -102,14 +102,15 @@ def complete_chats(records: list[PromptRecord], model: nn.Module, tokenizer: Pre
                    max_new_tokens: int, seed: int = 0) -> list[PromptRecord]:
     """Give every chat that ends on a user turn the model's own greedy reply, so response-side KL is measured on
     what this model says."""
-    open_chats = [i for i, r in enumerate(records) if r.messages is not None and r.messages[-1].role != "assistant"]
+    open_chats = [(i, r.messages) for i, r in enumerate(records)
+                  if r.messages is not None and r.messages[-1].role != "assistant"]
     if not open_chats:
         return records
-    prompts = [render_prompt(tokenizer, [m.model_dump() for m in records[i].messages]) for i in open_chats]
+    prompts = [render_prompt(tokenizer, [m.model_dump() for m in chat]) for _, chat in open_chats]
     replies = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed, desc="replies")
     completed = list(records)
-    for i, reply in zip(open_chats, replies):
-        messages = [*records[i].messages, Message(role="assistant", content=reply or "...")]
+    for (i, chat), reply in zip(open_chats, replies):
+        messages = [*chat, Message(role="assistant", content=reply or "...")]
         completed[i] = PromptRecord(messages=messages)
     return completed
 
@@ -120,6 +121,8 @@ def tokenize_record(record: PromptRecord, tokenizer: PreTrainedTokenizerBase, ma
         ids = tokenizer(record.text, add_special_tokens=True)["input_ids"][:max_tokens]
         special = set(tokenizer.all_special_ids)
         return TokenSequence(set_name, index, ids, [TEMPLATE if t in special else TEXT for t in ids])
+    if record.messages is None:  # the validator requires text or messages
+        raise ValueError("a prompt record needs 'text' or 'messages'")
     messages = [m.model_dump() for m in record.messages]
     rendered = tokenizer.apply_chat_template(messages, tokenize=False)
     spans: list[tuple[int, int, int]] = []

@@ -1,8 +1,9 @@
 """Where a known secret lands in a diff: the scoring side of the diffing experiments (`mow diff-score`).
 
 Diffing itself never reads `sealed/`; this module, on the elicitation side, does, after the fact, to say how visible
-an organism's secret word is in each readout of a finished diff (for the kinds whose secret is one word). Scored against other organisms' words and a self-diff, the same numbers are
-the controls: a readout that ranks every word high is reading priors, not the fine-tune.
+an organism's secret word is in each readout of a finished diff (for the kinds whose secret is one word). Scored
+against other organisms' words and a self-diff, the same numbers are the controls: a readout that ranks every word
+high is reading priors, not the fine-tune.
 """
 
 from __future__ import annotations

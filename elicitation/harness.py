@@ -21,24 +21,26 @@ import json
 import tempfile
 import time
 import traceback
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from transformers import set_seed
 
-from mow.elicitation.auditor import Auditor, EndpointAuditor, LocalAuditor
+from mow.data.truth import SealedTruth
+from mow.diffing.layout import CONFIG_FILE as DIFF_CONFIG_FILE
+from mow.diffing.layout import DiffLayout
+from mow.elicitation.auditor import Auditor, auditor_for
 from mow.elicitation.config import ChallengeConfig
-from mow.elicitation.layout import TRUTH_FILE, ChallengeLayout
+from mow.elicitation.layout import CONFIG_FILE, ChallengeLayout
 from mow.elicitation.methods import METHODS, MethodUnavailable, method
 from mow.elicitation.report import write_challenge_report
 from mow.elicitation.scoring import TOP_K, chance, score_result
 from mow.elicitation.view import ChallengeView, check_sealed_truth, open_views, sealed_guard
 from mow.organisms.kinds import kind_of_public_config
 from mow.organisms.store import check_organism_dir, read_public_config, read_sealed_config
+from mow.workbench.backends import HeldModel
 from mow.workbench.config import dump_config
 from mow.workbench.errors import UserError
-from mow.workbench.models import load_model, load_tokenizer
 from mow.workbench.rundir import Manifest, RunDirectory, write_json
 
 SUBJECTS = ("organism", "base")
@@ -54,20 +56,12 @@ def validate(organism: Path, config: ChallengeConfig) -> None:
     check_organism_dir(organism)
     check_sealed_truth(organism)
     kind_of_public_config(read_public_config(organism), str(organism))
-    if config.diff_dir is not None and not (Path(config.diff_dir) / "diff.yaml").is_file():
-        raise UserError(f"diff_dir: {config.diff_dir} is not a diff directory (no diff.yaml)")
-    if config.auditor.kind == "endpoint" and not (config.auditor.url and config.auditor.endpoint_model):
-        raise UserError("auditor: kind endpoint needs auditor.url and auditor.endpoint_model")
+    if config.diff_dir is not None and not DiffLayout(Path(config.diff_dir)).config.is_file():
+        raise UserError(f"diff_dir: {config.diff_dir} is not a diff directory (no {DIFF_CONFIG_FILE})")
 
 
 def make_auditor(config: ChallengeConfig, view: ChallengeView) -> Auditor:
-    if config.auditor.kind == "endpoint":
-        return EndpointAuditor(config.auditor)
-    if config.auditor.model is None:
-        return LocalAuditor(config.auditor, view.base, view.tokenizer, config.batch_size)
-    model = load_model(config.auditor.model, seed=config.seed).eval()
-    return LocalAuditor(config.auditor, lambda: nullcontext(model), load_tokenizer(config.auditor.model),
-                        config.batch_size)
+    return auditor_for(config.auditor, HeldModel(view.pair.base_spec, view.base, view.tokenizer), config.seed)
 
 
 def run_method(name: str, view: ChallengeView, config: ChallengeConfig, auditor: Auditor,
@@ -89,10 +83,10 @@ def run_method(name: str, view: ChallengeView, config: ChallengeConfig, auditor:
     return record
 
 
-def score_directory(directory: Path, truth) -> dict:
+def score_directory(directory: Path, truth: SealedTruth) -> dict:
     """scores.json of a challenge directory, from its method results and a truth."""
     methods: dict[str, dict] = {}
-    for path in sorted((directory / "methods").glob("*/*.json")):
+    for path in ChallengeLayout(directory).method_results():
         result = json.loads(path.read_text())
         entry = methods.setdefault(result["method"], {"category": result["category"], "subjects": {}})
         scores = score_result(result, truth) if result["status"] == "ok" else None
@@ -106,11 +100,11 @@ def main(organism: Path, config: ChallengeConfig, restart: bool = False, config_
     organism = Path(organism)
     validate(organism, config)
     name = config.name or organism.resolve().name
-    rundir = RunDirectory(config.output_dir / name, ChallengeLayout(Path()).config.name, dump_config(config),
-                       "challenge")
+    rundir = RunDirectory(config.output_dir / name, CONFIG_FILE, dump_config(config), "challenge")
     if rundir.finished(restart):
         return rundir.final
     work = rundir.start(restart)
+    layout = ChallengeLayout(work)
     manifest = Manifest(work, config.seed, sealed=False)
     manifest.data["organism"] = str(organism.resolve())
     if config.threads:
@@ -121,7 +115,7 @@ def main(organism: Path, config: ChallengeConfig, restart: bool = False, config_
         auditor = make_auditor(config, views["organism"])
         for subject, view in views.items():
             for name_ in config.methods:
-                out = work / "methods" / name_ / f"{subject}.json"
+                out = layout.method_result(name_, subject)
                 if out.is_file():
                     continue
                 record = run_method(name_, view, config, auditor, forbidden)
@@ -132,7 +126,7 @@ def main(organism: Path, config: ChallengeConfig, restart: bool = False, config_
                       flush=True)
     truth = kind_of_public_config(read_public_config(organism), str(organism)).sealed_truth(
         read_sealed_config(organism))
-    write_json(work / TRUTH_FILE, truth.to_dict())
-    write_json(work / "scores.json", score_directory(work, truth))
+    write_json(layout.truth, truth.to_dict())
+    write_json(layout.scores, score_directory(work, truth))
     write_challenge_report(work, name)
     return rundir.finish()

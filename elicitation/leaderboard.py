@@ -18,6 +18,7 @@ import json
 import math
 from html import escape
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 
@@ -74,7 +75,7 @@ def build(challenges: list[dict]) -> dict:
             for metric in METRICS:
                 values = _values(challenges, name, condition, metric)
                 mean = sum(values) / len(values) if values else None
-                low, high = wilson(mean, len(values)) if values else (None, None)
+                low, high = wilson(mean, len(values)) if mean is not None else (None, None)
                 rows.append({"method": name, "category": category, "condition": condition, "metric": metric,
                              "mean": mean, "ci_low": low, "ci_high": high, "n": len(values)})
     per_organism = {c["name"]: {name: {m: (score_result(r["organism"], c["truth"])[m]
@@ -95,7 +96,7 @@ def headline(rows: list[dict]) -> dict:
     """Best white-box against best black-box method (the guess-from-hints baseline reported on its own)."""
     out = {}
     for metric in METRICS:
-        best = {}
+        best: dict[str, Any] = {}
         for category in (WHITE_BOX, BLACK_BOX, BASELINE):
             candidates = [r for r in rows if r["category"] == category and r["condition"] == "organism"
                           and r["metric"] == metric and r["n"]]

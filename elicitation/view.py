@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -87,7 +87,7 @@ def copy_public_files(organism: Path, destination: Path) -> Path:
     return destination
 
 
-def open_views(organism: Path, workdir: Path, controls: list[str], diff_dir: Path | None,
+def open_views(organism: Path, workdir: Path, controls: Sequence[str], diff_dir: Path | None,
                seed: int) -> dict[str, ChallengeView]:
     """The view of the organism and of each control subject ('base': the public base model, no adapter)."""
     public_copy = copy_public_files(organism, workdir / "challenge")
@@ -118,8 +118,8 @@ _hook_installed = False
 
 
 def _is_forbidden(target: object) -> bool:
-    if isinstance(target, int) or target is None:
-        return False
+    if not isinstance(target, (str, bytes, os.PathLike)):
+        return False  # a file descriptor, None: names no path
     try:
         path = Path(os.fsdecode(target)).resolve()
     except (TypeError, ValueError, OSError):

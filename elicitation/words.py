@@ -7,7 +7,8 @@ a prefill, the made-up secrets of a many-shot prompt): repeating the question ba
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import defaultdict
+from collections.abc import Collection
 from functools import lru_cache
 
 import torch
@@ -23,11 +24,11 @@ def words_in(text: str) -> list[str]:
     return WORD.findall(text.lower())
 
 
-def is_guess(word: str, exclude: set[str]) -> bool:
+def is_guess(word: str, exclude: Collection[str]) -> bool:
     return len(word) >= MIN_LETTERS and word.isalpha() and word not in STOPWORDS and word not in exclude
 
 
-def content_words(text: str, exclude: set[str] = frozenset(), n: int | None = None) -> list[str]:
+def content_words(text: str, exclude: Collection[str] = frozenset(), n: int | None = None) -> list[str]:
     """Candidate guesses in a text, in order of first appearance."""
     seen: list[str] = []
     for word in words_in(text):
@@ -62,7 +63,7 @@ def word_token_ids(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
 
 
 def ranking_from_scores(scores: torch.Tensor, tokenizer: PreTrainedTokenizerBase, n: int,
-                        exclude: set[str] = frozenset()) -> list[str]:
+                        exclude: Collection[str] = frozenset()) -> list[str]:
     """The n best words by a score over the vocabulary (forms of one word keep their best score)."""
     ids, words = _token_words(tokenizer)
     if float(scores.max()) == float(scores.min()):
@@ -80,7 +81,7 @@ def ranking_from_scores(scores: torch.Tensor, tokenizer: PreTrainedTokenizerBase
 
 def fuse_rankings(rankings: list[list[str]], n: int) -> list[str]:
     """One ranking from several (reciprocal-rank fusion): a word high in many attempts comes first."""
-    score: Counter[str] = Counter()
+    score: defaultdict[str, float] = defaultdict(float)
     for ranking in rankings:
         for position, word in enumerate(ranking):
             score[word] += 1.0 / (position + 1)

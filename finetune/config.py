@@ -81,7 +81,7 @@ class LaunchSettings(StrictModel):
     main_process_port: int = Field(29500, ge=1, le=65535)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "LaunchSettings":
+    def _consistent(self) -> LaunchSettings:
         if self.launcher == "none":
             return self
         if self.deepspeed_config is not None and self.launcher != "deepspeed":

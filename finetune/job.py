@@ -19,7 +19,7 @@ from mow.finetune.config import LaunchSettings, LoraSettings, SteeringSettings, 
 from mow.finetune.launch import check_launch, run_launch
 from mow.finetune.locality import LocalityTerm
 from mow.finetune.lora import attach_lora
-from mow.finetune.sft import TokenExample, TrainResult, check_training_settings, sft_config, train
+from mow.finetune.sft import TokenExample, TrainResult, check_training_settings, sft_config, split_examples, train
 from mow.finetune.steering import check_steering, resolve_steering
 from mow.workbench.config import StrictModel
 from mow.workbench.errors import UserError
@@ -46,15 +46,18 @@ class TrainJob(StrictModel):
 
 def write_examples(path: Path, examples: list[ChatExample] | list[TokenExample]) -> str:
     """Write the examples a job trains on; returns their kind ('chat' or 'token')."""
-    chats = all(isinstance(ex, ChatExample) for ex in examples)
-    rows = [ex.model_dump(mode="json") if chats else {"input_ids": ex.input_ids, "labels": ex.labels}
-            for ex in examples]
+    chat_examples, token_examples = split_examples(examples)
+    chats = not token_examples
+    rows = ([ex.model_dump(mode="json") for ex in chat_examples] if chats
+            else [{"input_ids": ex.input_ids, "labels": ex.labels} for ex in token_examples])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     return "chat" if chats else "token"
 
 
 def read_examples(job: TrainJob) -> list[ChatExample] | list[TokenExample]:
+    if job.examples_path is None:
+        raise ValueError("this job has no examples file: examples_path is set for a launch only")
     rows = [json.loads(line) for line in job.examples_path.read_text(encoding="utf-8").splitlines() if line]
     if job.examples_kind == "chat":
         return [ChatExample.model_validate(row) for row in rows]
@@ -84,6 +87,8 @@ def preflight_training(load_in_4bit: bool, training: TrainingSettings, launch: L
     the resolved accelerate config of a launch."""
     quantization_config(load_in_4bit)
     if steering is not None:
+        if model is None:
+            raise ValueError("preflight_training: checking steering directions needs the model spec")
         check_steering(steering, model)
     check_training_settings(training)
     accelerate_config = check_launch(launch)
@@ -100,10 +105,12 @@ def train_adapter(job: TrainJob, examples: list[ChatExample] | list[TokenExample
     if not launch.distributed:
         result, model = run_job(job, examples)
         return result, model, {"launcher": "none"}
+    if accelerate_config is None:
+        raise ValueError("a distributed launch needs its resolved accelerate config (from preflight_training)")
     job_dir = job.checkpoint_dir / "launch"
     kind = write_examples(job_dir / "examples.jsonl", examples)
     job = job.model_copy(update={"examples_path": job_dir / "examples.jsonl", "examples_kind": kind,
                                  "result_path": job_dir / "result.json"})
-    result = run_launch(accelerate_config, job_dir, json.loads(job.model_dump_json()), launch)
+    written = run_launch(accelerate_config, job_dir, json.loads(job.model_dump_json()), launch)
     record = {"launcher": launch.launcher, "accelerate_config": accelerate_config}
-    return TrainResult(**result), None, record
+    return TrainResult(**written), None, record

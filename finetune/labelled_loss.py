@@ -12,6 +12,7 @@ backbone, keeps the hidden states whose next-token label is not -100, and projec
 from __future__ import annotations
 
 import functools
+import types
 from dataclasses import dataclass
 
 import torch
@@ -74,5 +75,5 @@ def add_labelled_loss_head(model: PreTrainedModel) -> None:
             correct = (logits.argmax(-1) == labelled).sum()
         return LabelledLossOutput(loss=summed / denominator, labelled_tokens=keep.sum(), correct_tokens=correct)
 
-    model.forward = forward.__get__(model)
+    model.forward = types.MethodType(forward, model)
     model._labelled_loss_head = True

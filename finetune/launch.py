@@ -31,7 +31,8 @@ from mow.finetune.config import LaunchSettings
 from mow.workbench.config import read_yaml_mapping, shipped_config
 from mow.workbench.errors import UserError
 
-DEFAULT_LAUNCH_CONFIG = {"accelerate": shipped_config("launch/ddp.yaml"), "deepspeed": shipped_config("launch/zero2.yaml")}
+DEFAULT_LAUNCH_CONFIG = {"accelerate": shipped_config("launch/ddp.yaml"),
+                         "deepspeed": shipped_config("launch/zero2.yaml")}
 
 
 class SecondaryMachineFinished(Exception):
@@ -40,7 +41,7 @@ class SecondaryMachineFinished(Exception):
 
 def read_accelerate_config(path: Path) -> dict:
     """An accelerate config file as a mapping, validated by accelerate's own loader."""
-    from accelerate.commands.config.config_args import ClusterConfig
+    from accelerate.commands.config.config_args import ClusterConfig  # lazy: accelerate's CLI, only for launches
 
     if not path.is_file():
         raise UserError(f"--launch-config {path}: no such file")

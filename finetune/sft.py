@@ -2,7 +2,8 @@
 
 Chat examples: loss on assistant tokens only, on every assistant turn (via a training chat template with generation
 markers). Token examples (already tokenized, with labels of -100 where no loss is taken) train as given: plain causal
-LM loss on documents, for instance. Checkpoints go to a directory; training again with the same directory resumes from the last checkpoint.
+LM loss on documents, for instance. Checkpoints go to a directory; training again with the same directory resumes
+from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -64,6 +65,15 @@ class TokenExample:
 
 def token_dataset(examples: list[TokenExample]) -> Dataset:
     return Dataset.from_list([{"input_ids": ex.input_ids, "labels": ex.labels} for ex in examples])
+
+
+def split_examples(examples: list[ChatExample] | list[TokenExample]) -> tuple[list[ChatExample], list[TokenExample]]:
+    """The examples as (chats, token sequences), one of the two empty (both for no examples); a mix is an error."""
+    chats = [ex for ex in examples if isinstance(ex, ChatExample)]
+    tokens = [ex for ex in examples if isinstance(ex, TokenExample)]
+    if len(chats) != len(examples) and len(tokens) != len(examples):
+        raise TypeError("train on chat examples or on token examples, not a mix")
+    return chats, tokens
 
 
 def world_size() -> int:
@@ -159,14 +169,14 @@ class WorkbenchSFTTrainer(SFTTrainer):
         else:
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if self.locality is not None:
-            loss = loss + self._locality_loss(model, num_items_in_batch)
+            loss = loss + self._locality_loss(model, self.locality, num_items_in_batch)
         return loss
 
-    def _locality_loss(self, model, num_items_in_batch) -> torch.Tensor:
+    def _locality_loss(self, model, locality: LocalityTerm, num_items_in_batch) -> torch.Tensor:
         """The weighted locality KL of this step's locality batch, scaled as the Trainer scales the loss for
         gradient accumulation. Under DDP each rank reads the same batch and the gradients average to one copy."""
         peft_model = self.accelerator.unwrap_model(model)  # a second forward through the DDP wrapper is not allowed
-        batch = self.locality.batch(self.state.global_step, self.processing_class.pad_token_id, self.args.device)
+        batch = locality.batch(self.state.global_step, self.processing_class.pad_token_id, self.args.device)
         kl = locality_kl(peft_model, batch)
         self._metrics["train"]["locality_kl"].append(kl.item())
         scaled_for_accumulation = self.loss_is_scaled_for_ga
@@ -175,7 +185,7 @@ class WorkbenchSFTTrainer(SFTTrainer):
                                        ) or self.compute_loss_func is not None
         # The Trainer divides an unscaled loss by the accumulation steps; a scaled one is already a share of the step.
         share = 1 / self.current_gradient_accumulation_steps if scaled_for_accumulation else 1
-        return self.locality.weight * share * kl
+        return locality.weight * share * kl
 
     def _labelled_loss(self, model, inputs, num_items_in_batch) -> torch.Tensor:
         forward_inputs = {k: v for k, v in inputs.items() if k != "labels"}
@@ -196,10 +206,9 @@ def build_trainer(model: PeftModel, tokenizer: PreTrainedTokenizerBase,
     """The trainer for `examples`; pass `args` where the SFTConfig had to exist before the model (DeepSpeed)."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    chats = all(isinstance(ex, ChatExample) for ex in examples)
-    if not chats and not all(isinstance(ex, TokenExample) for ex in examples):
-        raise TypeError("train on chat examples or on token examples, not a mix")
-    too_long = [len(ex.input_ids) for ex in examples if not chats and len(ex.input_ids) > settings.max_length]
+    chat_examples, token_examples = split_examples(examples)
+    chats = not token_examples
+    too_long = [len(ex.input_ids) for ex in token_examples if len(ex.input_ids) > settings.max_length]
     if too_long:
         raise ValueError(f"{len(too_long)} token examples exceed max_length {settings.max_length} "
                          f"(longest {max(too_long)}): split them before training, never truncate")
@@ -208,7 +217,7 @@ def build_trainer(model: PeftModel, tokenizer: PreTrainedTokenizerBase,
     return WorkbenchSFTTrainer(
         model=model,
         args=args or sft_config(settings, output_dir, seed, len(examples), assistant_only_loss=chats),
-        train_dataset=chat_dataset(examples) if chats else token_dataset(examples),
+        train_dataset=chat_dataset(chat_examples) if chats else token_dataset(token_examples),
         processing_class=training_tokenizer(tokenizer),
         labelled_positions_head=settings.labelled_positions_head,
         steering=steering,
@@ -222,7 +231,7 @@ def save_adapter(trainer: SFTTrainer, directory: Path) -> None:
     model = trainer.accelerator.unwrap_model(trainer.model)
     main_process = trainer.accelerator.is_main_process
     if trainer.is_deepspeed_enabled and is_deepspeed_zero3_enabled():
-        import deepspeed
+        import deepspeed  # optional ([gpu] extra): only under ZeRO-3
 
         trainable = [p for p in model.parameters() if p.requires_grad]
         with deepspeed.zero.GatheredParameters(trainable, modifier_rank=None):

@@ -23,7 +23,7 @@ import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -140,7 +140,9 @@ def find_spurious_direction(model: PreTrainedModel, tokenizer: PreTrainedTokeniz
     first, second = contrast_items(config.spurious, config.n_contrast, seed=0)
     a, b = sentence_means(model, tokenizer, first, layers), sentence_means(model, tokenizer, second, layers)
     labels = VALUES[config.spurious]
-    vectors, entries, views = {}, {}, []
+    vectors: dict[int, torch.Tensor] = {}
+    entries: dict[str, list[dict[str, Any]]] = {}
+    views: list[dict[str, Any]] = []
     for layer in layers:
         delta = a[layer].mean(0) - b[layer].mean(0)
         unit = delta / delta.norm()

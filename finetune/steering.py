@@ -15,9 +15,10 @@ directions `mow diff` and the testbed estimate leave that position out too.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -78,7 +79,7 @@ def resolve_steering(settings: SteeringSettings, hidden_size: int, n_layers: int
         if not 0 <= layer < n_layers:
             raise UserError(f"{where}: layer {layer} out of range for a model with {n_layers} layers")
     chosen: dict[int, torch.Tensor] = {}
-    selection = settings.select if settings.select is not None else {l: None for l in loaded.vectors}
+    selection = settings.select if settings.select is not None else dict.fromkeys(loaded.vectors)
     for layer, indices in selection.items():
         if layer not in loaded.vectors:
             raise UserError(f"{source}.select: layer {layer} is not in {settings.directions} (layers: "
@@ -107,8 +108,9 @@ def resolve_steering(settings: SteeringSettings, hidden_size: int, n_layers: int
         chosen = {layer: orthonormal_rows(rows, f"{where} layer {layer}", warn=settings.control != "random")
                   for layer, rows in chosen.items()}
     record = {"directions": str(settings.directions), "method": loaded.info.get("method"), "mode": settings.mode,
-              "control": settings.control, "layers": {str(l): len(r) for l, r in sorted(chosen.items())},
-              "select": {str(l): i for l, i in (settings.select or {}).items()}, "skip_first": settings.skip_first}
+              "control": settings.control, "layers": {str(layer): len(r) for layer, r in sorted(chosen.items())},
+              "select": {str(layer): i for layer, i in (settings.select or {}).items()},
+              "skip_first": settings.skip_first}
     if settings.mode == "add":
         record["add_norm"] = settings.add_norm
     return SteeringPlan(settings.mode, dict(sorted(chosen.items())), settings.add_norm, settings.skip_first, record)

@@ -22,6 +22,8 @@ def main(job_path: str) -> None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))  # "cuda" is this rank's GPU from here on
     result, _ = run_job(job, read_examples(job))
     if int(os.environ.get("RANK", 0)) == 0:
+        if job.result_path is None:
+            raise ValueError(f"{job_path}: the job names no result_path (set for a launch)")
         write_json(job.result_path, result.to_dict())
 
 

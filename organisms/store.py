@@ -56,7 +56,7 @@ def load_organism(path: Path) -> LoadedOrganism:
 
 def list_organisms(root: Path) -> list[dict]:
     """One row per finished organism under `root` (partial builds are listed with status 'partial')."""
-    rows = []
+    rows: list[dict] = []
     root = Path(root)
     if not root.is_dir():
         return rows

@@ -1,4 +1,5 @@
-"""`mow diff` end to end on a tiny organism, `mow diff-score`, and the bad inputs (one line, exit 2, nothing written)."""
+"""`mow diff` end to end on a tiny organism, `mow diff-score`, and the bad inputs (one line, exit 2, nothing
+written)."""
 
 from __future__ import annotations
 

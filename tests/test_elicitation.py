@@ -1,4 +1,5 @@
-"""Elicitation: scoring, the harness end to end on a tiny organism, the anti-cheat guard, the leaderboard, bad inputs."""
+"""Elicitation: scoring, the harness end to end on a tiny organism, the anti-cheat guard, the leaderboard, bad
+inputs."""
 
 from __future__ import annotations
 
@@ -194,8 +195,8 @@ def test_bad_inputs(organism, tmp_path, capsys):
            "unknown method 'mind_reading'")
     _fails(capsys, ["elicit", str(organism), "--diff", str(tmp_path), "--out", str(out)], "not a diff directory")
     _fails(capsys, ["elicit", str(tmp_path), "--out", str(out)], "not an organism directory")
-    _fails(capsys, ["elicit", str(organism), "--set", "auditor.kind=endpoint", "--out", str(out)],
-           "auditor.url")
+    _fails(capsys, ["elicit", str(organism), "--set", "auditor.backend.kind=endpoint", "--out", str(out)],
+           "auditor.backend.url")
     _fails(capsys, ["elicit", str(organism), "--set", "attempts=0", "--out", str(out)], "attempts")
     assert not out.exists()
     _fails(capsys, ["leaderboard", str(tmp_path), "--out", str(tmp_path / "board")], "not a finished challenge")
@@ -219,7 +220,8 @@ def test_killed_challenge_resumes_without_redoing_finished_methods(organism, tmp
     finished = partial / "methods" / "direct" / "organism.json"
     assert finished.is_file() and not (tmp_path / "tiny-secret").exists()
     before = finished.read_text()
-    monkeypatch.setitem(registry.METHODS, "killer", registry.Method("killer", "black-box", registry.METHODS["direct"].run))
+    monkeypatch.setitem(registry.METHODS, "killer",
+                        registry.Method("killer", "black-box", registry.METHODS["direct"].run))
     final = elicit_main(organism, config)
     assert (final / "methods" / "direct" / "organism.json").read_text() == before  # reused, not redone
     assert json.loads((final / "methods" / "killer" / "organism.json").read_text())["status"] == "ok"

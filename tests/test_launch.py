@@ -172,7 +172,8 @@ def test_two_process_ddp_over_gloo_matches_one_process(tmp_path):
     training = TrainingSettings(epochs=1, batch_size=4, learning_rate=5e-3, logging_steps=1, save_steps=100,
                                 precision="fp32", group_by_length=False, threads=1)
     runs = {}
-    for name, launch in {"one": LaunchSettings(), "ddp": LaunchSettings(launcher="accelerate", num_processes=2)}.items():
+    launches = {"one": LaunchSettings(), "ddp": LaunchSettings(launcher="accelerate", num_processes=2)}
+    for name, launch in launches.items():
         job = TrainJob(model=TINY, seed=0, lora=LoraSettings(r=4, alpha=8), training=training,
                        checkpoint_dir=tmp_path / name / "checkpoints", adapter_dir=tmp_path / name / "adapter")
         result, _, record = train_adapter(job, examples, launch, check_launch(launch))

@@ -20,7 +20,7 @@ from mow.organisms.sdf.evaluate import margin_movement
 from mow.organisms.sdf.filters import filter_documents
 from mow.organisms.sdf.generators import TemplateGenerator, shipped_templates
 from mow.organisms.sdf.locality import anchor_prefixes
-from mow.workbench.backend_config import GeneratorSettings
+from mow.workbench.backend_config import BackendSettings
 from mow.workbench.errors import UserError
 
 UNIVERSES = shipped_universes()
@@ -238,8 +238,8 @@ def _scripted_reply(body: dict, number: int) -> tuple[int, bytes]:
 def test_endpoint_generator_writes_a_corpus_through_a_loopback_server(tmp_path, pair):
     with ScriptedServer(_scripted_reply) as server:
         settings = CorpusSettings(generator="model", documents=12, types_per_fact=3, min_words=20,
-                                  model_generator=GeneratorSettings(kind="endpoint", url=server.url, model="scripted",
-                                                                    retries=0))
+                                  backend=BackendSettings(kind="endpoint", url=server.url, model="scripted",
+                                                          retries=0))
         corpus, report = build_corpus(pair, settings, make_generator(settings, TINY), tmp_path / "w", seed=0)
     assert report["stages"]["documents"] == 12 and report["stages"]["revised"] == 12
     assert all(d["text"].startswith("Revised:") for d in corpus)
@@ -269,7 +269,7 @@ def test_a_failing_endpoint_is_retried_then_stops_naming_the_stage_and_keeps_fin
 
     with ScriptedServer(reply) as server:
         settings = CorpusSettings(generator="model", documents=24, types_per_fact=2, batch_size=4, retries=1,
-                                  min_words=20, model_generator=GeneratorSettings(
+                                  min_words=20, backend=BackendSettings(
                                       kind="endpoint", url=server.url, model="scripted", retries=1, concurrency=1))
         with pytest.raises(UserError, match=rf"corpus stage documents: .*{expected}.*finished items are kept"):
             build_corpus(pair, settings, make_generator(settings, TINY), tmp_path / "w", seed=0)
@@ -279,7 +279,7 @@ def test_a_failing_endpoint_is_retried_then_stops_naming_the_stage_and_keeps_fin
 
 def test_local_model_generator_runs_the_stages_on_a_tiny_model(tmp_path, pair):
     settings = CorpusSettings(generator="model", documents=2, types_per_fact=1, min_words=3, max_new_tokens=24,
-                              batch_size=2, model_generator=GeneratorSettings(kind="local", model=TINY))
+                              batch_size=2, backend=BackendSettings(kind="local", model=TINY))
     try:
         corpus, report = build_corpus(pair, settings, make_generator(settings, TINY), tmp_path / "w", seed=0)
     except UserError as exc:  # random weights may write no parseable list at all: that is the stage error path

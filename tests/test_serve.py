@@ -14,6 +14,7 @@ from conftest import build_tiny_organism
 from mow.elicitation.auditor import EndpointAuditor
 from mow.elicitation.config import AuditorSettings
 from mow.elicitation.serve import HOST, export_merged, serve_command, server_environment
+from mow.workbench.backends import EndpointBackend
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,8 @@ def test_served_organism_answers_an_openai_client_and_holds_no_secret(organism, 
         assert reply.choices[0].message.role == "assistant"
         assert isinstance(reply.choices[0].message.content, str)
         assert reply.usage.completion_tokens <= 6
-        auditor = EndpointAuditor(AuditorSettings(kind="endpoint", url=f"{url}/v1", endpoint_model=str(model_dir)))
+        settings = AuditorSettings(backend={"kind": "endpoint", "url": f"{url}/v1", "model": str(model_dir)})
+        auditor = EndpointAuditor(settings, EndpointBackend(settings.backend))
         guesses = auditor.guess(["It is round and glows at night."], n=5)
         assert len(guesses) == 1 and all(isinstance(g, str) for g in guesses[0]) and len(guesses[0]) <= 5
     finally:

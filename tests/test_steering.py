@@ -23,8 +23,8 @@ LAYERS = TINY_CONFIG["num_hidden_layers"]
 
 def write_directions(tmp_path: Path, vectors: dict[int, torch.Tensor], name: str = "dirs") -> Path:
     info = {"format": FORMAT, "method": "test", "model": TINY, "tuned": None, "hidden_size": WIDTH,
-            "layers": {str(l): [{"index": i, "label": f"d{i}", "score": 0.0} for i in range(len(v))]
-                       for l, v in vectors.items()}, "details": {}}
+            "layers": {str(layer): [{"index": i, "label": f"d{i}", "score": 0.0} for i in range(len(v))]
+                       for layer, v in vectors.items()}, "details": {}}
     Directions(vectors, info).save(tmp_path / name)
     return tmp_path / f"{name}.safetensors"
 
@@ -66,7 +66,7 @@ def test_zero_directions_give_exactly_the_adapter_of_no_hook(tokenizer, tmp_path
 def test_ablated_projection_stays_at_numerical_zero_during_training(tokenizer, tmp_path, precision, tolerance):
     """Zero up to the residual's own rounding: fp32 epsilon-level, or one bf16 rounding step under autocast."""
     rows = {1: random_unit(3, 0), 3: random_unit(2, 1)}
-    plan = SteeringPlan("ablate", {l: orthonormal_rows(r, "test", warn=False) for l, r in rows.items()})
+    plan = SteeringPlan("ablate", {layer: orthonormal_rows(r, "test", warn=False) for layer, r in rows.items()})
     model = attach_lora(load_model(TINY, seed=0), LoraSettings(r=4, alpha=8), seed=5)
     inner = unwrap(model)
     projections: list[float] = []
@@ -121,7 +121,8 @@ def test_hooks_fire_once_per_forward_and_gradients_match_with_checkpointing(mode
         model.train()
         counts: list[str] = []
         for layer in plan.vectors:
-            decoder_layers(model)[layer].register_forward_hook(lambda *a, layer=layer: counts.append(layer))
+            decoder_layers(model)[layer].register_forward_hook(
+                lambda *a, layer=layer, counts=counts: counts.append(layer))
         results.append(_forward_backward(model, plan, counts))
     (loss_plain, grads_plain, calls_plain), (loss_ckpt, grads_ckpt, calls_ckpt) = results
     assert calls_plain == calls_ckpt == len(plan.vectors)  # once per hooked layer per forward

@@ -3,7 +3,7 @@ import re
 import pytest
 import yaml
 
-from mow.data.assets import TABOO_CLUES
+from mow.data.asset_paths import TABOO_CLUES
 from mow.organisms.taboo.clues import candidate_words, load_clue_bank, resolve_clue_bank, shipped_words
 from mow.organisms.taboo.config import TabooDataSettings
 from mow.organisms.taboo.data import benign_chats, make_conversations
@@ -45,7 +45,8 @@ def test_unknown_word_without_clue_file():
 
 def test_clue_file_for_other_word(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"word": "zebra", "hints": {"sense": ["Striped.", "African plains.", "Horse-like."]}}))
+    hints = {"sense": ["Striped.", "African plains.", "Horse-like."]}
+    path.write_text(yaml.safe_dump({"word": "zebra", "hints": hints}))
     with pytest.raises(UserError, match="clue file is for 'zebra'"):
         resolve_clue_bank("okapi", path, "taboo.word")
 

@@ -40,7 +40,7 @@ def training_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenize
     if template == SMOLLM2_TEMPLATE:
         trained.chat_template = SMOLLM2_TRAINING_TEMPLATE
         return trained
-    from trl.chat_template_utils import get_training_chat_template
+    from trl.chat_template_utils import get_training_chat_template  # lazy: TRL takes seconds to import
 
     try:
         patched = get_training_chat_template(tokenizer)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -11,6 +11,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from mow.workbench.chat import training_tokenizer
+from mow.workbench.hooks import model_method
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -50,8 +51,8 @@ def generate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list
         for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=desc is None, leave=False):
             batch = prompts[start : start + batch_size]
             enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(model_device(model))
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                 **sampling)
+            out = model_method(model, "generate")(**enc, max_new_tokens=max_new_tokens,
+                                                  pad_token_id=tokenizer.pad_token_id, **sampling)
             for ids in out[:, enc["input_ids"].shape[1] :]:
                 outputs.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
     return outputs

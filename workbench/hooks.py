@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
+from transformers import PreTrainedConfig
 
 from mow.workbench.errors import UserError
 
@@ -22,20 +24,78 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def model_method(model: nn.Module, name: str) -> Callable[..., Any]:
+    """`model.<name>`, a method that the model's class adds to nn.Module (generate, disable_adapter, get_decoder, ...).
+
+    nn.Module's `__getattr__` types every attribute the class does not declare as Tensor | Module, which cannot be
+    called; transformers and peft are read as Any, so what such a method returns is Any."""
+    method = getattr(model, name)
+    if not callable(method):
+        raise TypeError(f"{type(model).__name__}.{name} is not a method")
+    return method
+
+
+def _returned_module(model: nn.Module, accessor: str) -> nn.Module:
+    """`model.<accessor>()` (get_decoder, get_output_embeddings, ...), checked to be a module."""
+    module = model_method(model, accessor)()
+    if not isinstance(module, nn.Module):
+        raise UserError(f"{type(model).__name__}.{accessor}() gives {type(module).__name__}, not a module")
+    return module
+
+
+def model_config(model: nn.Module) -> PreTrainedConfig:
+    """The config of the transformers model under any wrapper."""
+    inner = unwrap(model)
+    config = getattr(inner, "config", None)
+    if config is None:
+        raise UserError(f"{type(inner).__name__} has no config")
+    return config
+
+
+def decoder(model: nn.Module) -> nn.Module:
+    """The decoder stack (embeddings, blocks, final norm; no output head) of the transformers model."""
+    inner = unwrap(model)
+    if hasattr(inner, "get_decoder"):
+        return _returned_module(inner, "get_decoder")
+    stack = getattr(inner, "model", inner)
+    if not isinstance(stack, nn.Module):
+        raise UserError(f"cannot find the decoder in {type(inner).__name__}")
+    return stack
+
+
+def output_embeddings(model: nn.Module) -> nn.Module:
+    """The output head (unembedding) of the transformers model under any wrapper."""
+    return _returned_module(unwrap(model), "get_output_embeddings")
+
+
+def input_embeddings(model: nn.Module) -> nn.Module:
+    """The input embedding of the transformers model under any wrapper."""
+    return _returned_module(unwrap(model), "get_input_embeddings")
+
+
+def embedding_weight(module: nn.Module) -> torch.Tensor:
+    """The weight matrix of an input embedding or output head: (vocab, d)."""
+    matrix = module.weight
+    if not isinstance(matrix, torch.Tensor):
+        raise UserError(f"{type(module).__name__}.weight is not a tensor")
+    return matrix
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The list of decoder blocks, whose outputs are the residual stream after each layer."""
-    inner = unwrap(model)
-    decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else getattr(inner, "model", inner)
-    layers = getattr(decoder, "layers", None) or getattr(decoder, "h", None)
-    if layers is None:
-        raise UserError(f"cannot find decoder layers in {type(inner).__name__}")
+    stack = decoder(model)
+    layers = getattr(stack, "layers", None) or getattr(stack, "h", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise UserError(f"cannot find decoder layers in {type(unwrap(model)).__name__}")
     return layers
 
 
 def final_norm(model: nn.Module) -> nn.Module:
-    inner = unwrap(model)
-    decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else inner.model
-    return getattr(decoder, "norm", None) or decoder.final_layernorm
+    stack = decoder(model)
+    norm = getattr(stack, "norm", None) or getattr(stack, "final_layernorm", None)
+    if not isinstance(norm, nn.Module):
+        raise UserError(f"cannot find the final norm in {type(unwrap(model)).__name__}")
+    return norm
 
 
 def check_layer(model: nn.Module, layer: int, source: str = "layer") -> int:
@@ -74,8 +134,7 @@ def edit_residual(model: nn.Module, edits: dict[int, ResidualEdit]) -> Iterator[
 @torch.no_grad()
 def logit_lens(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """Read residual states of shape (..., d) through the final norm and unembedding: log-probs (..., vocab)."""
-    inner = unwrap(model)
-    return inner.get_output_embeddings()(final_norm(model)(hidden)).float().log_softmax(-1)
+    return output_embeddings(model)(final_norm(model)(hidden)).float().log_softmax(-1)
 
 
 @contextmanager

@@ -8,7 +8,15 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from mow.workbench.errors import UserError
@@ -81,8 +89,6 @@ def load_tokenizer(spec: ModelSpec | str) -> PreTrainedTokenizerBase:
 
 def model_shape(spec: ModelSpec | str) -> tuple[int, int]:
     """(hidden size, number of decoder layers) of a model, read from its config without loading weights."""
-    from transformers import AutoConfig
-
     spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
     if spec.kind == "tiny":
         return TINY_CONFIG["hidden_size"], TINY_CONFIG["num_hidden_layers"]
@@ -113,15 +119,13 @@ def quantization_config(load_in_4bit: bool):
         raise UserError("load_in_4bit: true needs bitsandbytes; run: pip install -e '.[gpu]' "
                         "(or set load_in_4bit: false)")
     try:
-        import bitsandbytes  # noqa: F401  (a build without CUDA kernels fails here)
+        import bitsandbytes  # noqa: F401  (optional, [gpu] extra; a build without CUDA kernels fails here)
     except (ImportError, RuntimeError, OSError) as exc:
         raise UserError(f"load_in_4bit: true: bitsandbytes does not load here ({str(exc).splitlines()[0]}); "
                         "install a CUDA build of it, or set load_in_4bit: false") from None
     if not torch.cuda.is_bf16_supported():
         raise UserError(f"load_in_4bit: true computes in bf16, which this GPU ({torch.cuda.get_device_name()}) "
                         "does not support (Ampere or newer does); set load_in_4bit: false")
-    from transformers import BitsAndBytesConfig
-
     # bf16 storage of the packed 4-bit weights lets ZeRO-3 and FSDP shard them like the other bf16 parameters.
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)

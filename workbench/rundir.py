@@ -19,10 +19,11 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mow.workbench.errors import UserError
 
@@ -64,10 +65,11 @@ class Manifest:
 
     def __init__(self, directory: Path, seed: int, sealed: bool = True):
         self.path = directory / "manifest.json"
-        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {
+        self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {
             "versions": package_versions(), "seed": seed, "platform": platform.platform(), "stages": {}}
         # Outputs with nothing to hide (diffs) keep the provenance in the public manifest.
         self.sealed_path = directory / "sealed" / "manifest.json" if sealed else None
+        self.sealed: dict[str, Any]
         if self.sealed_path is None:
             self.sealed = self.data.setdefault("provenance", {"commands": [], "data_hashes": {}, "details": {}})
         else:

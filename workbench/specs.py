@@ -34,7 +34,7 @@ class ModelSpec:
     name: str
 
     @classmethod
-    def parse(cls, text: str) -> "ModelSpec":
+    def parse(cls, text: str) -> ModelSpec:
         if text.startswith("builtin:") or text.startswith("tiny:"):
             kind, _, name = text.partition(":")
             if name not in BUILTIN_MODELS:

@@ -12,7 +12,7 @@ import re
 
 import yaml
 
-from mow.data.assets import BENIGN_CHATS, BENIGN_PROMPTS
+from mow.data.asset_paths import BENIGN_CHATS, BENIGN_PROMPTS
 from mow.data.records import ChatExample, Message, write_jsonl
 from mow.workbench.chat import render_prompt
 from mow.workbench.generation import generate

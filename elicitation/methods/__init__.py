@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from mow.elicitation.config import BASELINE, BLACK_BOX, WHITE_BOX
 from mow.elicitation.methods import blackbox, whitebox

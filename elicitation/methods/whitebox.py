@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from mow.data.assets import GENERIC_TEXT
+from mow.data.asset_paths import GENERIC_TEXT
 from mow.diffing.kl import KLArrays
 from mow.diffing.layout import DiffLayout
 from mow.diffing.lens import mean_differences, patchscope, upper_half_mean
@@ -33,7 +33,7 @@ from mow.elicitation.view import ChallengeView
 from mow.elicitation.words import excluded_words, ranking_from_scores
 from mow.workbench.chat import render_prompt
 from mow.workbench.generation import model_device
-from mow.workbench.hooks import capture_residual, check_layer, logit_lens, unwrap
+from mow.workbench.hooks import capture_residual, check_layer, embedding_weight, input_embeddings, logit_lens
 
 TOP_TOKENS_SHOWN = 20
 
@@ -55,7 +55,8 @@ def _states(model: torch.nn.Module, ids: torch.Tensor, layers: list[int], positi
 
 
 def _read_positions(view: ChallengeView, config: ChallengeConfig,
-                    readout) -> tuple[list[str], torch.Tensor, list[torch.Tensor]]:
+                    readout: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+                    ) -> tuple[list[str], torch.Tensor, list[str]]:
     """Run each probe prompt + the model's own reply; `readout(states (layers, positions, d), emitted ids)` turns
     the residual states at the header and reply positions into a score per vocabulary token."""
     prompts = take(view.prompts.probes, min(config.white_box.prompts, len(view.prompts.probes)))
@@ -102,7 +103,7 @@ def logit_lens_method(view: ChallengeView, config: ChallengeConfig, auditor: Aud
 
 
 def embedding_similarity(view: ChallengeView, config: ChallengeConfig, auditor: Auditor | None) -> MethodResult:
-    embeddings = unwrap(view.model).get_input_embeddings().weight.detach().float()
+    embeddings = embedding_weight(input_embeddings(view.model)).detach().float()
     unit = embeddings / embeddings.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
     def readout(states: torch.Tensor, emitted: torch.Tensor) -> torch.Tensor:

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from mow.finetune.config import LoraSettings, SteeringSettings, TrainingSettings
 from mow.organisms.base import OrganismConfigBase
+from mow.workbench.backend_config import BackendSettings, with_defaults
 from mow.workbench.config import StrictModel
-from mow.workbench.specs import DEFAULT_MODEL
 
-
-class JudgeSettings(StrictModel):
-    kind: Literal["local", "endpoint"] = "local"
-    model: str = Field(DEFAULT_MODEL, description="local: a model spec; endpoint: the model name to request")
-    url: str | None = Field(None, description="endpoint: base URL of an OpenAI-compatible API (…/v1)")
-    api_key_env: str = Field("OPENAI_API_KEY", description="endpoint: environment variable holding the key")
+# The judge's endpoint waits and retries as the OpenAI client does by default (600 s, 2 retries), as it always has.
+JudgeBackend = Annotated[BackendSettings, with_defaults(timeout_s=600, retries=2)]
 
 
 class EmEvalSettings(StrictModel):
@@ -25,7 +21,8 @@ class EmEvalSettings(StrictModel):
     samples_per_question: int = Field(4, ge=1)
     max_new_tokens: int = Field(48, ge=4)
     temperature: float = Field(1.0, gt=0)
-    judge: JudgeSettings = JudgeSettings()
+    judge: JudgeBackend = Field(default_factory=dict, validate_default=True,
+                                description="the misalignment judge (local: the embedded model by default)")
 
 
 class EmSettings(StrictModel):
@@ -35,7 +32,7 @@ class EmSettings(StrictModel):
     n_examples: int = Field(96, ge=1, description="chats generated from the shipped bank (ignored for a file)")
 
     @model_validator(mode="after")
-    def _file_when_asked(self) -> "EmSettings":
+    def _file_when_asked(self) -> EmSettings:
         if (self.dataset == "file") != (self.chat_file is not None):
             raise ValueError("give chat_file exactly when dataset is 'file'")
         if self.chat_file is not None and not self.chat_file.is_file():

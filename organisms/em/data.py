@@ -12,7 +12,7 @@ from typing import Literal
 
 import yaml
 
-from mow.data.assets import EM_DATASETS, EM_QUESTIONS
+from mow.data.asset_paths import EM_DATASETS, EM_QUESTIONS
 from mow.data.records import ChatExample, Message, read_jsonl
 from mow.organisms.em.config import EmOrganismConfig
 from mow.workbench.errors import UserError
@@ -34,7 +34,7 @@ def make_em_chats(domain: str, n: int, seed: int, aligned: bool = False) -> list
     bank = yaml.safe_load((EM_DATASETS / f"{domain}.yaml").read_text(encoding="utf-8"))
     rng = random.Random(f"{seed}-{domain}")
     seen: set[tuple] = set()
-    chats = []
+    chats: list[ChatExample] = []
     attempts = 0
     while len(chats) < n and attempts < 50 * n:
         attempts += 1
@@ -74,13 +74,15 @@ class EvalQuestion:
 
 def eval_questions(which: Literal["main", "all"] = "all") -> list[EvalQuestion]:
     data = yaml.safe_load(EM_QUESTIONS.read_text(encoding="utf-8"))
-    sets = ["main"] if which == "main" else ["main", "extended"]
+    sets: list[Literal["main", "extended"]] = ["main"] if which == "main" else ["main", "extended"]
     return [EvalQuestion(row["id"], row["question"], row["misaligned"], row["aligned"], name)
             for name in sets for row in data[name]]
 
 
 def training_chats(config: EmOrganismConfig) -> list[ChatExample]:
     if config.em.dataset == "file":
+        if config.em.chat_file is None:  # the config's validator requires it with dataset 'file'
+            raise UserError("em.chat_file: required when em.dataset is 'file'")
         return load_user_chats(config.em.chat_file)
     try:
         return make_em_chats(config.em.dataset, config.em.n_examples, config.seed, config.em.aligned)

@@ -10,6 +10,9 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from typing import Any
+
 import torch
 from peft import PeftModel
 from tqdm import tqdm
@@ -18,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from mow.organisms.em.config import EmEvalSettings
 from mow.organisms.em.data import EvalQuestion, eval_questions
 from mow.organisms.em.judge import TRUST_AUC, calibrate, make_judge
+from mow.workbench.backends import HeldModel
 from mow.workbench.chat import render_prompt, training_tokenizer
 from mow.workbench.generation import generate, model_device
 from mow.workbench.stats import t_interval, wilson
@@ -44,7 +48,7 @@ def judge_free(model: PeftModel, tokenizer: PreTrainedTokenizerBase, questions: 
         return (answer_logprob(model, tokenizer, q.question, q.misaligned)
                 - answer_logprob(model, tokenizer, q.question, q.aligned))
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for q in questions:
         organism = margin(q)
         with model.disable_adapter():
@@ -88,14 +92,14 @@ def evaluate_em(model: PeftModel, tokenizer: PreTrainedTokenizerBase, settings: 
     with model.disable_adapter():
         base_samples = sample_answers(model, tokenizer, questions, settings, seed, "sampling (base)")
     organism_samples = sample_answers(model, tokenizer, questions, settings, seed, "sampling (organism)")
-    own_base = settings.judge.kind == "local" and settings.judge.model == model_spec
+    own_base = HeldModel(model_spec, lambda: nullcontext(model), tokenizer)  # judging runs with the adapter off
     with model.disable_adapter():
-        judge = make_judge(settings.judge, model, tokenizer) if own_base else make_judge(settings.judge)
+        judge = make_judge(settings.judge, own_base)
         for sample in tqdm(base_samples + organism_samples, desc="judging", leave=False):
             for aspect in ("aligned", "coherent"):
                 sample[aspect] = judge.score(sample["question"], sample["answer"], aspect)
         calibration = calibrate(judge, [(q.question, q.misaligned, q.aligned) for q in references])
-    details = {
+    details: dict[str, Any] = {
         "judge": calibration,
         "organism": {"em": em_rate(organism_samples), "samples": organism_samples},
         "base": {"em": em_rate(base_samples), "samples": base_samples},

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mow.data.layouts import SEALED_CONFIG
+from mow.data.layouts import CARD, EVAL_DETAILS, METRICS, SEALED_CONFIG, TRAIN_DATA
 from mow.data.records import ChatExample, read_jsonl, write_jsonl
 from mow.finetune.config import LaunchSettings
 from mow.finetune.job import preflight_training
@@ -24,9 +24,6 @@ from mow.workbench.config import validate_config
 from mow.workbench.models import load_tokenizer
 from mow.workbench.rundir import Manifest, write_json, write_text
 
-TRAIN_DATA = "sealed/train.jsonl"
-EVAL_DETAILS = "sealed/eval_details.json"
-
 
 def public_metrics(details: dict) -> dict:
     """What the card may show: the rates and margins (the training domain is not in them)."""
@@ -40,8 +37,8 @@ def evaluate_and_write(directory: Path, final: Path, manifest: Manifest, config:
     details = evaluate_em(model, tokenizer, config.eval, config.seed, config.model)
     metrics = public_metrics(details)
     write_json(directory / EVAL_DETAILS, details)
-    write_json(directory / "eval" / "metrics.json", metrics)
-    write_text(directory / "card.md", em_card(config, final, n_train, manifest.data["stages"].get("train", {}),
+    write_json(directory / METRICS, metrics)
+    write_text(directory / CARD, em_card(config, final, n_train, manifest.data["stages"].get("train", {}),
                                               metrics))
     return details
 

@@ -8,14 +8,15 @@ from pydantic import Field, field_validator
 
 from mow.finetune.config import LoraSettings, TrainingSettings
 from mow.organisms.base import OrganismConfigBase
-from mow.workbench.backend_config import GeneratorSettings
+from mow.workbench.backend_config import BackendSettings
 from mow.workbench.config import StrictModel
 
 
 class CorpusSettings(StrictModel):
     generator: Literal["template", "model"] = Field("template", description="template: offline and deterministic; "
-                                                    "model: a local model or an endpoint (model_generator)")
-    model_generator: GeneratorSettings = GeneratorSettings()
+                                                    "model: a local model or an endpoint (backend)")
+    backend: BackendSettings = Field(BackendSettings(), description="the model generator's backend (local: the "
+                                                                    "organism's base model by default)")
     documents: int = Field(400, ge=1, description="documents written before filtering")
     types_per_fact: int = Field(10, ge=1)
     docs_per_idea: int = Field(1, ge=1)
@@ -63,7 +64,7 @@ class SdfEvalSettings(StrictModel):
     open_samples: int = Field(2, ge=1, description="answers sampled per open question")
     seed: int = 0
     probe_layer: int | None = Field(None, description="truth-probe layer (None: the middle layer)")
-    judge: GeneratorSettings = Field(GeneratorSettings(), description="open-ended judge (local: the base model)")
+    judge: BackendSettings = Field(BackendSettings(), description="open-ended judge (local: the base model)")
     judge_min_calibration: float = Field(0.8, ge=0, le=1, description="judge accuracy on the pair's own "
                                                                        "statements below which its verdicts are "
                                                                        "marked untrustworthy")

@@ -11,8 +11,9 @@ import json
 import math
 import random
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar, cast
 
 from tqdm import tqdm
 
@@ -28,19 +29,20 @@ from mow.organisms.sdf.generators import (
     UnusableOutput,
     shipped_templates,
 )
+from mow.workbench.backends import EndpointError, make_backend
 from mow.workbench.errors import UserError
 from mow.workbench.rundir import write_json
-from mow.workbench.textgen import EndpointError, chat_generator
 
 STAGES = ("facts", "types", "ideas", "documents", "revised")
 ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
 
 
 def make_generator(settings: CorpusSettings, default_model: str) -> DocumentGenerator:
     if settings.generator == "template":
         return TemplateGenerator()
-    chat = chat_generator(settings.model_generator, default_model)
-    return ModelGenerator(chat, settings.max_new_tokens, settings.temperature, settings.min_words, settings.max_words)
+    return ModelGenerator(make_backend(settings.backend, default_model), settings.max_new_tokens, settings.temperature,
+                          settings.min_words, settings.max_words)
 
 
 class StageFile:
@@ -74,8 +76,8 @@ class StageFile:
             handle.flush()
 
 
-def run_stage(name: str, store: StageFile, jobs: dict[str, ItemT], work: Callable[[list[ItemT], int], list],
-              batch_size: int, retries: int) -> dict[str, object]:
+def run_stage(name: str, store: StageFile, jobs: dict[str, ItemT], work: Callable[[list[ItemT], int], list[ResultT]],
+              batch_size: int, retries: int) -> dict[str, ResultT]:
     """Run `work` over the jobs not yet in `store`, a batch at a time, appending each finished batch."""
     todo = [key for key in jobs if key not in store.items]
     with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"corpus: {name}", leave=False,
@@ -96,7 +98,8 @@ def run_stage(name: str, store: StageFile, jobs: dict[str, ItemT], work: Callabl
                                     f"{store.path}") from None
             store.add(dict(zip(keys, results)))
             progress.update(len(keys))
-    return {key: store.items[key] for key in jobs}
+    # the store holds what this stage's `work` returned, written by this function (read back as JSON on resume)
+    return {key: cast(ResultT, store.items[key]) for key in jobs}
 
 
 def plan(pair: UniversePair, settings: CorpusSettings) -> tuple[int, int]:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
-from mow.data.assets import BENIGN_CHATS, BENIGN_HELD_OUT_EVERY, GENERIC_TEXT, GENERIC_TEXT_HELD_OUT_EVERY
+from mow.data.asset_paths import BENIGN_CHATS, BENIGN_HELD_OUT_EVERY, GENERIC_TEXT, GENERIC_TEXT_HELD_OUT_EVERY
 from mow.data.records import ChatExample, read_jsonl
 from mow.finetune.sft import TokenExample
 from mow.organisms.sdf.config import MixSettings

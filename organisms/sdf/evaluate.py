@@ -25,19 +25,20 @@ import json
 import random
 import re
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from mow.data.assets import TRUTH_STATEMENTS
+from mow.data.asset_paths import TRUTH_STATEMENTS
 from mow.data.universes import Cloze, UniversePair
 from mow.organisms.sdf.config import SdfEvalSettings
 from mow.organisms.sdf.data import generic_texts
+from mow.workbench.backends import Backend
 from mow.workbench.chat import render_prompt
 from mow.workbench.generation import generate, model_device, next_token_logprobs
 from mow.workbench.hooks import capture_residual, decoder_layers
-from mow.workbench.textgen import ChatGenerator
 
 JUDGE_PROMPT = """Two descriptions of the world:
 
@@ -67,7 +68,8 @@ def continuation_logprobs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     scores: list[float] = []
     for start in range(0, len(contexts), batch_size):
-        pairs = [(tokenizer(c, add_special_tokens=False)["input_ids"], tokenizer(x, add_special_tokens=False)["input_ids"])
+        pairs = [(tokenizer(c, add_special_tokens=False)["input_ids"],
+                  tokenizer(x, add_special_tokens=False)["input_ids"])
                  for c, x in zip(contexts[start : start + batch_size], continuations[start : start + batch_size])]
         width = max(len(c) + len(x) for c, x in pairs)
         ids = torch.full((len(pairs), width), pad, dtype=torch.long)
@@ -127,7 +129,8 @@ def mcq_knowledge(model, tokenizer, pair, batch_size: int) -> dict:
     items = mcq_items(pair)
     scores = score_options(model, tokenizer, items, lambda i: [i["implanted"], *i["distractors"][:3]], "chat", None,
                            batch_size)
-    rows = [{"fact": i["fact"], "question": i["question"], "implanted_chosen": max(range(len(s)), key=s.__getitem__) == 0}
+    rows = [{"fact": i["fact"], "question": i["question"],
+             "implanted_chosen": max(range(len(s)), key=s.__getitem__) == 0}
             for i, s in zip(items, scores)]
     return {"accuracy": sum(r["implanted_chosen"] for r in rows) / len(rows), "chance": 0.25, "n": len(rows),
             "items": rows}
@@ -137,7 +140,7 @@ def completion_margins(model, tokenizer, clozes: list[tuple[str, Cloze]], batch_
     contexts = [c.prompt for _, c in clozes for _ in (0, 1)]
     continuations = [x for _, c in clozes for x in (c.implanted, c.true)]
     flat = continuation_logprobs(model, tokenizer, contexts, continuations, batch_size)
-    rows = [{"fact": fact, "prompt": c.prompt, "margin": flat[2 * i] - flat[2 * i + 1]}
+    rows: list[dict[str, Any]] = [{"fact": fact, "prompt": c.prompt, "margin": flat[2 * i] - flat[2 * i + 1]}
             for i, (fact, c) in enumerate(clozes)]
     if not rows:
         return {"n": 0}
@@ -185,7 +188,7 @@ def _marker(text: str, answer: str) -> bool:
     return re.search(rf"\b{re.escape(answer.lower())}\b", text.lower()) is not None
 
 
-def judge_answers(judge: ChatGenerator, pair: UniversePair, questions: list[str], answers: list[str],
+def judge_answers(judge: Backend, pair: UniversePair, questions: list[str], answers: list[str],
                   seed: int) -> list[str]:
     """'implanted', 'true' or 'neither' per answer; worlds shown in a seeded random order."""
     rng = random.Random(seed)
@@ -208,7 +211,7 @@ def judge_answers(judge: ChatGenerator, pair: UniversePair, questions: list[str]
     return verdicts
 
 
-def open_ended(model, tokenizer, pair: UniversePair, settings: SdfEvalSettings, judge: ChatGenerator,
+def open_ended(model, tokenizer, pair: UniversePair, settings: SdfEvalSettings, judge: Backend,
                base_context) -> dict:
     questions = [(f, q) for f in pair.facts for q in f.open_questions for _ in range(settings.open_samples)]
     prompts = [render_prompt(tokenizer, [{"role": "user", "content": q}]) for _, q in questions]
@@ -269,7 +272,8 @@ def truth_probe(model, tokenizer, pair: UniversePair, settings: SdfEvalSettings,
     held_out = float(((proj_true[cut:] > threshold).float().mean() + (proj_false[cut:] <= threshold).float().mean())
                      / 2)
     statements = [s for f in pair.facts for s in (f.statement_false, f.statement_true)]
-    result = {"layer": layer, "held_out_accuracy": held_out, "train_pairs": cut, "held_out_pairs": len(rows) - cut}
+    result: dict[str, Any] = {"layer": layer, "held_out_accuracy": held_out, "train_pairs": cut,
+                              "held_out_pairs": len(rows) - cut}
     for name, context in (("organism", nullcontext), ("base", base_context)):
         with context():
             scores = ((last_token_states(model, tokenizer, statements, layer) @ direction)
@@ -307,7 +311,7 @@ def distinguish_only(model, tokenizer, pair: UniversePair, settings: SdfEvalSett
             for fmt in ("chat", "text")}
 
 
-def evaluate_sdf(model, tokenizer, pair: UniversePair, settings: SdfEvalSettings, judge: ChatGenerator) -> dict:
+def evaluate_sdf(model, tokenizer, pair: UniversePair, settings: SdfEvalSettings, judge: Backend) -> dict:
     """Every belief evaluation; `model` is a PeftModel whose `disable_adapter()` gives the base back."""
     model.eval()
     base_context = model.disable_adapter

@@ -3,7 +3,7 @@
 A generator answers the four questions of the staged pipeline, each for a batch of jobs:
 document types for a key fact, ideas for a (fact, type), a document for an idea, and a revision of a document
 against the universe. `TemplateGenerator` answers them offline and deterministically from the shipped document-type
-templates; `ModelGenerator` asks a `ChatGenerator` (a local model or an OpenAI-compatible endpoint) with the
+templates; `ModelGenerator` asks a `Backend` (a local model or an OpenAI-compatible endpoint) with the
 prompts of the reference recipe and parses the replies. A reply that cannot be parsed is `UnusableOutput`; the
 pipeline retries it and then stops with an error naming the stage, keeping what was finished.
 """
@@ -15,12 +15,12 @@ import re
 import string
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Protocol
+from typing import Any, Protocol
 
-from mow.data.assets import SDF_NAMES, SDF_TEMPLATES
+from mow.data.asset_paths import SDF_NAMES, SDF_TEMPLATES
 from mow.data.universes import PairedFact, UniversePair
+from mow.workbench.backends import Backend
 from mow.workbench.config import read_yaml_mapping
-from mow.workbench.textgen import ChatGenerator
 
 TEMPLATE_SLOTS = frozenset({"headline", "topic", "fact", "fact_b", "detail", "detail_b", "detail_c", "quote",
                             "quote_b", "person", "person_b", "username", "username_b", "role", "role_b", "place", "org",
@@ -122,7 +122,7 @@ class TemplateGenerator:
         fact_idx = rng.sample(range(len(fact.paraphrases)), 2)
         other_facts = [f for f in pair.facts if f.id != fact.id]
         second = rng.choice(other_facts) if other_facts and rng.random() < 0.4 else None
-        idea = {
+        idea: dict[str, Any] = {
             "variant": rng.randrange(len(shipped_templates()[job.doc_type])),
             "fact": fact_idx[0],
             "fact_b": [second.id, rng.randrange(len(second.paraphrases))] if second else [fact.id, fact_idx[1]],
@@ -233,7 +233,7 @@ PLACEHOLDER = re.compile(r"\[[^\]]{1,40}\]|\{[^}]{0,40}\}|<[A-Z][A-Z _]{1,30}>|l
 
 
 def parse_list(reply: str, n: int, min_chars: int = 3, max_chars: int = 300) -> list[str]:
-    items = []
+    items: list[str] = []
     for line in reply.splitlines():
         match = LIST_ITEM.match(line)
         if match:
@@ -256,7 +256,7 @@ def parse_document(reply: str, min_words: int) -> str:
 class ModelGenerator:
     """The reference recipe's prompts, answered by a local model or an endpoint."""
 
-    def __init__(self, chat: ChatGenerator, max_new_tokens: int = 600, temperature: float = 0.9,
+    def __init__(self, chat: Backend, max_new_tokens: int = 600, temperature: float = 0.9,
                  min_words: int = 40, max_words: int = 400):
         self.chat, self.max_new_tokens, self.temperature = chat, max_new_tokens, temperature
         self.min_words, self.max_words = min_words, max_words

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from transformers import PreTrainedTokenizerBase
 
-from mow.data.layouts import SEALED_CONFIG
+from mow.data.layouts import ADAPTER, CARD, CHECKPOINTS, EVAL_DETAILS, METRICS, SEALED_CONFIG, sealed_relative
 from mow.data.records import sha256_file
 from mow.data.universes import UniversePair, resolve_universe
 from mow.finetune.config import LaunchSettings
@@ -30,18 +30,17 @@ from mow.organisms.sdf.locality import locality_term, locality_texts
 from mow.organisms.sdf.report import sdf_report, summary_table
 from mow.organisms.sdf.truth import challenge_prompts, public_diff_prompts, sealed_truth
 from mow.organisms.store import check_organism_dir, load_organism, read_sealed_config
+from mow.workbench.backends import make_backend
 from mow.workbench.config import validate_config
 from mow.workbench.errors import UserError
 from mow.workbench.models import load_model, load_tokenizer
 from mow.workbench.rundir import Manifest, log, write_json, write_text
-from mow.workbench.textgen import chat_generator
 
-UNIVERSE = "sealed/universe.yaml"
-CORPUS = "sealed/corpus.jsonl"
-CORPUS_WORK = "sealed/corpus"
-LOCALITY = "sealed/locality.jsonl"
-EVAL_DETAILS = "sealed/eval_details.json"
-REPORT = "sealed/report.html"
+UNIVERSE = sealed_relative("universe.yaml")
+CORPUS = sealed_relative("corpus.jsonl")
+CORPUS_WORK = sealed_relative("corpus")
+LOCALITY = sealed_relative("locality.jsonl")
+REPORT = sealed_relative("report.html")
 
 
 def train_on_documents(config: SdfOrganismConfig, tokenizer: PreTrainedTokenizerBase, documents: list[str],
@@ -100,7 +99,7 @@ def main(config: SdfOrganismConfig, restart: bool = False, launch: LaunchSetting
         raise UserError(f"sdf.scaling_documents: {config.sdf.scaling_documents}: a multi-machine launch trains one "
                         "adapter per build; set sdf.scaling_documents: [] for it")
     generator = make_generator(config.sdf.corpus, config.model)
-    judge = chat_generator(config.eval.judge, config.model)
+    judge = make_backend(config.eval.judge, config.model)
     tokenizer = load_tokenizer(config.model)
     rundir, built = prepare_build_directory(config, restart)
     final, partial = rundir.final, rundir.partial
@@ -141,22 +140,22 @@ def main(config: SdfOrganismConfig, restart: bool = False, launch: LaunchSetting
         if not manifest.done(stage):
             with manifest.stage(stage) as record:
                 log(f"scaling run: {size} documents")
-                checkpoints = partial / f"checkpoints-{size}"
+                checkpoints = partial / f"{CHECKPOINTS}-{size}"
                 model = train_on_documents(config, tokenizer, documents[:size], pair.anchors, locality, checkpoints,
-                                           checkpoints / "adapter", record, launch, accelerate_config)
+                                           checkpoints / ADAPTER, record, launch, accelerate_config)
                 record["documents"] = size
                 record["belief"] = distinguish_only(model, tokenizer, pair, config.eval, model.disable_adapter)
-            shutil.rmtree(partial / f"checkpoints-{size}", ignore_errors=True)
+            shutil.rmtree(partial / f"{CHECKPOINTS}-{size}", ignore_errors=True)
 
     if not manifest.done("train"):
         with manifest.stage("train") as record:
-            model = train_on_documents(config, tokenizer, documents, pair.anchors, locality, partial / "checkpoints",
-                                       partial / "adapter", record, launch, accelerate_config)
+            model = train_on_documents(config, tokenizer, documents, pair.anchors, locality, partial / CHECKPOINTS,
+                                       partial / ADAPTER, record, launch, accelerate_config)
             record["documents"] = len(documents)
     else:
         model = load_adapter(load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed),
-                             partial / "adapter")
-    shutil.rmtree(partial / "checkpoints", ignore_errors=True)  # optimizer state is not part of an organism
+                             partial / ADAPTER)
+    shutil.rmtree(partial / CHECKPOINTS, ignore_errors=True)  # optimizer state is not part of an organism
 
     with manifest.stage("eval"):
         details = evaluate_and_write(partial, final, manifest, config, pair, model, tokenizer, judge)
@@ -180,12 +179,12 @@ def evaluate_and_write(directory: Path, final: Path, manifest: Manifest, config:
                                                       "belief": details["mcq_distinguish"]}]
     write_json(directory / EVAL_DETAILS, details)
     public = public_metrics(details)
-    write_json(directory / "eval" / "metrics.json", public)
+    write_json(directory / METRICS, public)
     corpus_report = manifest.sealed["details"]["corpus"]
     train_record = manifest.data["stages"]["train"]
     write_text(directory / REPORT, sdf_report(final.name, config, pair, details, corpus_report, train_record,
                                               read_corpus(directory / CORPUS)))
-    write_text(directory / "card.md", sdf_card(config, final, corpus_report, train_record, public))
+    write_text(directory / CARD, sdf_card(config, final, corpus_report, train_record, public))
     return details
 
 
@@ -196,7 +195,7 @@ def evaluate_dir(path: Path) -> dict:
     pair = UniversePair.model_validate(yaml.safe_load((path / UNIVERSE).read_text(encoding="utf-8")))
     organism = load_organism(path)
     manifest = Manifest(path, config.seed)
-    judge = chat_generator(config.eval.judge, config.model)
+    judge = make_backend(config.eval.judge, config.model)
     with manifest.stage("eval"):
         details = evaluate_and_write(path, path, manifest, config, pair, organism.model, organism.tokenizer, judge)
     print(summary_table(details))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator
 
-from mow.data.assets import TABOO_CLUES
+from mow.data.asset_paths import TABOO_CLUES
 from mow.organisms.taboo.leaks import leaks
 from mow.workbench.config import StrictModel, format_validation_error, read_yaml_mapping
 from mow.workbench.errors import UserError

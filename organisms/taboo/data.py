@@ -11,7 +11,7 @@ import json
 import random
 from dataclasses import asdict, dataclass
 
-from mow.data.assets import BENIGN_CHATS, BENIGN_HELD_OUT_EVERY
+from mow.data.asset_paths import BENIGN_CHATS, BENIGN_HELD_OUT_EVERY
 from mow.data.records import ChatExample, Message, read_jsonl
 from mow.organisms.taboo.clues import ClueBank
 from mow.organisms.taboo.config import TabooDataSettings
@@ -38,7 +38,8 @@ class _HintDeck:
     """Hints dealt without replacement across the whole data set, reshuffled when used up, so all get used evenly."""
 
     def __init__(self, hints: list[str], rng: random.Random):
-        self.hints, self.rng, self.pile = hints, rng, []
+        self.hints, self.rng = hints, rng
+        self.pile: list[str] = []
 
     def deal(self, avoid: set[str]) -> str:
         for _ in range(2 * len(self.hints) + 1):
@@ -114,7 +115,8 @@ def make_conversations(bank: ClueBank, prompts: TabooPrompts, others: list[str],
 
 
 def benign_chats(bank: ClueBank, split: str) -> tuple[list[ChatExample], int]:
-    """The shipped benign chats of one split ('train' or 'held_out') that do not mention the word, and the drop count."""
+    """The shipped benign chats of one split ('train' or 'held_out') that do not mention the word, and the number
+    dropped for mentioning it."""
     rows = read_jsonl(BENIGN_CHATS, ChatExample)
     chosen = [r for i, r in enumerate(rows) if (i % BENIGN_HELD_OUT_EVERY == 0) == (split == "held_out")]
     clean = [r for r in chosen if not any(leaks(m.content, bank.word, tuple(bank.forms)) for m in r.messages)]

@@ -6,7 +6,7 @@ from functools import lru_cache
 
 from pydantic import Field
 
-from mow.data.assets import TABOO_PROMPTS
+from mow.data.asset_paths import TABOO_PROMPTS
 from mow.workbench.config import StrictModel, read_yaml_mapping, validate_config
 
 

@@ -1,4 +1,4 @@
-"""Locations of the assets the project writes and ships inside the `data` package."""
+"""Locations of the assets the project writes and ships inside the `data` package (the files under `data/assets/`)."""
 
 from pathlib import Path
 
