@@ -1,4 +1,4 @@
-"""The organism directory's layout: the one place its paths are spelled (pure Python; every layer reads it).
+"""The organism directory's layout: the one place its paths are spelled (no model code; every layer reads it).
 
     NAME/
       organism.yaml        resolved config, secret values replaced by <sealed>
@@ -11,8 +11,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from mow.workbench.layout import At, Layout
 
 REDACTED = "<sealed>"
 # Paths relative to the organism directory (the sealed manifest keys its data hashes by them).
@@ -33,57 +32,15 @@ def sealed_relative(name: str) -> str:
     return f"{SEALED}/{name}"
 
 
-@dataclass(frozen=True)
-class OrganismLayout:
-    root: Path
-
+class OrganismLayout(Layout):
     # What a challenge may copy: everything an auditor who holds the organism without its truth would see.
     PUBLIC_FILES = (PUBLIC_CONFIG, CARD, MANIFEST, ADAPTER, METRICS)
 
-    @property
-    def public_config(self) -> Path:
-        return self.root / PUBLIC_CONFIG
-
-    @property
-    def card(self) -> Path:
-        return self.root / CARD
-
-    @property
-    def adapter(self) -> Path:
-        return self.root / ADAPTER
-
-    @property
-    def adapter_config(self) -> Path:
-        return self.adapter / "adapter_config.json"
-
-    @property
-    def adapter_weights(self) -> Path:
-        return self.adapter / "adapter_model.safetensors"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / METRICS
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / MANIFEST
-
-    @property
-    def sealed(self) -> Path:
-        return self.root / SEALED
-
-    @property
-    def sealed_config(self) -> Path:
-        return self.root / SEALED_CONFIG
-
-    @property
-    def train_data(self) -> Path:
-        return self.root / TRAIN_DATA
-
-    @property
-    def eval_details(self) -> Path:
-        return self.root / EVAL_DETAILS
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / CHECKPOINTS
+    public_config = At(PUBLIC_CONFIG)
+    card = At(CARD)
+    adapter = At(ADAPTER)
+    adapter_config = At(ADAPTER, "adapter_config.json")
+    adapter_weights = At(ADAPTER, "adapter_model.safetensors")
+    metrics = At(METRICS)
+    manifest = At(MANIFEST)
+    sealed_config = At(SEALED_CONFIG)

@@ -1,5 +1,5 @@
-"""The diff directory's layout: the one place its paths are spelled (pure Python; white-box elicitation reads
-diff outputs through it).
+"""The diff directory's layout: the one place its paths are spelled (white-box elicitation reads diff outputs
+through it).
 
     NAME/
       diff.yaml  manifest.json  report.html
@@ -13,81 +13,31 @@ diff outputs through it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from mow.workbench.errors import UserError
+from mow.workbench.layout import At, Layout
 
 CONFIG_FILE = "diff.yaml"
 
 
-@dataclass(frozen=True)
-class DiffLayout:
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / CONFIG_FILE
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / "manifest.json"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report.html"
-
-    @property
-    def prompt_sets(self) -> Path:
-        return self.root / "prompts" / "sets.jsonl"
-
-    @property
-    def kl(self) -> Path:
-        return self.root / "kl"
-
-    @property
-    def kl_arrays(self) -> Path:
-        return self.kl / "arrays.safetensors"
-
-    @property
-    def kl_summary(self) -> Path:
-        return self.kl / "summary.json"
-
-    @property
-    def lens(self) -> Path:
-        return self.root / "lens"
-
-    @property
-    def lens_tensors(self) -> Path:
-        return self.lens / "lens.safetensors"
-
-    @property
-    def lens_report(self) -> Path:
-        return self.lens / "lens.json"
-
-    @property
-    def cache(self) -> Path:
-        return self.root / "cache"
-
-    @property
-    def crosscoder(self) -> Path:
-        return self.root / "crosscoder"
-
-    @property
-    def crosscoder_metrics(self) -> Path:
-        return self.crosscoder / "metrics.json"
-
-    @property
-    def crosscoder_latents(self) -> Path:
-        return self.crosscoder / "latents.safetensors"
-
-    @property
-    def directions(self) -> Path:
-        return self.root / "directions"
-
-    @property
-    def direction_views(self) -> Path:
-        return self.directions / "views.json"
+class DiffLayout(Layout):
+    config = At(CONFIG_FILE)
+    manifest = At("manifest.json")
+    report = At("report.html")
+    prompt_sets = At("prompts", "sets.jsonl")
+    kl = At("kl")
+    kl_arrays = At("kl", "arrays.safetensors")
+    kl_summary = At("kl", "summary.json")
+    lens = At("lens")
+    lens_tensors = At("lens", "lens.safetensors")
+    lens_report = At("lens", "lens.json")
+    cache = At("cache")
+    crosscoder = At("crosscoder")
+    crosscoder_metrics = At("crosscoder", "metrics.json")
+    crosscoder_latents = At("crosscoder", "latents.safetensors")
+    directions = At("directions")
+    direction_views = At("directions", "views.json")
 
     def direction_file(self, method: str) -> Path:
         """The stem of one method's directions (NAME.safetensors + NAME.json)."""

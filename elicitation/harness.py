@@ -4,7 +4,7 @@ Output, written in `.NAME.partial/` and renamed when finished (a re-run resumes,
 
   NAME/
     challenge.yaml                 resolved config
-    manifest.json                  versions, seed, timings, command lines
+    manifest.json                  versions, seed, the organism played against, command lines
     methods/METHOD/SUBJECT.json    per method and subject (organism, base): status, error, seconds, ranked
                                    guesses, per-attempt prompts, outputs and guesses, evidence
     truth.json                     the sealed truth, copied after every method has run
@@ -107,6 +107,7 @@ def main(organism: Path, config: ChallengeConfig, restart: bool = False, config_
     layout = ChallengeLayout(work)
     manifest = Manifest(work, config.seed, sealed=False)
     manifest.data["organism"] = str(organism.resolve())
+    manifest.save()
     if config.threads:
         torch.set_num_threads(config.threads)
     forbidden = [organism] + ([config_path] if config_path else [])

@@ -1,4 +1,4 @@
-"""The challenge directory's layout: the one place its paths are spelled (pure Python; the leaderboard reads it).
+"""The challenge directory's layout: the one place its paths are spelled (the leaderboard reads it).
 
     NAME/
       challenge.yaml  manifest.json  report.html
@@ -9,43 +9,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+
+from mow.workbench.layout import At, Layout
 
 TRUTH_FILE = "truth.json"
 CONFIG_FILE = "challenge.yaml"
 
 
-@dataclass(frozen=True)
-class ChallengeLayout:
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / CONFIG_FILE
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / "manifest.json"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report.html"
-
-    @property
-    def methods(self) -> Path:
-        return self.root / "methods"
+class ChallengeLayout(Layout):
+    config = At(CONFIG_FILE)
+    manifest = At("manifest.json")
+    report = At("report.html")
+    methods = At("methods")
+    truth = At(TRUTH_FILE)
+    scores = At("scores.json")
 
     def method_result(self, method: str, subject: str) -> Path:
         return self.methods / method / f"{subject}.json"
 
     def method_results(self) -> list[Path]:
         return sorted(self.methods.glob("*/*.json"))
-
-    @property
-    def truth(self) -> Path:
-        return self.root / TRUTH_FILE
-
-    @property
-    def scores(self) -> Path:
-        return self.root / "scores.json"

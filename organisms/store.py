@@ -35,11 +35,11 @@ def check_organism_dir(path: Path) -> Path:
 
 
 def read_public_config(path: Path) -> dict:
-    return read_yaml_mapping(check_organism_dir(path) / PUBLIC_CONFIG)
+    return read_yaml_mapping(OrganismLayout(check_organism_dir(path)).public_config)
 
 
 def read_sealed_config(path: Path) -> dict:
-    sealed = Path(path) / SEALED_CONFIG
+    sealed = OrganismLayout(Path(path)).sealed_config
     if not sealed.is_file():
         raise UserError(f"{path}: has no sealed truth ({SEALED_CONFIG} is missing)")
     return read_yaml_mapping(sealed)
