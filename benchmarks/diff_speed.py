@@ -141,9 +141,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_spec = args.model
         if args.organism is not None:
+            from mow.data.layouts import OrganismLayout
             from mow.organisms.store import read_public_config
 
-            adapter = args.organism / "adapter"
+            adapter = OrganismLayout(args.organism).adapter
             model_spec = str(read_public_config(args.organism)["model"])
         else:
             adapter = make_adapter(Path(tmp) / "adapter", model_spec)

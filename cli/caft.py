@@ -12,12 +12,13 @@ from mow.cli.flags import add_run_flags
 
 
 def cmd_caft_testbed(args: argparse.Namespace) -> None:
-    from mow.finetune.spurious_testbed import load_testbed_config
+    from mow.finetune.spurious_testbed import TestbedLayout, load_testbed_config
     from mow.finetune.spurious_testbed import main as testbed_main
 
     config = load_testbed_config(args.config, args.set)
     final = testbed_main(config, restart=args.restart)
-    summary = json.loads((final / "summary.json").read_text())
+    layout = TestbedLayout(final)
+    summary = json.loads(layout.summary.read_text())
     for name, entry in summary["conditions"].items():
         print(f"{name:<8} in distribution {100 * entry['in_distribution_mean']:5.1f}%   out of distribution "
               f"{100 * entry['out_of_distribution_mean']:5.1f}%   (per seed: "
@@ -25,7 +26,7 @@ def cmd_caft_testbed(args: argparse.Namespace) -> None:
     for name, target in summary["targets"].items():
         print(f"{name}: {100 * target['value']:+.1f} points (target {target['target']}): "
               f"{'met' if target['met'] else 'missed'}")
-    print(f"report: {final / 'report.html'}")
+    print(f"report: {layout.report}")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -25,7 +25,7 @@ import argparse
 import sys
 
 from mow.cli import caft, demo, diff, diff_score, elicit, leaderboard, organism, serve
-from mow.workbench.errors import UserError
+from mow.workbench.errors import EndpointError, UserError
 
 COMMANDS = (demo, organism, diff, diff_score, elicit, leaderboard, serve, caft)
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except UserError as exc:
+    except (UserError, EndpointError) as exc:
         print(f"mow: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

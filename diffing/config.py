@@ -116,5 +116,3 @@ def load_diff_config(path: Path | None, overrides: list[str]) -> DiffConfig:
     raw = read_yaml_mapping(path) if path is not None else {}
     raw = apply_overrides(raw, overrides)
     return validate_config(DiffConfig, raw, str(path) if path is not None else "mow diff")
-
-

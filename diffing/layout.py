@@ -43,6 +43,10 @@ class DiffLayout(Layout):
         """The stem of one method's directions (NAME.safetensors + NAME.json)."""
         return self.directions / method
 
+    def direction_info(self, method: str) -> Path:
+        """How one method's directions were found (NAME.json)."""
+        return self.direction_file(method).with_suffix(".json")
+
     def check_finished(self) -> DiffLayout:
         """This layout, or a one-line error naming what a finished diff lacks (scoring and white-box methods read
         these files)."""

@@ -17,6 +17,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from mow.data.asset_paths import BENIGN_CHATS, BENIGN_HELD_OUT_EVERY, GENERIC_TEXT
+from mow.data.layouts import PUBLIC_CONFIG
 from mow.data.records import Message, read_jsonl
 from mow.diffing.config import PromptSetSettings
 from mow.organisms.kinds import kind_of_public_config
@@ -76,7 +77,7 @@ def _shipped_set(name: str, public_config: dict | None, source: str) -> list[Pro
 
 
 def prompt_set_records(settings: PromptSetSettings, public_config: dict | None,
-                       source: str = "organism.yaml") -> dict[str, list[PromptRecord]]:
+                       source: str = PUBLIC_CONFIG) -> dict[str, list[PromptRecord]]:
     """Every record of every set (user files are named by their stem)."""
     sets: dict[str, list[PromptRecord]] = {name: _shipped_set(name, public_config, source) for name in settings.sets}
     for path in settings.extra:

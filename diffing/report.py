@@ -49,9 +49,9 @@ def _kl_sequence(arrays: KLArrays, index: int, tokenizer: PreTrainedTokenizerBas
     return f'<div class="seq">{"".join(spans)}</div>'
 
 
-def _kl_section(directory: Path, tokenizer: PreTrainedTokenizerBase) -> str:
-    summary = json.loads(DiffLayout(directory).kl_summary.read_text())
-    arrays = KLArrays.load(DiffLayout(directory).kl_arrays)
+def _kl_section(layout: DiffLayout, tokenizer: PreTrainedTokenizerBase) -> str:
+    summary = json.loads(layout.kl_summary.read_text())
+    arrays = KLArrays.load(layout.kl_arrays)
     names = summary["set_names"]
     vmax = float(torch.quantile(arrays.kl_tb, 0.99)) if arrays.kl_tb.numel() else 1.0
     rows = [[escape(name), side, f"{v['kl_tuned_base']:.4f}", f"{v['kl_base_tuned']:.4f}", v["positions"]]
@@ -86,8 +86,8 @@ def _kl_section(directory: Path, tokenizer: PreTrainedTokenizerBase) -> str:
     return "\n".join(html)
 
 
-def _lens_section(directory: Path) -> str:
-    lens = json.loads(DiffLayout(directory).lens_report.read_text())
+def _lens_section(layout: DiffLayout) -> str:
+    lens = json.loads(layout.lens_report.read_text())
     html = ["<h2>Activation-difference lens</h2>",
             f'<p class="small">Mean tuned − base residual over the first {lens["positions"]} content positions of '
             f'each text (from position {lens["skip_first"]} of plain text; from the first message token of a chat, '
@@ -117,9 +117,9 @@ def _lens_section(directory: Path) -> str:
     return "\n".join(html)
 
 
-def _crosscoder_section(directory: Path) -> str:
-    metrics = json.loads(DiffLayout(directory).crosscoder_metrics.read_text())
-    latents = load_file(str(DiffLayout(directory).crosscoder_latents))
+def _crosscoder_section(layout: DiffLayout) -> str:
+    metrics = json.loads(layout.crosscoder_metrics.read_text())
+    latents = load_file(str(layout.crosscoder_latents))
     figure, axis = plt.subplots(figsize=(7, 2.8))
     axis.hist(latents["relative_norm"].numpy(), bins=50, color="#268bd2")
     axis.set_xlabel("relative decoder norm (0 = base-only, 0.5 = shared, 1 = tuned-only)")
@@ -146,8 +146,8 @@ def _crosscoder_section(directory: Path) -> str:
     return "\n".join(html)
 
 
-def _directions_section(directory: Path) -> str:
-    saved = json.loads(DiffLayout(directory).direction_views.read_text())
+def _directions_section(layout: DiffLayout) -> str:
+    saved = json.loads(layout.direction_views.read_text())
     html = ["<h2>Concept directions</h2>",
             '<p class="small">Unit vectors in <code>directions/NAME.safetensors</code> (+ <code>.json</code>), '
             "readable by fine-tuning for concept ablation.</p>"]
@@ -155,7 +155,7 @@ def _directions_section(directory: Path) -> str:
         html.append(f"<p>{escape(method)}: not written ({escape(reason)}).</p>")
     for method, entries in saved["views"].items():
         html.append(f"<h3>{escape(method)}</h3>")
-        info_file = DiffLayout(directory).direction_file(method).with_suffix(".json")
+        info_file = layout.direction_info(method)
         details = json.loads(info_file.read_text()).get("details", {}) if info_file.is_file() else {}
         if details:
             html.append('<p class="small">' + "; ".join(f"{escape(str(k))}: {escape(str(v))}"
@@ -169,17 +169,18 @@ def _directions_section(directory: Path) -> str:
 
 
 def write_report(directory: Path, tokenizer: PreTrainedTokenizerBase) -> Path:
-    manifest = json.loads(DiffLayout(directory).manifest.read_text())
-    config = DiffLayout(directory).config.read_text()
+    layout = DiffLayout(directory)
+    manifest = json.loads(layout.manifest.read_text())
+    config = layout.config.read_text()
     stages = manifest["stages"]
     timing = ", ".join(f"{k} {v.get('seconds', 0):.0f} s" for k, v in stages.items())
     body = [f"<h1>Diff: {escape(directory.name.removeprefix('.').removesuffix('.partial'))}</h1>",
             f'<p class="small">Stages: {escape(timing)}. torch {escape(manifest["versions"]["torch"])}, '
             f'transformers {escape(manifest["versions"]["transformers"])}.</p>',
-            _kl_section(directory, tokenizer), _lens_section(directory), _crosscoder_section(directory),
-            _directions_section(directory),
+            _kl_section(layout, tokenizer), _lens_section(layout), _crosscoder_section(layout),
+            _directions_section(layout),
             f"<h2>Config</h2><pre>{escape(config)}</pre>"]
     html = page("mow diff", body)
-    path = DiffLayout(directory).report
+    path = layout.report
     write_text(path, html)
     return path

@@ -90,8 +90,9 @@ Auditor = LocalAuditor | EndpointAuditor
 
 def auditor_for(settings: AuditorSettings, base: HeldModel, seed: int = 0) -> Auditor:
     """The auditor the settings name; a local one runs the organism's public base model (`base`, its weights shared)
-    unless the settings name another model, which is loaded here, before any method runs."""
-    backend = make_backend(settings.backend, base.spec, held=base, seed=seed)
+    unless the settings name a model, which is loaded here (a fresh copy, seeded), before any method runs."""
+    held = base if settings.backend.model is None else None
+    backend = make_backend(settings.backend, base.spec, held=held, seed=seed)
     if isinstance(backend, EndpointBackend):
         return EndpointAuditor(settings, backend)
     backend.load()

@@ -57,11 +57,6 @@ def _token_words(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[st
     return ids, words
 
 
-def word_token_ids(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
-    """Vocabulary tokens that are a whole word once decoded (with or without a leading space)."""
-    return torch.tensor(_token_words(tokenizer)[0])
-
-
 def ranking_from_scores(scores: torch.Tensor, tokenizer: PreTrainedTokenizerBase, n: int,
                         exclude: Collection[str] = frozenset()) -> list[str]:
     """The n best words by a score over the vocabulary (forms of one word keep their best score)."""

@@ -1,7 +1,7 @@
 """One training run of an adapter, in this process or on every rank of an `accelerate launch`.
 
 The pipelines call `train_adapter`: it trains in process, or writes the job (settings and examples) and launches
-`finetune.worker` on N processes through `finetune.launch`, then reads the result rank 0 wrote. Either way the
+`mow.finetune.worker` on N processes through `mow.finetune.launch`, then reads the result rank 0 wrote. Either way the
 adapter ends up in `adapter_dir`.
 """
 

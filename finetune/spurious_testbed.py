@@ -12,9 +12,9 @@ and the base model is scored untrained. Accuracy is read from the option logits 
 in distribution (features agree, held-out sentences) and out of distribution (features disagree: the score is
 agreement with the intended feature).
 
-Stages (resumable: each finished run is kept): data -> directions -> runs -> report. Layout of the output:
-  testbed.yaml, manifest.json, data/*.jsonl, directions/spurious.{safetensors,json}, directions/views.json,
-  runs/CONDITION-seedN.json (per-item scores, loss curve), summary.json, report.html
+Stages (resumable: each finished run is kept): data -> directions -> runs -> report. Layout of the output
+(`TestbedLayout`): testbed.yaml, manifest.json, data/*.jsonl, directions/spurious.{safetensors,json},
+directions/views.json, runs/CONDITION-seedN.json (per-item scores, loss curve), summary.json, report.html
 """
 
 from __future__ import annotations
@@ -42,11 +42,28 @@ from mow.workbench.config import StrictModel, apply_overrides, dump_config, read
 from mow.workbench.errors import UserError
 from mow.workbench.generation import model_device, next_token_logprobs
 from mow.workbench.hooks import capture_residual, logit_lens
+from mow.workbench.layout import At, Layout
 from mow.workbench.models import load_model, load_tokenizer, model_shape
 from mow.workbench.rundir import Manifest, RunDirectory, write_json, write_text
 from mow.workbench.specs import DEFAULT_MODEL
 
 Condition = Literal["plain", "caft", "random"]
+
+
+class TestbedLayout(Layout):
+    """The testbed's output directory: the one place its paths are spelled."""
+
+    config = At("testbed.yaml")
+    data = At("data")
+    directions_stem = At("directions", "spurious")  # spurious.safetensors + spurious.json
+    direction_views = At("directions", "views.json")
+    runs = At("runs")
+    checkpoints = At("checkpoints")
+    summary = At("summary.json")
+    report = At("report.html")
+
+    def run(self, name: str) -> Path:
+        return self.runs / f"{name}.json"
 
 
 class TestbedConfig(StrictModel):
@@ -134,7 +151,7 @@ def sentence_means(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, i
 
 
 def find_spurious_direction(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: TestbedConfig,
-                            layers: list[int], out: Path) -> dict:
+                            layers: list[int], layout: TestbedLayout) -> dict:
     """Difference of means between the contrast sets of the spurious feature, per layer; saved in the directions
     format with a view per layer (logit-lens tokens, the contrast sentences projecting most and least)."""
     first, second = contrast_items(config.spurious, config.n_contrast, seed=0)
@@ -166,8 +183,8 @@ def find_spurious_direction(model: PreTrainedModel, tokenizer: PreTrainedTokeniz
             "details": {"feature": config.spurious, "sets": list(labels), "items": [len(first), len(second)],
                         "score": "separation of the two sets along the direction, in pooled standard deviations",
                         "positions": "per-sentence mean over the sentence and the tokens after it"}}
-    Directions(vectors, info).save(out / "spurious")
-    write_json(out / "views.json", views)
+    Directions(vectors, info).save(layout.directions_stem)
+    write_json(layout.direction_views, views)
     return {"layers": layers, "separation": {str(v["layer"]): round(v["separation"], 3) for v in views}}
 
 
@@ -182,7 +199,7 @@ def run_condition(config: TestbedConfig, condition: Condition, seed: int, tokeni
         steering = resolve_steering(settings, base.config.hidden_size, base.config.num_hidden_layers, "testbed")
     model = attach_lora(base, config.lora, seed, config.training.gradient_checkpointing)
     examples = [chat_example(item, config.intended) for item in splits.train]
-    checkpoints = work / "checkpoints" / f"{condition}-seed{seed}"
+    checkpoints = TestbedLayout(work).checkpoints / f"{condition}-seed{seed}"
     result = train(model, tokenizer, examples, config.training, checkpoints, seed, steering=steering)
     shutil.rmtree(checkpoints, ignore_errors=True)
     model.eval()
@@ -193,7 +210,7 @@ def run_condition(config: TestbedConfig, condition: Condition, seed: int, tokeni
 
 
 def main(config: TestbedConfig, restart: bool = False) -> Path:
-    rundir = RunDirectory(config.output_dir / config.name, "testbed.yaml", dump_config(config), "testbed run")
+    rundir = RunDirectory(config.output_dir / config.name, TestbedLayout.config, dump_config(config), "testbed run")
     if rundir.finished(restart):
         return rundir.final
     _, n_layers = model_shape(config.model)
@@ -203,6 +220,7 @@ def main(config: TestbedConfig, restart: bool = False) -> Path:
     if config.threads:
         torch.set_num_threads(config.threads)
     work = rundir.start(restart)
+    layout = TestbedLayout(work)
     manifest = Manifest(work, config.seeds[0], sealed=False)
     splits = {seed: make_splits(config.n_train, config.n_test, seed) for seed in config.seeds}
     if not manifest.done("data"):
@@ -210,15 +228,13 @@ def main(config: TestbedConfig, restart: bool = False) -> Path:
             for seed, split in splits.items():
                 for part in ("train", "in_distribution", "out_of_distribution"):
                     rows = [json.dumps(asdict(item)) for item in getattr(split, part)]
-                    write_text(work / "data" / f"seed{seed}-{part}.jsonl", "\n".join(rows) + "\n")
+                    write_text(layout.data / f"seed{seed}-{part}.jsonl", "\n".join(rows) + "\n")
             record.update(train=len(splits[config.seeds[0]].train), test=2 * config.n_test)
-    directions = work / "directions" / "spurious.safetensors"
     if not manifest.done("directions"):
         with manifest.stage("directions") as record:
-            record.update(find_spurious_direction(load_model(config.model), tokenizer, config, layers,
-                                                  work / "directions"))
+            record.update(find_spurious_direction(load_model(config.model), tokenizer, config, layers, layout))
     with manifest.stage("runs") as record:
-        base_scores = work / "runs" / "base.json"
+        base_scores = layout.run("base")
         if not base_scores.is_file():
             base = load_model(config.model)
             split = splits[config.seeds[0]]
@@ -227,18 +243,19 @@ def main(config: TestbedConfig, restart: bool = False) -> Path:
                                      "out_of_distribution": score_items(base, tokenizer, split.out_of_distribution)})
         for seed in config.seeds:
             for condition in config.conditions:
-                path = work / "runs" / f"{condition}-seed{seed}.json"
+                path = layout.run(f"{condition}-seed{seed}")
                 if path.is_file():
                     continue
                 print(f"training {condition}, seed {seed}", flush=True)
-                write_json(path, run_condition(config, condition, seed, tokenizer, splits[seed], directions, work))
+                write_json(path, run_condition(config, condition, seed, tokenizer, splits[seed],
+                                                 layout.directions_stem.with_suffix(".safetensors"), work))
         record["runs"] = len(config.seeds) * len(config.conditions)
-    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    shutil.rmtree(layout.checkpoints, ignore_errors=True)
     with manifest.stage("report") as record:
-        summary = summarise([json.loads(p.read_text()) for p in sorted((work / "runs").glob("*.json"))],
+        summary = summarise([json.loads(p.read_text()) for p in sorted(layout.runs.glob("*.json"))],
                             config.intended, config.spurious)
-        write_json(work / "summary.json", summary)
-        views = json.loads((work / "directions" / "views.json").read_text())
-        write_report(work / "report.html", config, summary, views)
+        write_json(layout.summary, summary)
+        views = json.loads(layout.direction_views.read_text())
+        write_report(layout.report, config, summary, views)
         record["targets"] = summary["targets"]
     return rundir.finish()

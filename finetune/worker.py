@@ -1,4 +1,4 @@
-"""`python -m finetune.worker JOB.json`: one rank of a distributed training launch (see `finetune.launch`).
+"""`python -m mow.finetune.worker JOB.json`: one rank of a distributed training launch (see `mow.finetune.launch`).
 
 `accelerate launch` starts this on every process; each trains its share under DDP or DeepSpeed, and rank 0 writes
 the adapter and the result JSON the launching pipeline reads.

@@ -67,5 +67,3 @@ class OrganismConfigBase(StrictModel):
             if node.get(leaf) is not None:
                 node[leaf] = REDACTED
         return data
-
-

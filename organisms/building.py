@@ -14,20 +14,25 @@ from mow.data.layouts import ADAPTER, CHECKPOINTS, PUBLIC_CONFIG, SEALED_CONFIG
 from mow.data.records import ChatExample, read_jsonl, sha256_file
 from mow.finetune.config import LaunchSettings, SteeringSettings
 from mow.finetune.job import TrainJob, train_adapter
-from mow.finetune.lora import load_adapter
 from mow.finetune.steering import check_steering
 from mow.organisms.base import OrganismConfigBase
+from mow.organisms.store import load_with_adapter
 from mow.workbench.config import dump_config
 from mow.workbench.errors import UserError
-from mow.workbench.models import load_model
 from mow.workbench.rundir import Manifest, RunDirectory, log, write_text
 
 
-def read_training_chats(partial: Path, manifest: Manifest, relative: str) -> list[ChatExample]:
-    """The chats the data stage wrote, refused if they changed since (their hash is in the sealed manifest)."""
+def unchanged_sealed_file(partial: Path, manifest: Manifest, relative: str) -> Path:
+    """A data file an earlier stage wrote, refused if it changed since (its hash is in the sealed manifest): a
+    resumed build trains on what the data stage made, not on an edited copy."""
     if sha256_file(partial / relative) != manifest.sealed["data_hashes"][relative]:
         raise UserError(f"{partial / relative}: changed since it was written; re-run with --restart")
-    return read_jsonl(partial / relative, ChatExample)
+    return partial / relative
+
+
+def read_training_chats(partial: Path, manifest: Manifest, relative: str) -> list[ChatExample]:
+    """The chats the data stage wrote (hash-checked)."""
+    return read_jsonl(unchanged_sealed_file(partial, manifest, relative), ChatExample)
 
 
 def train_stage(manifest: Manifest, config: OrganismConfigBase, partial: Path, chats: list[ChatExample],
@@ -49,8 +54,7 @@ def train_stage(manifest: Manifest, config: OrganismConfigBase, partial: Path, c
             if steering is not None:
                 record["steering"] = check_steering(steering, config.model, "caft").record
     if model is None:
-        model = load_adapter(load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed),
-                             partial / ADAPTER)
+        model = load_with_adapter(config.model, config.load_in_4bit, config.seed, partial / ADAPTER)
     shutil.rmtree(partial / CHECKPOINTS, ignore_errors=True)
     return model
 

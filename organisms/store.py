@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from mow.data.layouts import PUBLIC_CONFIG, SEALED_CONFIG, OrganismLayout
+from mow.data.layouts import SEALED_CONFIG, OrganismLayout
 from mow.finetune.lora import load_adapter
 from mow.workbench.config import read_yaml_mapping
 from mow.workbench.errors import UserError
 from mow.workbench.models import load_model, load_tokenizer
+from mow.workbench.rundir import final_name
 
 
 @dataclass
@@ -45,13 +45,19 @@ def read_sealed_config(path: Path) -> dict:
     return read_yaml_mapping(sealed)
 
 
+def load_with_adapter(model: str, load_in_4bit: bool, seed: int, adapter_dir: Path) -> PeftModel:
+    """Base model + a trained adapter from one copy of the base weights; `disable_adapter()` gives the base back."""
+    return load_adapter(load_model(model, load_in_4bit=load_in_4bit, seed=seed), adapter_dir)
+
+
 def load_organism(path: Path) -> LoadedOrganism:
-    """Base model + adapter (one copy of the base weights); `model.disable_adapter()` gives the base back."""
+    """A built organism: base + adapter (one copy of the base weights) and its tokenizer."""
     path = check_organism_dir(path)
     config = read_public_config(path)
     tokenizer = load_tokenizer(config["model"])
-    base = load_model(config["model"], load_in_4bit=config.get("load_in_4bit", False), seed=config.get("seed", 0))
-    return LoadedOrganism(path, config, load_adapter(base, OrganismLayout(path).adapter), tokenizer)
+    model = load_with_adapter(config["model"], config.get("load_in_4bit", False), config.get("seed", 0),
+                              OrganismLayout(path).adapter)
+    return LoadedOrganism(path, config, model, tokenizer)
 
 
 def list_organisms(root: Path) -> list[dict]:
@@ -61,25 +67,21 @@ def list_organisms(root: Path) -> list[dict]:
     if not root.is_dir():
         return rows
     for child in sorted(root.iterdir()):
-        partial = child.name.startswith(".") and child.name.endswith(".partial")
-        if not (child / PUBLIC_CONFIG).is_file():
+        name = final_name(child) or child.name
+        if name.startswith(".") or not OrganismLayout(child).public_config.is_file():
             continue
         try:
-            config = read_yaml_mapping(child / PUBLIC_CONFIG)
+            config = read_yaml_mapping(OrganismLayout(child).public_config)
         except UserError:
             continue
         metrics_file = OrganismLayout(child).metrics
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         rows.append({
-            "name": child.name[1:-len(".partial")] if partial else child.name,
-            "status": "partial" if partial else "built",
+            "name": name,
+            "status": "partial" if final_name(child) else "built",
             "kind": str(config.get("kind", "?")),
             "model": str(config.get("model", "?")),
             "path": str(child),
             "headline": metrics.get("headline", {}),
         })
     return rows
-
-
-def log(message: str) -> None:
-    print(f"[mow] {message}", file=sys.stderr, flush=True)

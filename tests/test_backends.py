@@ -19,10 +19,10 @@ from mow.organisms.sdf.config import CorpusSettings, SdfEvalSettings
 from mow.organisms.sdf.corpus import make_generator
 from mow.workbench import backends
 from mow.workbench.backend_config import BackendSettings
-from mow.workbench.backends import EndpointBackend, EndpointError, HeldModel, LocalBackend, make_backend
+from mow.workbench.backends import EndpointBackend, HeldModel, LocalBackend, make_backend
 from mow.workbench.chat import render_prompt
 from mow.workbench.config import validate_config
-from mow.workbench.errors import UserError
+from mow.workbench.errors import EndpointError, UserError
 from mow.workbench.generation import generate
 from mow.workbench.models import load_model
 from mow.workbench.specs import DEFAULT_MODEL
@@ -58,11 +58,9 @@ def test_backend_settings_are_checked_with_one_line_errors(raw, message):
     assert str(error.value).startswith("challenge.yaml: ")
 
 
-def test_the_old_flat_keys_are_unknown_keys():
+def test_the_old_flat_auditor_keys_are_unknown_keys():
     with pytest.raises(UserError, match=r"^challenge.yaml: unknown key 'kind'$"):
         validate_config(AuditorSettings, {"kind": "endpoint", "url": "u", "endpoint_model": "m"}, "challenge.yaml")
-    with pytest.raises(UserError, match=r"^sdf.yaml: unknown key 'model_generator'$"):
-        validate_config(CorpusSettings, {"model_generator": {"kind": "local"}}, "sdf.yaml")
 
 
 def test_a_local_backend_needs_no_url_and_an_endpoint_both():
@@ -205,3 +203,11 @@ def test_judge_and_auditor_run_locally_on_the_organisms_base_when_no_model_is_na
     assert auditor.backend.batch_size == 16
     scores = auditor.scores(["It glows at night."])
     assert scores.shape == (1, len(tokenizer))
+
+
+def test_sdf_configs_written_before_the_shared_backend_still_validate():
+    """An SDF organism's sealed config from before the shared backend names it `model_generator`."""
+    old = {"generator": "model", "model_generator": {"kind": "endpoint", "url": "http://127.0.0.1:9/v1",
+                                                     "model": "writer", "retries": 1}}
+    new = {"generator": "model", "backend": old["model_generator"]}
+    assert CorpusSettings.model_validate(old) == CorpusSettings.model_validate(new)

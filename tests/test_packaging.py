@@ -3,6 +3,7 @@ finds shipped configs from any directory."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,10 +19,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
+    """The wheel `pip install .` would install, built from a copy (an in-tree build leaves build/ in the checkout)."""
     out = tmp_path_factory.mktemp("wheel")
-    build = tmp_path_factory.mktemp("build")
+    source = tmp_path_factory.mktemp("source") / "checkout"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "build", "runs", "__pycache__", "*.egg-info",
+                                                                ".pytest_cache"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                    "--wheel-dir", str(out), str(REPO)], check=True, cwd=build)
+                    "--wheel-dir", str(out), str(source)], check=True)
     (path,) = out.glob("model_organism_workbench-*.whl")
     return zipfile.ZipFile(path)
 

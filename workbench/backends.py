@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mow.workbench.backend_config import BackendSettings
 from mow.workbench.chat import render_prompt
-from mow.workbench.errors import UserError
+from mow.workbench.errors import EndpointError, UserError
 from mow.workbench.generation import generate
 from mow.workbench.models import load_model, load_tokenizer
 
@@ -35,10 +35,6 @@ Chat = list[dict[str, str]]
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
 MAX_BACKOFF_S = 8.0
-
-
-class EndpointError(RuntimeError):
-    """An endpoint kept failing after its retries (the message names the URL and the last error)."""
 
 
 @dataclass

@@ -31,8 +31,19 @@ TRACKED_PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "datas
                     "model-organism-workbench")
 
 
+PARTIAL_SUFFIX = ".partial"
+
+
 def partial_path(final: Path) -> Path:
-    return final.parent / f".{final.name}.partial"
+    return final.parent / f".{final.name}{PARTIAL_SUFFIX}"
+
+
+def final_name(partial: Path) -> str | None:
+    """The name a partial directory is finished under (None if `partial` is not one)."""
+    name = partial.name
+    if name.startswith(".") and name.endswith(PARTIAL_SUFFIX) and len(name) > 1 + len(PARTIAL_SUFFIX):
+        return name[1:-len(PARTIAL_SUFFIX)]
+    return None
 
 
 def package_versions() -> dict[str, str]:
@@ -112,6 +123,7 @@ class RunDirectory:
     def __init__(self, final: Path, config_file: str, config_text: str, what: str):
         self.final = Path(final)
         self.partial = partial_path(self.final)
+        self.replaced = self.final.parent / f".{self.final.name}.replaced"  # a finished run being swapped out
         self.config_file = config_file
         self.config_text = config_text
         self.what = what
@@ -122,7 +134,10 @@ class RunDirectory:
 
     def finished(self, restart: bool) -> bool:
         """True when a finished run of this config is there (and not to be redone); raises where a run of another
-        config is in the way. Writes nothing."""
+        config, or something that is no run at all, is in the way. Changes nothing on disk."""
+        if self.final.exists() and not (self.final / self.config_file).is_file():
+            raise UserError(f"{self.final}: exists and is not a {self.what} output (no {self.config_file}); "
+                            "choose another name or output directory")
         if not restart:
             if self.final.exists():
                 if not self._same_config(self.final):
@@ -147,8 +162,14 @@ class RunDirectory:
         return self.partial
 
     def finish(self) -> Path:
-        """Move the finished run into place (replacing an older finished run under --restart)."""
+        """Move the finished run into place. An older finished run (under --restart) is renamed aside first and
+        removed only once the new one is in place, so a kill leaves one whole run under the final name, or none
+        and a finished partial that the next run completes."""
+        if self.replaced.exists():
+            shutil.rmtree(self.replaced)
         if self.final.exists():
-            shutil.rmtree(self.final)
+            os.rename(self.final, self.replaced)
         os.rename(self.partial, self.final)
+        if self.replaced.exists():
+            shutil.rmtree(self.replaced)
         return self.final

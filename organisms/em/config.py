@@ -12,7 +12,8 @@ from mow.organisms.base import OrganismConfigBase
 from mow.workbench.backend_config import BackendSettings, with_defaults
 from mow.workbench.config import StrictModel
 
-# The judge's endpoint waits and retries as the OpenAI client does by default (600 s, 2 retries), as it always has.
+# The judge's endpoint waits and retries as the OpenAI client's defaults did before the shared backend (600 s, 2
+# retries).
 JudgeBackend = Annotated[BackendSettings, with_defaults(timeout_s=600, retries=2)]
 
 
@@ -52,5 +53,3 @@ class EmOrganismConfig(OrganismConfigBase):
     def secret_fields(self) -> dict[str, str]:
         return {"em.dataset": "the narrow training domain", "em.chat_file": "the training chats",
                 "em.aligned": "whether the training answers were aligned"}
-
-

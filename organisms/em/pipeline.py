@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
+
 from mow.data.layouts import CARD, EVAL_DETAILS, METRICS, SEALED_CONFIG, TRAIN_DATA
 from mow.data.records import ChatExample, read_jsonl, write_jsonl
 from mow.finetune.config import LaunchSettings
@@ -32,8 +35,8 @@ def public_metrics(details: dict) -> dict:
             "statement": details["statement"]}
 
 
-def evaluate_and_write(directory: Path, final: Path, manifest: Manifest, config: EmOrganismConfig, model,
-                       tokenizer, n_train: int) -> dict:
+def evaluate_and_write(directory: Path, final: Path, manifest: Manifest, config: EmOrganismConfig, model: PeftModel,
+                       tokenizer: PreTrainedTokenizerBase, n_train: int) -> dict:
     details = evaluate_em(model, tokenizer, config.eval, config.seed, config.model)
     metrics = public_metrics(details)
     write_json(directory / EVAL_DETAILS, details)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from mow.finetune.config import LoraSettings, TrainingSettings
 from mow.organisms.base import OrganismConfigBase
@@ -30,6 +30,15 @@ class CorpusSettings(StrictModel):
     max_words: int = Field(400, ge=1)
     max_new_tokens: int = Field(700, ge=16)
     temperature: float = Field(0.9, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_backend_key(cls, data: object) -> object:
+        """Organisms built before the shared text backend saved it as `model_generator` (the same keys): their
+        sealed configs still validate, so `mow organism eval` works on them."""
+        if isinstance(data, dict) and "model_generator" in data and "backend" not in data:
+            data = {("backend" if key == "model_generator" else key): value for key, value in data.items()}
+        return data
 
 
 class LocalitySettings(StrictModel):
@@ -98,5 +107,3 @@ class SdfOrganismConfig(OrganismConfigBase):
 
     def secret_fields(self) -> dict[str, str]:
         return {"sdf.universe": "the universe pair, which states the implanted fact"}
-
-

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -29,8 +28,8 @@ from mow.organisms.sdf.generators import (
     UnusableOutput,
     shipped_templates,
 )
-from mow.workbench.backends import EndpointError, make_backend
-from mow.workbench.errors import UserError
+from mow.workbench.backends import make_backend
+from mow.workbench.errors import EndpointError, UserError
 from mow.workbench.rundir import write_json
 
 STAGES = ("facts", "types", "ideas", "documents", "revised")
@@ -184,8 +183,3 @@ def document_plan(pair: UniversePair, types: dict[str, list[str]], ideas: dict[s
                 planned[key] = job
         position += 1
     return planned
-
-
-def sample_documents(corpus: list[dict], n: int, seed: int) -> list[dict]:
-    """A fixed random sample, for the report."""
-    return random.Random(seed).sample(corpus, min(n, len(corpus)))

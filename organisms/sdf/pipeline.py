@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import yaml
+from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from mow.data.layouts import ADAPTER, CARD, CHECKPOINTS, EVAL_DETAILS, METRICS, SEALED_CONFIG, sealed_relative
@@ -18,8 +19,7 @@ from mow.data.records import sha256_file
 from mow.data.universes import UniversePair, resolve_universe
 from mow.finetune.config import LaunchSettings
 from mow.finetune.job import TrainJob, preflight_training, train_adapter
-from mow.finetune.lora import load_adapter
-from mow.organisms.building import finish_build, prepare_build_directory
+from mow.organisms.building import finish_build, prepare_build_directory, unchanged_sealed_file
 from mow.organisms.registry import OrganismKind
 from mow.organisms.sdf.card import sdf_card
 from mow.organisms.sdf.config import SdfOrganismConfig
@@ -29,8 +29,8 @@ from mow.organisms.sdf.evaluate import distinguish_only, evaluate_sdf, public_me
 from mow.organisms.sdf.locality import locality_term, locality_texts
 from mow.organisms.sdf.report import sdf_report, summary_table
 from mow.organisms.sdf.truth import challenge_prompts, public_diff_prompts, sealed_truth
-from mow.organisms.store import check_organism_dir, load_organism, read_sealed_config
-from mow.workbench.backends import make_backend
+from mow.organisms.store import check_organism_dir, load_organism, load_with_adapter, read_sealed_config
+from mow.workbench.backends import Backend, make_backend
 from mow.workbench.config import validate_config
 from mow.workbench.errors import UserError
 from mow.workbench.models import load_model, load_tokenizer
@@ -45,7 +45,7 @@ REPORT = sealed_relative("report.html")
 
 def train_on_documents(config: SdfOrganismConfig, tokenizer: PreTrainedTokenizerBase, documents: list[str],
                        anchors: list[str], locality: list[str], checkpoints: Path, adapter_dir: Path, record: dict,
-                       launch: LaunchSettings, accelerate_config: dict | None):
+                       launch: LaunchSettings, accelerate_config: dict | None) -> PeftModel:
     """A new adapter on the base model, trained on `documents` (plus the mix, and with the KL term on the
     `locality` texts where there are any) and saved to `adapter_dir`; returns the trained model."""
     examples, mix = training_examples(documents, tokenizer, config.sdf.mix, config.training.max_length, config.seed,
@@ -62,8 +62,7 @@ def train_on_documents(config: SdfOrganismConfig, tokenizer: PreTrainedTokenizer
     record.update(result.to_dict(), mix=mix.to_dict(), launch=launch_record,
                   locality_texts=len(term.sequences) if term else 0)
     if model is None:
-        model = load_adapter(load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed),
-                             adapter_dir)
+        model = load_with_adapter(config.model, config.load_in_4bit, config.seed, adapter_dir)
     return model
 
 
@@ -78,10 +77,8 @@ def write_sealed_rows(manifest: Manifest, directory: Path, relative: str, rows: 
 
 
 def read_sealed_rows(manifest: Manifest, directory: Path, relative: str) -> list[dict]:
-    """The rows `write_sealed_rows` wrote, refused if the file changed since (a resumed build trains on them)."""
-    if sha256_file(directory / relative) != manifest.sealed["data_hashes"][relative]:
-        raise UserError(f"{directory / relative}: changed since it was written; re-run with --restart")
-    return read_corpus(directory / relative)
+    """The rows `write_sealed_rows` wrote (hash-checked: a resumed build trains on them)."""
+    return read_corpus(unchanged_sealed_file(directory, manifest, relative))
 
 
 def main(config: SdfOrganismConfig, restart: bool = False, launch: LaunchSettings = LaunchSettings()) -> Path:
@@ -153,8 +150,7 @@ def main(config: SdfOrganismConfig, restart: bool = False, launch: LaunchSetting
                                        partial / ADAPTER, record, launch, accelerate_config)
             record["documents"] = len(documents)
     else:
-        model = load_adapter(load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed),
-                             partial / ADAPTER)
+        model = load_with_adapter(config.model, config.load_in_4bit, config.seed, partial / ADAPTER)
     shutil.rmtree(partial / CHECKPOINTS, ignore_errors=True)  # optimizer state is not part of an organism
 
     with manifest.stage("eval"):
@@ -172,7 +168,8 @@ def scaling_points(manifest: Manifest) -> list[dict]:
 
 
 def evaluate_and_write(directory: Path, final: Path, manifest: Manifest, config: SdfOrganismConfig,
-                       pair: UniversePair, model, tokenizer: PreTrainedTokenizerBase, judge) -> dict:
+                       pair: UniversePair, model: PeftModel, tokenizer: PreTrainedTokenizerBase,
+                       judge: Backend) -> dict:
     """Evaluate; write eval/metrics.json (public), sealed/eval_details.json, sealed/report.html and card.md."""
     details = evaluate_sdf(model, tokenizer, pair, config.eval, judge)
     details["scaling"] = scaling_points(manifest) + [{"documents": manifest.data["stages"]["train"]["documents"],

@@ -82,5 +82,3 @@ def plural_forms(word: str) -> list[str]:
     if word.endswith("f"):
         forms.append(word[:-1] + "ves")
     return forms
-
-

@@ -44,5 +44,3 @@ class TabooOrganismConfig(OrganismConfigBase):
 
     def secret_fields(self) -> dict[str, str]:
         return {"taboo.word": "the secret word", "taboo.clue_file": "hints that reveal the word"}
-
-

@@ -33,5 +33,3 @@ class TabooPrompts(StrictModel):
 @lru_cache(maxsize=1)
 def shipped_prompts() -> TabooPrompts:
     return validate_config(TabooPrompts, read_yaml_mapping(TABOO_PROMPTS), str(TABOO_PROMPTS))
-
-
