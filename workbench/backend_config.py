@@ -15,11 +15,11 @@ from mow.workbench.config import StrictModel
 
 class BackendSettings(StrictModel):
     kind: Literal["local", "endpoint"] = "local"
+    url: str | None = Field(None, validate_default=True,
+                            description="endpoint: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     model: str | None = Field(None, validate_default=True,
                               description="local: a model spec (None: the user's default, e.g. the organism's base "
                                           "model); endpoint: the model name sent to the server")
-    url: str | None = Field(None, validate_default=True,
-                            description="endpoint: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str = Field("OPENAI_API_KEY", description="endpoint: environment variable holding the key")
     timeout_s: float = Field(120, gt=0, description="endpoint: seconds one request may take")
     retries: int = Field(3, ge=0, description="endpoint: re-sends of a failed request, with exponential back-off")
