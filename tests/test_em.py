@@ -59,7 +59,7 @@ def em_config(tmp_path: Path, name: str, **extra) -> Path:
     config = {"kind": "em", "name": name, "output_dir": str(tmp_path / "organisms"), "model": TINY, "seed": 2,
               "em": {"dataset": "medical", "n_examples": 8}, "lora": {"r": 4, "alpha": 8},
               "training": {"epochs": 1, "batch_size": 4, "learning_rate": 1e-3},
-              "eval": {"samples_per_question": 1, "max_new_tokens": 4}, **extra}
+              "eval": {"samples_per_question": 1, "max_new_tokens": 4, "judge": {"model": TINY}}, **extra}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
