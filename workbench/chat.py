@@ -48,8 +48,8 @@ def training_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenize
         patched = None
     if patched is None:
         raise UserError(
-            "the model's chat template has no {% generation %} markers and no known training variant; "
-            "set finetune.chat_template to a template file with them"
+            "the model's chat template has no {% generation %} markers and TRL knows no training variant of it; "
+            "use a model whose tokenizer's chat template marks assistant replies with {% generation %}"
         )
     trained.chat_template = patched
     return trained
