@@ -1,7 +1,9 @@
 """The shipped organism kinds, registered explicitly, and looking a kind up by name, config file or directory.
 
 Every kind lives in `organisms/<kind>/` with the same files (config, data, evaluate, card, truth, pipeline); its
-`pipeline.py` defines `KIND`, and one line below registers it.
+`pipeline.py` defines `KIND`, and one line below registers it. Importing this module imports every shipped kind's
+pipeline (model code); the light `config.py` modules do not import it, and the CLI imports it only when a command
+runs.
 """
 
 from __future__ import annotations
