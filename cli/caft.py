@@ -5,10 +5,10 @@ The testbed is imported when the command runs, not at parse time (a lazy import 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from mow.cli.flags import add_run_flags
+from mow.workbench.files import read_json
 
 
 def cmd_caft_testbed(args: argparse.Namespace) -> None:
@@ -18,7 +18,7 @@ def cmd_caft_testbed(args: argparse.Namespace) -> None:
     config = load_testbed_config(args.config, args.set)
     final = testbed_main(config, restart=args.restart)
     layout = TestbedLayout(final)
-    summary = json.loads(layout.summary.read_text())
+    summary = read_json(layout.summary, "summary")
     for name, entry in summary["conditions"].items():
         print(f"{name:<8} in distribution {100 * entry['in_distribution_mean']:5.1f}%   out of distribution "
               f"{100 * entry['out_of_distribution_mean']:5.1f}%   (per seed: "

@@ -5,10 +5,12 @@ The harness is imported when the command runs, not at parse time (a lazy import 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from mow.cli.flags import add_run_flags
 from mow.elicitation.layout import ChallengeLayout
+from mow.workbench.errors import UserError
 
 
 def cmd_elicit(args: argparse.Namespace) -> None:
@@ -16,8 +18,11 @@ def cmd_elicit(args: argparse.Namespace) -> None:
     from mow.elicitation.harness import main as elicit_main
 
     overrides = list(args.set)
-    if args.methods:
-        overrides.append(f"methods=[{args.methods}]")
+    if args.methods is not None:
+        names = [name.strip() for name in args.methods.split(",")]
+        if not all(names):
+            raise UserError(f"--methods {args.methods!r}: expected comma-separated method names, e.g. direct,prefill")
+        overrides.append(f"methods={json.dumps(names)}")
     if args.diff is not None:
         overrides.append(f"diff_dir={args.diff}")
     if args.out is not None:

@@ -3,6 +3,22 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+
+
+def number_in(kind: type[int] | type[float], low: float, high: float) -> Callable[[str], int | float]:
+    """An argparse type: a finite number from `low` to `high`; argparse names the flag in its one-line error."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not low <= value <= high:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{text} is outside {low:g} to {high:g}")
+        return value
+
+    return parse
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:

@@ -23,15 +23,24 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from mow.cli import caft, demo, diff, diff_score, elicit, leaderboard, organism, serve
-from mow.workbench.errors import EndpointError, UserError
+from mow.workbench.errors import EndpointError, RunFailed, UserError
 
 COMMANDS = (demo, organism, diff, diff_score, elicit, leaderboard, serve, caft)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a bad flag reported the way every other bad input is: one line, exit status 2 (argparse
+    prints the whole usage first). Sub-command parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="mow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    top = OneLineParser(prog="mow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(sub)
@@ -42,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except (UserError, EndpointError) as exc:
+    except (UserError, EndpointError, RunFailed) as exc:
         print(f"mow: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-from mow.cli.flags import add_run_flags
+from mow.cli.flags import add_run_flags, number_in
 from mow.finetune.config import LaunchSettings
 from mow.workbench.config import validate_config
 from mow.workbench.errors import UserError
@@ -122,19 +122,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                                 "ddp.yaml, or zero2.yaml for deepspeed)")
     distributed.add_argument("--deepspeed-config", type=Path, help="your own DeepSpeed JSON (with --launcher "
                                                                    "deepspeed), instead of the shipped settings")
-    distributed.add_argument("--num-processes", type=int, help="processes over all machines (default 2)")
-    distributed.add_argument("--num-machines", type=int, help="machines taking part (default 1)")
-    distributed.add_argument("--machine-rank", type=int, help="this machine's rank (0 runs the pipeline)")
+    distributed.add_argument("--num-processes", type=number_in(int, 1, 65536),
+                             help="processes over all machines (default 2)")
+    distributed.add_argument("--num-machines", type=number_in(int, 1, 4096),
+                             help="machines taking part (default 1)")
+    distributed.add_argument("--machine-rank", type=number_in(int, 0, 4095),
+                             help="this machine's rank (0 runs the pipeline)")
     distributed.add_argument("--main-process-ip", help="address of machine rank 0 (multi-machine runs)")
-    distributed.add_argument("--main-process-port", type=int, help="rendezvous port on machine rank 0 (29500)")
+    distributed.add_argument("--main-process-port", type=number_in(int, 1, 65535),
+                             help="rendezvous port on machine rank 0 (29500)")
     build_parser.set_defaults(func=cmd_build)
     evaluate = osub.add_parser("eval", help="re-run the evaluation of a built organism")
     evaluate.add_argument("dir", type=Path)
     evaluate.set_defaults(func=cmd_eval)
     chat = osub.add_parser("chat", help="talk to an organism in the terminal")
     chat.add_argument("dir", type=Path)
-    chat.add_argument("--temperature", type=float, default=0.0)
-    chat.add_argument("--max-new-tokens", type=int, default=128)
+    chat.add_argument("--temperature", type=number_in(float, 0, 10), default=0.0, help="0 (greedy) to 10")
+    chat.add_argument("--max-new-tokens", type=number_in(int, 1, 8192), default=128)
     chat.set_defaults(func=cmd_chat)
     listing = osub.add_parser("list", help="list organisms under a directory")
     listing.add_argument("root", nargs="?", type=Path, default=Path("runs/organisms"))

@@ -12,12 +12,12 @@ time, not to dodge a cycle).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mow.workbench.errors import UserError
+from mow.workbench.files import read_json
 from mow.workbench.rundir import write_json
 
 if TYPE_CHECKING:
@@ -55,10 +55,10 @@ def load_directions(path: Path, hidden_size: int | None = None, require_unit: bo
     for needed in (weights, info_path):
         if not needed.is_file():
             raise UserError(f"directions {path}: {needed.name} not found")
+    info = read_json(info_path, f"directions {path}: info file")
     try:
-        info = json.loads(info_path.read_text())
         tensors = load_file(str(weights))
-    except (json.JSONDecodeError, SafetensorError) as exc:
+    except (SafetensorError, OSError) as exc:
         raise UserError(f"directions {path}: cannot read: {str(exc).splitlines()[0]}") from None
     if info.get("format") != FORMAT:
         raise UserError(f"directions {path}: format {info.get('format')!r}, expected {FORMAT!r}")
@@ -68,6 +68,8 @@ def load_directions(path: Path, hidden_size: int | None = None, require_unit: bo
             raise UserError(f"directions {path}: unexpected tensor {key!r} of shape {tuple(value.shape)}")
         if hidden_size is not None and value.shape[1] != hidden_size:
             raise UserError(f"directions {path}: {key} has width {value.shape[1]}, the model has {hidden_size}")
+        if not torch.isfinite(value).all():
+            raise UserError(f"directions {path}: {key} holds inf or nan")
         norms = value.norm(dim=1)
         if not norms.min() > 0:
             raise UserError(f"directions {path}: {key} has a zero row (row {int(norms.argmin())})")

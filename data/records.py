@@ -13,6 +13,7 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mow.workbench.errors import UserError
+from mow.workbench.files import parse_json, read_text, shown
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
 
@@ -44,23 +45,18 @@ class ChatExample(BaseModel):
 def read_jsonl(path: Path, record: type[RecordT]) -> list[RecordT]:
     """Read every row of a jsonl file into `record`; empty files and bad rows are errors with file:line."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
     rows: list[RecordT] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(record.model_validate(json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{number}: not valid JSON: {exc.msg}") from None
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                loc = ".".join(str(p) for p in err["loc"]) or "row"
-                raise UserError(f"{path}:{number}: {loc}: {err['msg']}") from None
+    for number, line in enumerate(read_text(path, "jsonl file").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(record.model_validate(parse_json(line, f"{shown(path)}:{number}", "a line", dict)))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"]) or "row"
+            raise UserError(f"{shown(path)}:{number}: {loc}: {err['msg']}") from None
     if not rows:
-        raise UserError(f"{path}: no records (the file is empty)")
+        raise UserError(f"{shown(path)}: no records (the file is empty)")
     return rows
 
 

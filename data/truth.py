@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mow.workbench.errors import UserError
+
 
 @dataclass(frozen=True)
 class SealedTruth:
@@ -21,8 +23,17 @@ class SealedTruth:
         return {"kind": self.kind, "answer": self.answer, "candidates": self.candidates}
 
     @classmethod
-    def from_dict(cls, data: dict) -> SealedTruth:
-        return cls(str(data["kind"]), str(data["answer"]), {str(k): list(v) for k, v in data["candidates"].items()})
+    def from_dict(cls, data: dict, source: str = "sealed truth") -> SealedTruth:
+        """A truth as saved by `to_dict`; a damaged one is a one-line error naming `source`."""
+        for key, kind in (("kind", str), ("answer", str), ("candidates", dict)):
+            if not isinstance(data.get(key), kind):
+                raise UserError(f"{source}: {key!r} is missing or not a {kind.__name__}")
+        candidates = data["candidates"]
+        if data["answer"] not in candidates or not all(
+                isinstance(forms, list) and all(isinstance(f, str) for f in forms) for forms in candidates.values()):
+            raise UserError(f"{source}: 'candidates' must map each candidate, the answer included, to a list of "
+                            "strings")
+        return cls(data["kind"], data["answer"], {str(k): list(v) for k, v in candidates.items()})
 
 
 @dataclass(frozen=True)

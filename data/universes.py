@@ -16,11 +16,11 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mow.data.asset_paths import SDF_UNIVERSES
 from mow.workbench.errors import UserError
+from mow.workbench.files import read_yaml, shown
 
 
 class _Record(BaseModel):
@@ -156,14 +156,9 @@ def normalise(text: str) -> str:
 def load_universe_pair(path: Path, source: str) -> UniversePair:
     """Read and validate a pair file; any problem is one line naming the file and the key."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{source}: universe file {path} not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: YAML does not parse: {str(exc).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping of a universe pair")
+    if not path.exists():
+        raise UserError(f"{source}: universe file {shown(path)} not found")
+    raw = read_yaml(path, "universe pair")
     try:
         return UniversePair.model_validate(raw)
     except ValidationError as exc:

@@ -13,7 +13,6 @@ magnitude larger than the rest and would dominate any statistic.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from mow.diffing.pair import ModelPair
 from mow.diffing.prompts import TokenSequence
 from mow.workbench.errors import UserError
+from mow.workbench.files import read_json
 from mow.workbench.generation import model_device
 from mow.workbench.hooks import capture_residual, check_layer
 from mow.workbench.rundir import write_json
@@ -50,7 +50,7 @@ class ActivationCache:
         meta = self.directory / "meta.json"
         if not meta.is_file():
             raise UserError(f"{self.directory}: not an activation cache (meta.json missing)")
-        self.meta = json.loads(meta.read_text())
+        self.meta = read_json(meta, "activation cache meta")
 
     @property
     def complete(self) -> bool:
@@ -114,7 +114,7 @@ class ActivationCache:
 
 
 def _check_existing(directory: Path, wanted: dict) -> None:
-    meta = json.loads((directory / "meta.json").read_text())
+    meta = read_json(directory / "meta.json", "activation cache meta")
     if meta["fingerprint"] != wanted["fingerprint"]:
         old, new = meta["fingerprint"], wanted["fingerprint"]
         raise UserError(f"{directory}: activation cache from a different model pair "
@@ -158,7 +158,8 @@ def build_cache(pair: ModelPair, sequences: list[TokenSequence], directory: Path
     tokens = open_array("tokens", (token_budget,), np.int32)
     positions = open_array("positions", (token_budget, 2), np.int32)
     acts = {(m, layer): open_array(f"{m}_L{layer}", (token_budget, d), storage) for m in MODELS for layer in layers}
-    state = json.loads(progress_file.read_text()) if not fresh else {"sequences_done": 0, "tokens_done": 0}
+    state = (read_json(progress_file, "activation cache progress") if not fresh
+             else {"sequences_done": 0, "tokens_done": 0})
     done_seq, done_tok = state["sequences_done"], state["tokens_done"]
     device = model_device(pair.tuned_model)
     bar = tqdm(total=min(token_budget, sum(len(s.ids) - skip_first for s in usable)), initial=done_tok,

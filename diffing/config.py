@@ -7,21 +7,29 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
-from mow.workbench.config import StrictModel, apply_overrides, read_yaml_mapping, validate_config
+from mow.workbench.config import Seed, StrictModel, Threads, apply_overrides, read_yaml_mapping, validate_config
+from mow.workbench.names import PathName
 
 
 class CrosscoderSettings(StrictModel):
     variant: Literal["batchtopk", "l1"] = "batchtopk"
-    latents: int = Field(1024, gt=0)
+    latents: int = Field(1024, gt=0, le=1 << 22)
     k: int = Field(32, gt=0, description="batchtopk: average active latents per token")
     l1_coefficient: float = Field(2.0, ge=0, description="l1: sparsity weight")
     aux_coefficient: float = Field(1 / 32, ge=0, description="batchtopk: weight of the dead-latent auxiliary loss")
     aux_k: int = Field(256, gt=0, description="batchtopk: dead latents the auxiliary loss may use per token")
     dead_after_tokens: int = Field(50_000, gt=0, description="a latent silent for this many training tokens is dead")
-    learning_rate: float = Field(1e-3, gt=0)
+    learning_rate: float = Field(1e-3, gt=0, le=1)
     batch_size: int = Field(256, gt=0, description="tokens per step; incoming batches are re-chunked to this size")
-    epochs: int = Field(10, gt=0)
-    seed: int = 0
+    epochs: int = Field(10, gt=0, le=1000)
+    seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _k_below_latents(self) -> CrosscoderSettings:
+        if self.variant == "batchtopk" and self.k > self.latents:
+            raise ValueError(f"crosscoder.k {self.k} is above crosscoder.latents {self.latents}: "
+                             "a token cannot have more active latents than there are")
+        return self
 
 ShippedSet = Literal["organism", "generic_chat", "generic_text"]
 SHIPPED_SETS: tuple[ShippedSet, ...] = ("organism", "generic_chat", "generic_text")
@@ -89,10 +97,13 @@ class DiffConfig(StrictModel):
     organism: Path | None = None
     base: str | None = None
     tuned: str | None = None
-    name: str | None = None
+    trust_remote_code: bool = Field(False, description="base/tuned: run Python code shipped with their checkpoints "
+                                                       "(auto_map); off: such a checkpoint is refused")
+    name: PathName | None = Field(None, description="output directory name (default: from the organism or the "
+                                                    "tuned model)")
     output_dir: Path = Path("runs/diffs")
-    seed: int = 0
-    threads: int | None = Field(None, gt=0)
+    seed: Seed = 0
+    threads: Threads | None = None
     layer: int | None = Field(None, description="layer of the crosscoder and directions; default: the middle layer")
     prompts: PromptSetSettings = PromptSetSettings()
     kl: KLSettings = KLSettings()

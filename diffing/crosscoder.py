@@ -35,6 +35,7 @@ from tqdm import tqdm
 from mow.diffing.config import CrosscoderSettings
 from mow.workbench.config import format_validation_error
 from mow.workbench.errors import UserError
+from mow.workbench.files import read_json
 
 MODELS = ("base", "tuned")
 WEIGHTS_FILE = "crosscoder.safetensors"
@@ -180,7 +181,7 @@ class Crosscoder(nn.Module):
             if not path.is_file():
                 raise UserError(f"{path}: crosscoder file not found")
         try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
+            config = read_json(config_path, "crosscoder config")
             d, raw_settings = int(config["d"]), config["settings"]
         except (ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{config_path}: not a crosscoder config ({type(exc).__name__}: {exc})") from None

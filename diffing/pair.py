@@ -134,7 +134,7 @@ def check_compatible(base: nn.Module, tuned: nn.Module, base_tok: PreTrainedToke
 
 
 def load_pair(organism: Path | None = None, base: str | None = None, tuned: str | None = None,
-              seed: int = 0) -> ModelPair:
+              seed: int = 0, trust_remote_code: bool = False) -> ModelPair:
     """An organism (base + adapter, one weight copy) or two full models given by spec."""
 
     if organism is not None:
@@ -143,7 +143,8 @@ def load_pair(organism: Path | None = None, base: str | None = None, tuned: str 
         return ModelPair(loaded.model, loaded.tokenizer, None, str(loaded.public_config["model"]),
                          _adapter_hash(loaded.path), loaded.path, loaded.public_config)
     assert base is not None and tuned is not None
-    base_tok, tuned_tok = load_tokenizer(base), load_tokenizer(tuned)
-    base_model, tuned_model = load_model(base, seed=seed).eval(), load_model(tuned, seed=seed).eval()
+    base_tok, tuned_tok = load_tokenizer(base, trust_remote_code), load_tokenizer(tuned, trust_remote_code)
+    base_model = load_model(base, seed=seed, trust_remote_code=trust_remote_code).eval()
+    tuned_model = load_model(tuned, seed=seed, trust_remote_code=trust_remote_code).eval()
     check_compatible(base_model, tuned_model, base_tok, tuned_tok, base, tuned)
     return ModelPair(tuned_model, tuned_tok, base_model, base, tuned)

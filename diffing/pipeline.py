@@ -55,6 +55,7 @@ from mow.diffing.report import write_report
 from mow.organisms.store import check_organism_dir
 from mow.workbench.config import dump_config
 from mow.workbench.errors import UserError
+from mow.workbench.files import read_json, read_jsonl
 from mow.workbench.generation import model_device
 from mow.workbench.hooks import check_layer, logit_lens
 from mow.workbench.rundir import Manifest, RunDirectory, write_json, write_text
@@ -93,8 +94,7 @@ def _save_records(path: Path, records: dict[str, list[PromptRecord]]) -> None:
 
 def _load_records(path: Path) -> dict[str, list[PromptRecord]]:
     records: dict[str, list[PromptRecord]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
+    for row in read_jsonl(path, "prompt sets"):
         records.setdefault(row.pop("set"), []).append(PromptRecord.model_validate(row))
     return records
 
@@ -265,7 +265,7 @@ def run_directions(config: DiffConfig, pair: ModelPair, cache: ActivationCache, 
         made.append(("difference_of_means", difference_of_means(first, second, layer, contrast, fingerprint),
                      "tuned"))
     if config.directions.crosscoder_latents > 0:
-        metrics = json.loads(layout.crosscoder_metrics.read_text())
+        metrics = read_json(layout.crosscoder_metrics, "crosscoder metrics")
         ranked = sorted(metrics["tuned_leaning_latents"], key=lambda x: x["nu_error"])
         chosen = ranked[: config.directions.crosscoder_latents]
         if chosen:
@@ -290,7 +290,7 @@ def main(config: DiffConfig, restart: bool = False, output: Path | None = None) 
         return rundir.final
     if config.threads:
         torch.set_num_threads(config.threads)
-    pair = load_pair(config.organism, config.base, config.tuned, config.seed)
+    pair = load_pair(config.organism, config.base, config.tuned, config.seed, config.trust_remote_code)
     layer, cache_layers = _layers(config, pair)
     work = rundir.start(restart)
     layout = DiffLayout(work)

@@ -15,6 +15,7 @@ from transformers import PreTrainedTokenizerBase
 from mow.diffing.kl import KLArrays
 from mow.diffing.layout import DiffLayout
 from mow.diffing.prompts import ROLES
+from mow.workbench.files import read_json, read_text
 from mow.workbench.html import page, png, table
 from mow.workbench.rundir import write_text
 
@@ -50,7 +51,7 @@ def _kl_sequence(arrays: KLArrays, index: int, tokenizer: PreTrainedTokenizerBas
 
 
 def _kl_section(layout: DiffLayout, tokenizer: PreTrainedTokenizerBase) -> str:
-    summary = json.loads(layout.kl_summary.read_text())
+    summary = read_json(layout.kl_summary, "KL summary")
     arrays = KLArrays.load(layout.kl_arrays)
     names = summary["set_names"]
     vmax = float(torch.quantile(arrays.kl_tb, 0.99)) if arrays.kl_tb.numel() else 1.0
@@ -87,7 +88,7 @@ def _kl_section(layout: DiffLayout, tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def _lens_section(layout: DiffLayout) -> str:
-    lens = json.loads(layout.lens_report.read_text())
+    lens = read_json(layout.lens_report, "lens report")
     html = ["<h2>Activation-difference lens</h2>",
             f'<p class="small">Mean tuned − base residual over the first {lens["positions"]} content positions of '
             f'each text (from position {lens["skip_first"]} of plain text; from the first message token of a chat, '
@@ -118,7 +119,7 @@ def _lens_section(layout: DiffLayout) -> str:
 
 
 def _crosscoder_section(layout: DiffLayout) -> str:
-    metrics = json.loads(layout.crosscoder_metrics.read_text())
+    metrics = read_json(layout.crosscoder_metrics, "crosscoder metrics")
     latents = load_file(str(layout.crosscoder_latents))
     figure, axis = plt.subplots(figsize=(7, 2.8))
     axis.hist(latents["relative_norm"].numpy(), bins=50, color="#268bd2")
@@ -147,7 +148,7 @@ def _crosscoder_section(layout: DiffLayout) -> str:
 
 
 def _directions_section(layout: DiffLayout) -> str:
-    saved = json.loads(layout.direction_views.read_text())
+    saved = read_json(layout.direction_views, "direction views")
     html = ["<h2>Concept directions</h2>",
             '<p class="small">Unit vectors in <code>directions/NAME.safetensors</code> (+ <code>.json</code>), '
             "readable by fine-tuning for concept ablation.</p>"]
@@ -156,7 +157,7 @@ def _directions_section(layout: DiffLayout) -> str:
     for method, entries in saved["views"].items():
         html.append(f"<h3>{escape(method)}</h3>")
         info_file = layout.direction_info(method)
-        details = json.loads(info_file.read_text()).get("details", {}) if info_file.is_file() else {}
+        details = read_json(info_file, "directions info").get("details", {}) if info_file.is_file() else {}
         if details:
             html.append('<p class="small">' + "; ".join(f"{escape(str(k))}: {escape(str(v))}"
                                                         for k, v in details.items()) + "</p>")
@@ -170,8 +171,8 @@ def _directions_section(layout: DiffLayout) -> str:
 
 def write_report(directory: Path, tokenizer: PreTrainedTokenizerBase) -> Path:
     layout = DiffLayout(directory)
-    manifest = json.loads(layout.manifest.read_text())
-    config = layout.config.read_text()
+    manifest = read_json(layout.manifest, "manifest")
+    config = read_text(layout.config, "diff config")
     stages = manifest["stages"]
     timing = ", ".join(f"{k} {v.get('seconds', 0):.0f} s" for k, v in stages.items())
     body = [f"<h1>Diff: {escape(directory.name.removeprefix('.').removesuffix('.partial'))}</h1>",

@@ -8,11 +8,9 @@ high is reading priors, not the fine-tune.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerBase
 
@@ -22,6 +20,7 @@ from mow.diffing.lens import token_rank, upper_half_mean
 from mow.organisms.kinds import kind_of
 from mow.organisms.store import read_sealed_config
 from mow.workbench.errors import UserError
+from mow.workbench.files import read_json, read_yaml
 
 
 def secret_word(organism: Path) -> str:
@@ -61,8 +60,8 @@ def score_word(diff_dir: Path, word: str, tokenizer: PreTrainedTokenizerBase) ->
     `best_oracle` picks the layer knowing the word, so it is an upper bound, not a result."""
     layout = DiffLayout(Path(diff_dir)).check_finished()
     tokens = word_tokens(word, tokenizer)
-    config = yaml.safe_load(layout.config.read_text())
-    crosscoder = json.loads(layout.crosscoder_metrics.read_text())
+    config = read_yaml(layout.config, "diff config")
+    crosscoder = read_json(layout.crosscoder_metrics, "crosscoder metrics")
     layer = crosscoder["layer"]
     lens = load_file(str(layout.lens_tensors))
     readouts: dict[str, dict] = {"logit_lens": {}, "patchscope": {}}
@@ -72,7 +71,7 @@ def score_word(diff_dir: Path, word: str, tokenizer: PreTrainedTokenizerBase) ->
             readouts["logit_lens"][name] = _layered(logprobs, tokens, layer)
         elif kind == "patchscope":
             readouts["patchscope"][name] = _layered(logprobs, tokens, layer)
-    kl_summary = json.loads(layout.kl_summary.read_text())
+    kl_summary = read_json(layout.kl_summary, "KL summary")
     promoted = KLArrays.load(layout.kl_arrays).promoted
     names = kl_summary["set_names"]
     latents = load_file(str(layout.crosscoder_latents))

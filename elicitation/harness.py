@@ -17,7 +17,6 @@ on. The truth is read only once every method of the run is done.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 import traceback
@@ -26,20 +25,20 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
+from mow.data.layouts import OrganismLayout
 from mow.data.truth import SealedTruth
-from mow.diffing.layout import CONFIG_FILE as DIFF_CONFIG_FILE
 from mow.diffing.layout import DiffLayout
 from mow.elicitation.auditor import Auditor, auditor_for
 from mow.elicitation.config import ChallengeConfig
 from mow.elicitation.layout import CONFIG_FILE, ChallengeLayout
 from mow.elicitation.methods import METHODS, MethodUnavailable, method
 from mow.elicitation.report import write_challenge_report
-from mow.elicitation.scoring import TOP_K, chance, score_result
+from mow.elicitation.scoring import TOP_K, chance, read_method_result, score_result
 from mow.elicitation.view import ChallengeView, check_sealed_truth, open_views, sealed_guard
 from mow.organisms.kinds import kind_of_public_config
 from mow.organisms.store import check_organism_dir, read_public_config, read_sealed_config
 from mow.workbench.backends import HeldModel
-from mow.workbench.config import dump_config
+from mow.workbench.config import dump_config, validate_config
 from mow.workbench.errors import UserError
 from mow.workbench.rundir import Manifest, RunDirectory, write_json
 
@@ -55,9 +54,12 @@ def validate(organism: Path, config: ChallengeConfig) -> None:
         raise UserError(f"auditor.apply_to: unknown method {unknown[0]!r} (known: {', '.join(METHODS)})")
     check_organism_dir(organism)
     check_sealed_truth(organism)
-    kind_of_public_config(read_public_config(organism), str(organism))
-    if config.diff_dir is not None and not DiffLayout(Path(config.diff_dir)).config.is_file():
-        raise UserError(f"diff_dir: {config.diff_dir} is not a diff directory (no {DIFF_CONFIG_FILE})")
+    kind = kind_of_public_config(read_public_config(organism), str(organism))
+    # The sealed config is checked against its kind now (and let go): a damaged one would fail only at scoring,
+    # after every method has run. Methods never read it (the audit hook).
+    validate_config(kind.config, read_sealed_config(organism), str(OrganismLayout(organism).sealed_config))
+    if config.diff_dir is not None:
+        DiffLayout(Path(config.diff_dir)).check_finished()
 
 
 def make_auditor(config: ChallengeConfig, view: ChallengeView) -> Auditor:
@@ -87,7 +89,7 @@ def score_directory(directory: Path, truth: SealedTruth) -> dict:
     """scores.json of a challenge directory, from its method results and a truth."""
     methods: dict[str, dict] = {}
     for path in ChallengeLayout(directory).method_results():
-        result = json.loads(path.read_text())
+        result = read_method_result(path)
         entry = methods.setdefault(result["method"], {"category": result["category"], "subjects": {}})
         scores = score_result(result, truth) if result["status"] == "ok" else None
         entry["subjects"][path.stem] = {"status": result["status"], "error": result.get("error"),

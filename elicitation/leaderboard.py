@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from html import escape
 from pathlib import Path
@@ -25,10 +24,11 @@ import matplotlib.pyplot as plt
 from mow.data.truth import SealedTruth
 from mow.elicitation.config import BASELINE, BLACK_BOX, WHITE_BOX
 from mow.elicitation.layout import ChallengeLayout
-from mow.elicitation.scoring import TOP_K, chance, score_result
+from mow.elicitation.scoring import TOP_K, chance, read_method_result, score_result
 from mow.workbench.errors import UserError
+from mow.workbench.files import read_json, shown
 from mow.workbench.html import page, png, table
-from mow.workbench.rundir import write_json, write_text
+from mow.workbench.rundir import check_output_location, write_json, write_text
 from mow.workbench.stats import wilson
 
 METRICS = ["fc_top5", "fc_top1", "top5", "top1"]
@@ -43,10 +43,13 @@ def load_challenge(directory: Path) -> dict:
                         f"{layout.scores.name})")
     results: dict[str, dict[str, dict]] = {}
     for path in layout.method_results():
-        result = json.loads(path.read_text())
+        result = read_method_result(path)
         results.setdefault(result["method"], {})[path.stem] = result
-    return {"name": directory.name, "truth": SealedTruth.from_dict(json.loads(layout.truth.read_text())),
-            "results": results}
+    if not results:
+        raise UserError(f"{directory}: a challenge directory with no method results (nothing under "
+                        f"{layout.methods.name}/)")
+    truth = SealedTruth.from_dict(read_json(layout.truth, "sealed truth"), shown(layout.truth))
+    return {"name": directory.name, "truth": truth, "results": results}
 
 
 def _values(challenges: list[dict], method: str, condition: str, metric: str) -> list[float]:
@@ -182,6 +185,7 @@ def main(directories: list[Path], output: Path) -> Path:
     names = [c["name"] for c in challenges]
     if len(set(names)) != len(names):
         raise UserError(f"leaderboard: a challenge directory is given twice ({', '.join(names)})")
+    check_output_location(output)
     board = build(challenges)
     output.mkdir(parents=True, exist_ok=True)
     write_json(output / "leaderboard.json", board)

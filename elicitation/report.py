@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from html import escape
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from mow.data.truth import SealedTruth
 from mow.elicitation.layout import ChallengeLayout
+from mow.elicitation.scoring import read_method_result
+from mow.workbench.files import read_json, read_text, shown
 from mow.workbench.html import page, png, table
 from mow.workbench.rundir import write_text
 
@@ -40,8 +42,8 @@ def _plot(methods: dict, chance_top5: float) -> str:
 
 def write_challenge_report(directory: Path, name: str) -> Path:
     layout = ChallengeLayout(directory)
-    scores = json.loads(layout.scores.read_text())
-    truth = json.loads(layout.truth.read_text())
+    scores = read_json(layout.scores, "challenge scores")
+    truth = SealedTruth.from_dict(read_json(layout.truth, "sealed truth"), shown(layout.truth)).to_dict()
     methods = scores["methods"]
     rows = []
     for method_name, entry in methods.items():
@@ -61,7 +63,7 @@ def write_challenge_report(directory: Path, name: str) -> Path:
             table(["method", "category", "subject", *[title for _, title in METRICS], "seconds"], rows),
             "<h2>Attempts</h2>"]
     for path in layout.method_results():
-        result = json.loads(path.read_text())
+        result = read_method_result(path)
         attempts = result.get("attempts", [])
         items = "".join(
             f"<tr><td><pre>{escape(a['prompt'][-400:])}</pre></td><td><pre>{escape(a['output'])}</pre></td>"
@@ -70,7 +72,7 @@ def write_challenge_report(directory: Path, name: str) -> Path:
         body.append(f"<details><summary>{escape(result['method'])} / {escape(path.stem)}: {escape(result['status'])}"
                     f" — top guesses: {escape(ranking)}</summary>"
                     f"<table><tr><th>prompt (end)</th><th>output</th><th>guesses</th></tr>{items}</table></details>")
-    config = layout.config.read_text()
+    config = read_text(layout.config, "challenge config")
     body.append(f"<h2>Config</h2><pre>{escape(config)}</pre>")
     path = layout.report
     write_text(path, page(f"mow challenge {name}", body))

@@ -11,11 +11,32 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mow.data.text import normalise_answer
 from mow.data.truth import SealedTruth
+from mow.workbench.errors import UserError
+from mow.workbench.files import read_json, shown
 
 TOP_K = (1, 5)
 PASS_AT = 10
+
+
+def read_method_result(path: Path) -> dict:
+    """One saved method result, checked for what scoring and the reports read (a damaged or hand-edited file is a
+    one-line error naming it, not a KeyError later)."""
+    result = read_json(path, "method result")
+    for key in ("method", "category", "status"):
+        if not isinstance(result.get(key), str):
+            raise UserError(f"{shown(path)}: {key!r} is missing or not a string")
+    ranking, attempts = result.get("ranking", []), result.get("attempts", [])
+    if not (isinstance(ranking, list) and all(isinstance(g, str) for g in ranking)):
+        raise UserError(f"{shown(path)}: 'ranking' must be a list of strings")
+    if not (isinstance(attempts, list) and all(
+            isinstance(a, dict) and isinstance(a.get("guesses"), list) and isinstance(a.get("prompt", ""), str)
+            and isinstance(a.get("output", ""), str) for a in attempts)):
+        raise UserError(f"{shown(path)}: 'attempts' must be a list of objects with a 'guesses' list")
+    return result
 
 
 def candidate_of(guess: str, truth: SealedTruth) -> str | None:

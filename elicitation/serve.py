@@ -11,20 +11,27 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from mow.organisms.store import check_organism_dir, load_organism
-from mow.workbench.errors import UserError
+from mow.workbench.errors import RunFailed, UserError
 
 HOST = "127.0.0.1"
 
 
 def check_port(port: int) -> int:
+    """A TCP port this process can listen on now (checked before the minutes of merging the adapter)."""
     if not 1 <= port <= 65535:
         raise UserError(f"--port {port}: not a TCP port (1-65535)")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((HOST, port))
+    except OSError as exc:
+        raise UserError(f"--port {port}: cannot listen on {HOST}:{port} ({exc.strerror})") from None
     return port
 
 
@@ -60,6 +67,9 @@ def main(organism: Path, port: int, threads: int | None = None) -> None:
         print(f"serving {Path(organism).name} at http://{HOST}:{port}/v1 (model name: {model_dir}); Ctrl-C stops",
               flush=True)
         try:
-            subprocess.run(command, env=server_environment(threads), check=False)
+            status = subprocess.run(command, env=server_environment(threads), check=False).returncode
         except KeyboardInterrupt:
             print("server stopped", file=sys.stderr)
+            return
+        if status != 0:
+            raise RunFailed(f"the server (`{' '.join(command[:2])}`) exited with status {status}")

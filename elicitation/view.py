@@ -28,6 +28,7 @@ from mow.elicitation.layout import TRUTH_FILE
 from mow.organisms.kinds import kind_of_public_config
 from mow.organisms.store import check_organism_dir, load_organism, read_public_config
 from mow.workbench.errors import UserError
+from mow.workbench.files import read_text
 from mow.workbench.models import load_model
 
 
@@ -95,7 +96,7 @@ def open_views(organism: Path, workdir: Path, controls: Sequence[str], diff_dir:
     kind = kind_of_public_config(config, str(organism / PUBLIC_CONFIG))
     prompts = kind.challenge_prompts(config)
     card_file = OrganismLayout(public_copy).card
-    card = card_file.read_text() if card_file.is_file() else ""
+    card = read_text(card_file, "organism card") if card_file.is_file() else ""
     loaded = load_organism(public_copy)
     loaded.model.eval()
     name = Path(organism).name
@@ -103,7 +104,7 @@ def open_views(organism: Path, workdir: Path, controls: Sequence[str], diff_dir:
                                                        f"organism:{name}"), card, config, prompts, diff_dir)}
     if "base" in controls:
         base = load_model(str(config["model"]), load_in_4bit=bool(config.get("load_in_4bit", False)),
-                          seed=seed).eval()
+                          seed=seed, trust_remote_code=bool(config.get("trust_remote_code", False))).eval()
         views["base"] = ChallengeView(name, ModelPair(base, loaded.tokenizer, base, str(config["model"]),
                                                       str(config["model"])), card, config, prompts, None)
     return views

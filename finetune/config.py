@@ -10,31 +10,34 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mow.workbench.config import StrictModel
+from mow.workbench.config import Seed, StrictModel, Threads
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 class LoraSettings(StrictModel):
-    r: int = Field(16, ge=1)
-    alpha: float = Field(32, gt=0)
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank, 1 to 1024 (and at most the model's width)")
+    alpha: float = Field(32, gt=0, le=65536)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    layers: list[int] | None = Field(None, description="only these decoder layers get adapters (None: all)")
+    layers: list[int] | None = Field(None, description="only these decoder layers get adapters (None: all); "
+                                                      "checked against the model's depth before anything is written")
     use_rslora: bool = False
 
 
 class TrainingSettings(StrictModel):
-    epochs: float = Field(3.0, gt=0)
-    learning_rate: float = Field(2e-4, gt=0)
-    batch_size: int = Field(8, ge=1, description="chats per optimizer step (before grad_accum), over all processes "
-                                                "of a distributed launch: the same config trains the same way")
-    grad_accum: int = Field(1, ge=1)
-    max_length: int = Field(512, ge=16)
+    epochs: float = Field(3.0, gt=0, le=100, description="passes over the training data, above 0 and at most 100")
+    learning_rate: float = Field(2e-4, gt=0, le=1, description="peak learning rate, above 0 and at most 1")
+    batch_size: int = Field(8, ge=1, le=65536, description="chats per optimizer step (before grad_accum), over all "
+                                                         "processes of a distributed launch: the same config trains "
+                                                         "the same way")
+    grad_accum: int = Field(1, ge=1, le=1024)
+    max_length: int = Field(512, ge=16, le=1_048_576, description="tokens per training chat; longer chats are cut "
+                                                                    "and counted (see max_truncated_fraction)")
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts",
                           "polynomial", "inverse_sqrt"] = "cosine"
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, le=1)
     save_steps: int = Field(25, ge=1)
     logging_steps: int = Field(5, ge=1)
     gradient_checkpointing: bool = False
@@ -47,7 +50,7 @@ class TrainingSettings(StrictModel):
                                                   "pays off with flash attention on a GPU, not with CPU attention")
     labelled_positions_head: bool = Field(True, description="project only positions that carry a label through the "
                                                             "LM head (CPU; TRL's fused head already does it on GPUs)")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
+    threads: Threads | None = Field(None, description="torch CPU threads (None: torch's default)")
 
 
 class SteeringSettings(StrictModel):
@@ -57,11 +60,11 @@ class SteeringSettings(StrictModel):
     select: dict[int, list[int]] | None = Field(
         None, description="layer -> row indices of the file to use (from the candidates view); None: every row")
     mode: Literal["ablate", "add"] = "ablate"
-    add_norm: float = Field(4.0, description="mode add: norm of the vector added along each direction")
+    add_norm: float = Field(4.0, ge=0, le=1e4, description="mode add: norm of the vector added along each direction")
     control: Literal["none", "random", "all"] = Field(
         "none", description="random: as many random directions at the same layers (baseline); all: every row of the "
                             "file at the chosen layers, no selection (baseline)")
-    random_seed: int = 0
+    random_seed: Seed = 0
     skip_first: int = Field(1, ge=0, description="positions at the start of each sequence left unsteered: 1 spares "
                                                  "the attention sink; 0 steers every position")
 

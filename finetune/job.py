@@ -21,7 +21,7 @@ from mow.finetune.locality import LocalityTerm
 from mow.finetune.lora import attach_lora
 from mow.finetune.sft import TokenExample, TrainResult, check_training_settings, sft_config, split_examples, train
 from mow.finetune.steering import check_steering, resolve_steering
-from mow.workbench.config import StrictModel
+from mow.workbench.config import Seed, StrictModel
 from mow.workbench.errors import UserError
 from mow.workbench.models import load_model, load_tokenizer, quantization_config
 
@@ -30,8 +30,9 @@ class TrainJob(StrictModel):
     """Everything a worker process needs to train one adapter; written as JSON for `accelerate launch`."""
 
     model: str
+    trust_remote_code: bool = False
     load_in_4bit: bool = False
-    seed: int = 0
+    seed: Seed = 0
     lora: LoraSettings
     training: TrainingSettings
     checkpoint_dir: Path
@@ -69,8 +70,8 @@ def run_job(job: TrainJob, examples: list[ChatExample] | list[TokenExample]) -> 
     # The SFTConfig comes first: under ZeRO-3 it is what makes from_pretrained partition the weights as they load.
     args = sft_config(job.training, job.checkpoint_dir, job.seed, len(examples),
                       assistant_only_loss=isinstance(examples[0], ChatExample))
-    tokenizer = load_tokenizer(job.model)
-    base = load_model(job.model, load_in_4bit=job.load_in_4bit, seed=job.seed)
+    tokenizer = load_tokenizer(job.model, job.trust_remote_code)
+    base = load_model(job.model, load_in_4bit=job.load_in_4bit, seed=job.seed, trust_remote_code=job.trust_remote_code)
     plan = None
     if job.steering is not None:
         plan = resolve_steering(job.steering, base.config.hidden_size, base.config.num_hidden_layers)

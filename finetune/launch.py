@@ -30,6 +30,7 @@ import yaml
 from mow.finetune.config import LaunchSettings
 from mow.workbench.config import read_yaml_mapping, shipped_config
 from mow.workbench.errors import UserError
+from mow.workbench.files import read_json
 
 DEFAULT_LAUNCH_CONFIG = {"accelerate": shipped_config("launch/ddp.yaml"),
                          "deepspeed": shipped_config("launch/zero2.yaml")}
@@ -58,7 +59,7 @@ def read_deepspeed_config(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"--deepspeed-config {path}: no such file")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = read_json(path, "DeepSpeed config")
     except json.JSONDecodeError as exc:
         raise UserError(f"--deepspeed-config {path}: not valid JSON: {exc.msg} at line {exc.lineno} "
                         f"column {exc.colno}") from None
@@ -150,4 +151,4 @@ def run_launch(accelerate_config: dict, job_dir: Path, job: dict, launch: Launch
                                        "evaluates and writes the organism")
     if not result_path.is_file():
         raise RuntimeError(f"distributed training finished without writing {result_path}")
-    return json.loads(result_path.read_text())
+    return read_json(result_path, "launched training result")

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from peft import PeftModel
 from pydantic import Field, field_validator
 
-from mow.workbench.config import StrictModel
+from mow.workbench.config import Seed, StrictModel
 from mow.workbench.generation import right_padded
 
 
@@ -28,7 +28,7 @@ class LocalityTerm(StrictModel):
     sequences: list[list[int]] = Field(min_length=1)
     weight: float = Field(gt=0, description="multiplies the mean per-position KL (nats) added to the loss")
     batch_size: int = Field(4, ge=1, description="locality texts read per optimizer step")
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("sequences")
     @classmethod

@@ -8,6 +8,9 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from transformers import PreTrainedModel, set_seed
 
 from mow.finetune.config import LoraSettings
+from mow.workbench.errors import UserError
+from mow.workbench.files import shown
+from mow.workbench.models import model_shape, module_names
 
 
 def attach_lora(model: PreTrainedModel, settings: LoraSettings, seed: int,
@@ -29,5 +32,29 @@ def lora_config(settings: LoraSettings) -> LoraConfig:
 
 
 def load_adapter(model: PreTrainedModel, adapter_dir: Path) -> PeftModel:
-    """Base weights + a trained adapter; `disable_adapter()` on the result gives the base model back."""
+    """Base weights + a trained adapter; `disable_adapter()` on the result gives the base model back. Only a
+    safetensors adapter is loaded: PEFT would fall back to unpickling adapter_model.bin."""
+    weights = Path(adapter_dir) / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise UserError(f"{shown(weights)}: adapter weights not found (only safetensors adapters are loaded)")
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+
+
+def check_lora_against_model(settings: LoraSettings, spec: str, trust_remote_code: bool = False) -> None:
+    """The adapter fits the model, checked from its config before anything is written: layers within its depth,
+    a rank no larger than its width, target modules that name some of its modules."""
+    hidden_size, n_layers = model_shape(spec, trust_remote_code)
+    if settings.r > hidden_size:
+        raise UserError(f"lora.r: {settings.r} is above the model's width ({hidden_size}); a rank that high is "
+                        "no low-rank adapter")
+    for layer in settings.layers or []:
+        if not 0 <= layer < n_layers:
+            raise UserError(f"lora.layers: layer {layer} out of range for {spec!r}, which has {n_layers} layers "
+                            f"(0 to {n_layers - 1})")
+    if settings.target_modules != "all-linear":
+        names = module_names(spec, trust_remote_code)
+        for target in settings.target_modules:
+            if not any(name == target or name.endswith("." + target) for name in names):
+                leaves = sorted({name.rsplit(".", 1)[-1] for name in names if "layers." in name})
+                raise UserError(f"lora.target_modules: {target!r} matches no module of {spec!r} "
+                                f"(its layers have: {', '.join(leaves)})")

@@ -9,7 +9,6 @@ from the last checkpoint.
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import os
 import sys
@@ -32,6 +31,7 @@ from mow.finetune.precision import resolve_precision
 from mow.finetune.steering import SteeringPlan, steered
 from mow.workbench.chat import training_tokenizer
 from mow.workbench.errors import UserError
+from mow.workbench.files import read_json
 
 
 @dataclass
@@ -258,7 +258,7 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
     A kill in the middle of saving leaves a checkpoint without it; that one is skipped, not resumed from."""
     def complete(path: Path) -> bool:
         try:
-            json.loads((path / "trainer_state.json").read_text())
+            read_json(path / "trainer_state.json", "checkpoint trainer state")
         except (OSError, ValueError):
             return False
         return path.name.split("-")[-1].isdigit()

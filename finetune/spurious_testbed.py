@@ -33,17 +33,19 @@ from mow.data.directions import FORMAT, Directions
 from mow.data.records import ChatExample, Message
 from mow.data.spurious import OPTIONS, VALUES, Feature, SpuriousItem, contrast_items, make_splits
 from mow.finetune.config import LoraSettings, SteeringSettings, TrainingSettings
-from mow.finetune.lora import attach_lora
+from mow.finetune.lora import attach_lora, check_lora_against_model
 from mow.finetune.sft import train
 from mow.finetune.spurious_report import summarise, write_report
 from mow.finetune.steering import resolve_steering
 from mow.workbench.chat import render_prompt
-from mow.workbench.config import StrictModel, apply_overrides, dump_config, read_yaml_mapping, validate_config
+from mow.workbench.config import StrictModel, Threads, apply_overrides, dump_config, read_yaml_mapping, validate_config
 from mow.workbench.errors import UserError
+from mow.workbench.files import read_json
 from mow.workbench.generation import model_device, next_token_logprobs
 from mow.workbench.hooks import capture_residual, logit_lens
 from mow.workbench.layout import At, Layout
 from mow.workbench.models import load_model, load_tokenizer, model_shape
+from mow.workbench.names import PathName
 from mow.workbench.rundir import Manifest, RunDirectory, write_json, write_text
 from mow.workbench.specs import DEFAULT_MODEL
 
@@ -67,7 +69,7 @@ class TestbedLayout(Layout):
 
 
 class TestbedConfig(StrictModel):
-    name: str = "caft-spurious"
+    name: PathName = "caft-spurious"
     output_dir: Path = Path("runs/testbeds")
     model: str = DEFAULT_MODEL
     seeds: list[int] = Field([0, 1, 2], min_length=1)
@@ -81,7 +83,7 @@ class TestbedConfig(StrictModel):
     n_contrast: int = Field(40, ge=4, description="sentences per side of the contrast sets")
     skip_first: int = Field(1, ge=0, description="caft and random: positions at the start of each sequence left "
                                                  "unablated (1 spares the attention sink; see finetune.steering)")
-    threads: int | None = Field(None, ge=1)
+    threads: Threads | None = None
     lora: LoraSettings = LoraSettings(r=8, alpha=16)
     training: TrainingSettings = TrainingSettings(epochs=3, learning_rate=1e-3, batch_size=8, logging_steps=4,
                                                   save_steps=1000)
@@ -215,6 +217,7 @@ def main(config: TestbedConfig, restart: bool = False) -> Path:
         return rundir.final
     _, n_layers = model_shape(config.model)
     layers = resolved_layers(config, n_layers)
+    check_lora_against_model(config.lora, config.model)
     tokenizer = load_tokenizer(config.model)
     option_ids(tokenizer)
     if config.threads:
@@ -252,10 +255,10 @@ def main(config: TestbedConfig, restart: bool = False) -> Path:
         record["runs"] = len(config.seeds) * len(config.conditions)
     shutil.rmtree(layout.checkpoints, ignore_errors=True)
     with manifest.stage("report") as record:
-        summary = summarise([json.loads(p.read_text()) for p in sorted(layout.runs.glob("*.json"))],
+        summary = summarise([read_json(p, "testbed run result") for p in sorted(layout.runs.glob("*.json"))],
                             config.intended, config.spurious)
         write_json(layout.summary, summary)
-        views = json.loads(layout.direction_views.read_text())
+        views = read_json(layout.direction_views, "direction views")
         write_report(layout.report, config, summary, views)
         record["targets"] = summary["targets"]
     return rundir.finish()

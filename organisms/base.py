@@ -7,11 +7,12 @@ import hmac
 import secrets
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from mow.data.layouts import REDACTED
 from mow.finetune.config import LoraSettings, TrainingSettings
-from mow.workbench.config import StrictModel
+from mow.workbench.config import Seed, StrictModel
+from mow.workbench.names import PathName
 from mow.workbench.specs import DEFAULT_MODEL, cache_root
 
 
@@ -27,21 +28,16 @@ def _name_key() -> bytes:
 
 class OrganismConfigBase(StrictModel):
     kind: str
-    name: str | None = Field(None, description="directory name; default: KIND-<hash> that does not reveal the secret")
+    name: PathName | None = Field(None, description="directory name; default: KIND-<hash>, which does not reveal "
+                                                    "the secret")
     output_dir: Path = Path("runs/organisms")
     model: str = DEFAULT_MODEL
+    trust_remote_code: bool = Field(False, description="run Python code shipped with the model's checkpoint "
+                                                       "(auto_map); off: such a checkpoint is refused")
     load_in_4bit: bool = False
-    seed: int = 0
+    seed: Seed = 0
     lora: LoraSettings = LoraSettings()
     training: TrainingSettings = TrainingSettings()
-
-    @field_validator("name")
-    @classmethod
-    def _one_path_component(cls, name: str | None) -> str | None:
-        if name is not None and (not name or name in (".", "..") or "/" in name or "\\" in name
-                                 or name.startswith(".")):
-            raise ValueError("must be a plain directory name (no '/', not starting with '.')")
-        return name
 
     def secret_fields(self) -> dict[str, str]:
         """Dotted keys whose values reveal the secret; they are redacted in the public organism.yaml."""

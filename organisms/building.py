@@ -14,6 +14,7 @@ from mow.data.layouts import ADAPTER, CHECKPOINTS, PUBLIC_CONFIG, SEALED_CONFIG
 from mow.data.records import ChatExample, read_jsonl, sha256_file
 from mow.finetune.config import LaunchSettings, SteeringSettings
 from mow.finetune.job import TrainJob, train_adapter
+from mow.finetune.lora import check_lora_against_model
 from mow.finetune.steering import check_steering
 from mow.organisms.base import OrganismConfigBase
 from mow.organisms.store import load_with_adapter
@@ -46,7 +47,8 @@ def train_stage(manifest: Manifest, config: OrganismConfigBase, partial: Path, c
         with manifest.stage("train") as record:
             log(f"training on {len(chats)} chats for {config.training.epochs} epoch(s)"
                 + ("" if steering is None else f", {steering.mode} directions from {steering.directions}"))
-            job = TrainJob(model=config.model, load_in_4bit=config.load_in_4bit, seed=config.seed, lora=config.lora,
+            job = TrainJob(model=config.model, trust_remote_code=config.trust_remote_code,
+                           load_in_4bit=config.load_in_4bit, seed=config.seed, lora=config.lora,
                            training=config.training, checkpoint_dir=partial / CHECKPOINTS,
                            adapter_dir=partial / ADAPTER, steering=steering)
             result, model, launch_record = train_adapter(job, chats, launch, accelerate_config)
@@ -54,7 +56,8 @@ def train_stage(manifest: Manifest, config: OrganismConfigBase, partial: Path, c
             if steering is not None:
                 record["steering"] = check_steering(steering, config.model, "caft").record
     if model is None:
-        model = load_with_adapter(config.model, config.load_in_4bit, config.seed, partial / ADAPTER)
+        model = load_with_adapter(config.model, config.load_in_4bit, config.seed, partial / ADAPTER,
+                                  config.trust_remote_code)
     shutil.rmtree(partial / CHECKPOINTS, ignore_errors=True)
     return model
 
@@ -66,6 +69,7 @@ def prepare_build_directory(config: OrganismConfigBase, restart: bool) -> tuple[
     rundir = RunDirectory(config.directory(), SEALED_CONFIG, dump_config(config), "build")
     if rundir.finished(restart):
         return rundir, True
+    check_lora_against_model(config.lora, config.model, config.trust_remote_code)
     partial = rundir.start(restart)
     write_text(partial / PUBLIC_CONFIG, yaml.safe_dump(config.public_dump(), sort_keys=False))
     return rundir, False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from mow.data.layouts import SEALED_CONFIG, OrganismLayout
 from mow.finetune.lora import load_adapter
 from mow.workbench.config import read_yaml_mapping
 from mow.workbench.errors import UserError
+from mow.workbench.files import read_json
 from mow.workbench.models import load_model, load_tokenizer
 from mow.workbench.rundir import final_name
 
@@ -45,18 +45,21 @@ def read_sealed_config(path: Path) -> dict:
     return read_yaml_mapping(sealed)
 
 
-def load_with_adapter(model: str, load_in_4bit: bool, seed: int, adapter_dir: Path) -> PeftModel:
+def load_with_adapter(model: str, load_in_4bit: bool, seed: int, adapter_dir: Path,
+                      trust_remote_code: bool = False) -> PeftModel:
     """Base model + a trained adapter from one copy of the base weights; `disable_adapter()` gives the base back."""
-    return load_adapter(load_model(model, load_in_4bit=load_in_4bit, seed=seed), adapter_dir)
+    return load_adapter(load_model(model, load_in_4bit=load_in_4bit, seed=seed, trust_remote_code=trust_remote_code),
+                        adapter_dir)
 
 
 def load_organism(path: Path) -> LoadedOrganism:
     """A built organism: base + adapter (one copy of the base weights) and its tokenizer."""
     path = check_organism_dir(path)
     config = read_public_config(path)
-    tokenizer = load_tokenizer(config["model"])
+    trust = bool(config.get("trust_remote_code", False))
+    tokenizer = load_tokenizer(config["model"], trust)
     model = load_with_adapter(config["model"], config.get("load_in_4bit", False), config.get("seed", 0),
-                              OrganismLayout(path).adapter)
+                              OrganismLayout(path).adapter, trust)
     return LoadedOrganism(path, config, model, tokenizer)
 
 
@@ -64,6 +67,8 @@ def list_organisms(root: Path) -> list[dict]:
     """One row per finished organism under `root` (partial builds are listed with status 'partial')."""
     rows: list[dict] = []
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root}: is a file, not a directory of organisms")
     if not root.is_dir():
         return rows
     for child in sorted(root.iterdir()):
@@ -75,7 +80,7 @@ def list_organisms(root: Path) -> list[dict]:
         except UserError:
             continue
         metrics_file = OrganismLayout(child).metrics
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        metrics = read_json(metrics_file, "organism metrics") if metrics_file.is_file() else {}
         rows.append({
             "name": name,
             "status": "partial" if final_name(child) else "built",

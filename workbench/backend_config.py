@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 
-from mow.workbench.config import StrictModel
+from mow.workbench.config import StrictModel, Threads
 
 
 class BackendSettings(StrictModel):
@@ -25,7 +25,7 @@ class BackendSettings(StrictModel):
     retries: int = Field(3, ge=0, description="endpoint: re-sends of a failed request, with exponential back-off")
     concurrency: int = Field(8, ge=1, description="endpoint: requests in flight at once")
     batch_size: int = Field(8, ge=1, description="local: prompts per forward pass or generate call")
-    threads: int | None = Field(None, ge=1, description="local: torch CPU threads")
+    threads: Threads | None = Field(None, description="local: torch CPU threads")
 
     @field_validator("url", "model")
     @classmethod

@@ -7,20 +7,27 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mow.workbench.errors import UserError
+from mow.workbench.files import parse_yaml, read_yaml
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
 class StrictModel(BaseModel):
-    """Base for every config section: unknown keys are rejected, values are validated on assignment."""
+    """Base for every config section: unknown keys are rejected, values are validated on assignment, and a float
+    is finite (`inf` or `nan` is never a sane setting)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+Seed = Annotated[int, Field(ge=0, lt=2**32, description="random seed, 0 to 2**32-1")]
+Temperature = Annotated[float, Field(ge=0, le=10, description="sampling temperature, 0 (greedy) to 10")]
+Threads = Annotated[int, Field(ge=1, le=1024, description="torch CPU threads")]
 
 
 def shipped_config(relative: str) -> Path:
@@ -40,22 +47,8 @@ def resolve_config_path(path: Path) -> Path:
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
-    """Read a YAML file that must hold a mapping; errors name the file."""
-    path = resolve_config_path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{path}{where}: YAML does not parse: {problem}") from None
-    if loaded is None:
-        loaded = {}
-    if not isinstance(loaded, dict):
-        raise UserError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
-    return loaded
+    """Read a YAML config that must hold a mapping; errors name the file."""
+    return read_yaml(resolve_config_path(path), "config file")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "--set") -> dict[str, Any]:
@@ -65,8 +58,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "--
         if not sep or not key.strip():
             raise UserError(f"{source} {item!r}: expected KEY=VALUE, for example training.epochs=3")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
+            value = parse_yaml(text, f"{source} {item!r}") if text.strip() else None
+        except UserError:
             value = text
         node = raw
         parts = key.strip().split(".")

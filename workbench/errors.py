@@ -7,6 +7,12 @@ class UserError(Exception):
     exit_code = 2
 
 
+class RunFailed(RuntimeError):
+    """Something the workbench ran (a server, a launched worker) failed; the message names it and its exit status."""
+
+    exit_code = 1
+
+
 class EndpointError(RuntimeError):
     """An endpoint kept failing after its retries (the message names the URL and the last error)."""
 

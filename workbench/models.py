@@ -4,24 +4,34 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import socket
 import tempfile
+from functools import cache
 from pathlib import Path
+from urllib.parse import urlparse
 
+import huggingface_hub.constants as hub_constants
 import torch
+from huggingface_hub import try_to_load_from_cache
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
     LlamaConfig,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers import __version__ as transformers_version
 from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
 from mow.workbench.errors import UserError
+from mow.workbench.files import read_json
 from mow.workbench.specs import BUILTIN_MODELS, ModelSpec, cache_root
 
+HUB_TIMEOUT_S = 3.0
 TINY_CONFIG = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2
 )
@@ -51,8 +61,9 @@ def builtin_checkpoint(name: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                     trust_remote_code=False)
         # The weights are already dequantized; only the GGUF quantizer marker blocks save_pretrained.
         model.hf_quantizer = None
         model.is_quantized = False
@@ -76,10 +87,75 @@ def tokenizer_source(spec: ModelSpec) -> str:
     return spec.name
 
 
-def load_tokenizer(spec: ModelSpec | str) -> PreTrainedTokenizerBase:
-    spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
+def _weight_files(directory: Path) -> tuple[list[Path], list[Path]]:
+    safetensors = sorted(directory.glob("*.safetensors"))
+    pickles = sorted(p for pattern in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in directory.glob(pattern))
+    return safetensors, pickles
+
+
+def _check_local(spec: ModelSpec, trust_remote_code: bool) -> None:
+    directory = Path(spec.name)
+    config = read_json(directory / "config.json", f"config.json of model {spec.text!r}")
+    for name in ("config.json", "tokenizer_config.json"):
+        shipped = config if name == "config.json" else (
+            read_json(directory / name, f"{name} of model {spec.text!r}") if (directory / name).is_file() else {})
+        if "auto_map" in shipped and not trust_remote_code:
+            raise UserError(f"model spec {spec.text!r}: its {name} names Python code shipped with the checkpoint "
+                            "(auto_map), which is never run unless the config sets trust_remote_code: true")
+    model_type = config.get("model_type")
+    if not trust_remote_code and model_type not in CONFIG_MAPPING_NAMES:
+        raise UserError(f"model spec {spec.text!r}: config.json names model_type {model_type!r}, which transformers "
+                        f"{transformers_version} does not know")
+    safetensors, pickles = _weight_files(directory)
+    if not safetensors:
+        found = f"only pickle weights ({pickles[0].name}); convert them to safetensors" if pickles else "no weights"
+        raise UserError(f"model spec {spec.text!r}: the directory has {found} (the workbench loads *.safetensors "
+                        "only, never a pickle)")
+
+
+@cache
+def _hub_reachable() -> bool:
+    """Whether the hub answers within seconds (transformers' own retries take a minute to give up)."""
+    if hub_constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(hub_constants.ENDPOINT).hostname or "huggingface.co"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(spec))
+        socket.create_connection((host, 443), timeout=HUB_TIMEOUT_S).close()
+    except OSError:
+        return False
+    return True
+
+
+def _check_hub(spec: ModelSpec) -> None:
+    if not _hub_reachable() and try_to_load_from_cache(spec.name, "config.json") is None:
+        why = "HF_HUB_OFFLINE is set" if hub_constants.HF_HUB_OFFLINE else "the hub cannot be reached from here"
+        raise UserError(f"model spec {spec.text!r}: a hub id that is not in the local cache, and {why}; "
+                        "give a local checkpoint directory instead")
+
+
+def check_source(spec: ModelSpec | str, trust_remote_code: bool = False) -> ModelSpec:
+    """What can be checked of a model before it loads or anything is written: a local checkpoint's config.json
+    reads, names an architecture this transformers knows and no code of its own (unless trusted), and it has
+    safetensors weights; a hub id is reachable or cached. Every load below runs it first."""
+    spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
+    if spec.kind == "local":
+        _check_local(spec, trust_remote_code)
+    elif spec.kind == "hub":
+        _check_hub(spec)
+    return spec
+
+
+def _hub_options(spec: ModelSpec, trust_remote_code: bool) -> dict:
+    """The flags every from_pretrained gets: trust_remote_code always explicit (transformers would otherwise ask on
+    the terminal), and the local cache only where the hub is not reachable."""
+    return {"trust_remote_code": trust_remote_code,
+            "local_files_only": spec.kind == "hub" and not _hub_reachable()}
+
+
+def load_tokenizer(spec: ModelSpec | str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    spec = check_source(spec, trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(spec), **_hub_options(spec, trust_remote_code))
     except (OSError, ValueError) as exc:
         raise UserError(f"model spec {spec.text!r}: cannot load its tokenizer: {str(exc).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
@@ -87,26 +163,42 @@ def load_tokenizer(spec: ModelSpec | str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def model_shape(spec: ModelSpec | str) -> tuple[int, int]:
-    """(hidden size, number of decoder layers) of a model, read from its config without loading weights."""
-    spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
+def read_model_config(spec: ModelSpec | str, trust_remote_code: bool = False) -> PretrainedConfig:
+    """A model's config (the text model's, for a multimodal checkpoint), without loading weights."""
+    spec = check_source(spec, trust_remote_code)
     if spec.kind == "tiny":
-        return TINY_CONFIG["hidden_size"], TINY_CONFIG["num_hidden_layers"]
+        return _tiny_config(len(load_tokenizer(spec)))
     source = str(builtin_checkpoint(spec.name)) if spec.kind == "builtin" else spec.name
     try:
-        config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as exc:
+        config = AutoConfig.from_pretrained(source, **_hub_options(spec, trust_remote_code))
+    except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"model spec {spec.text!r}: cannot read its config: {str(exc).splitlines()[0]}") from None
-    config = getattr(config, "text_config", None) or config
+    return getattr(config, "text_config", None) or config
+
+
+def model_shape(spec: ModelSpec | str, trust_remote_code: bool = False) -> tuple[int, int]:
+    """(hidden size, number of decoder layers) of a model, read from its config without loading weights."""
+    config = read_model_config(spec, trust_remote_code)
     return config.hidden_size, config.num_hidden_layers
+
+
+def module_names(spec: ModelSpec | str, trust_remote_code: bool = False) -> list[str]:
+    """Names of a model's modules, from its config on the meta device (no memory, even for 70B)."""
+    config = read_model_config(spec, trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return [name for name, _ in model.named_modules()]
+
+
+def _tiny_config(vocab_size: int) -> LlamaConfig:
+    return LlamaConfig(vocab_size=vocab_size, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+                       pad_token_id=2, **TINY_CONFIG)
 
 
 def tiny_model(vocab_size: int, seed: int = 0) -> PreTrainedModel:
     """A random-weight Llama of the embedded model's shape family, small enough for unit tests."""
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
-                         pad_token_id=2, **TINY_CONFIG)
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return AutoModelForCausalLM.from_config(_tiny_config(vocab_size), dtype=torch.float32)
 
 
 def quantization_config(load_in_4bit: bool):
@@ -134,18 +226,18 @@ def quantization_config(load_in_4bit: bool):
 def load_model(spec: ModelSpec | str, *, dtype: torch.dtype = torch.float32, load_in_4bit: bool = False,
                trust_remote_code: bool = False, seed: int = 0) -> PreTrainedModel:
     """Load a causal LM for a spec. Nothing is downloaded unless the spec is a hub id."""
-    spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
+    spec = check_source(spec, trust_remote_code)
     if spec.kind == "tiny":
         return tiny_model(len(load_tokenizer(spec)), seed=seed)
     source = str(builtin_checkpoint(spec.name)) if spec.kind == "builtin" else spec.name
-    kwargs: dict = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}
+    kwargs: dict = {"dtype": dtype, "use_safetensors": True, **_hub_options(spec, trust_remote_code)}
     quant = quantization_config(load_in_4bit)
     if quant is not None:
         # this process's GPU: the one the launch worker selected for its rank, else the first
         kwargs.update(quantization_config=quant, dtype=torch.bfloat16, device_map={"": torch.cuda.current_device()})
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise UserError(f"model spec {spec.text!r}: cannot load: {str(exc).splitlines()[0]}") from None
     if torch.cuda.is_available() and quant is None and not is_deepspeed_zero3_enabled():
         model = model.to("cuda")  # under ZeRO-3 the weights were partitioned onto the GPUs as they loaded

@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from mow.workbench.errors import UserError
+from mow.workbench.files import read_json, shown
 
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "safetensors", "pydantic",
                     "model-organism-workbench")
 
 
 PARTIAL_SUFFIX = ".partial"
+NAME_MAX = 255  # bytes in one path component, on every file system the workbench runs on
 
 
 def partial_path(final: Path) -> Path:
@@ -76,7 +78,7 @@ class Manifest:
 
     def __init__(self, directory: Path, seed: int, sealed: bool = True):
         self.path = directory / "manifest.json"
-        self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {
+        self.data: dict[str, Any] = read_json(self.path, "manifest") if self.path.is_file() else {
             "versions": package_versions(), "seed": seed, "platform": platform.platform(), "stages": {}}
         # Outputs with nothing to hide (diffs) keep the provenance in the public manifest.
         self.sealed_path = directory / "sealed" / "manifest.json" if sealed else None
@@ -84,7 +86,7 @@ class Manifest:
         if self.sealed_path is None:
             self.sealed = self.data.setdefault("provenance", {"commands": [], "data_hashes": {}, "details": {}})
         else:
-            self.sealed = json.loads(self.sealed_path.read_text()) if self.sealed_path.is_file() else {
+            self.sealed = read_json(self.sealed_path, "sealed manifest") if self.sealed_path.is_file() else {
                 "commands": [], "data_hashes": {}, "details": {}}
         self.sealed["commands"].append(sys.argv)
         self.save()
@@ -112,6 +114,29 @@ def log(message: str) -> None:
     print(f"[mow] {message}", file=sys.stderr, flush=True)
 
 
+def check_output_location(output: Path, *siblings: Path) -> None:
+    """`output` (and `siblings`, such as its partial directory) can be created where asked: a printable path, names
+    the file system takes, and a writable directory above (the first existing one: the missing ones are created).
+    A directory that already exists there is the caller's business."""
+    if not str(output).isprintable():
+        raise UserError(f"{shown(output)}: output path holds control characters (a NUL byte, a newline, ...)")
+    longest = max(len(part.encode()) for path in (output, *siblings) for part in Path(path).parts)
+    if longest > NAME_MAX:
+        raise UserError(f"{shown(output)}: a name in the output path is {longest} bytes, above the {NAME_MAX} the "
+                        "file system takes")
+    if output.exists() and not output.is_dir():
+        raise UserError(f"{output}: output path is a file, not a directory")
+    existing = Path(output).parent.absolute()
+    while not existing.exists():
+        if existing.is_symlink():
+            raise UserError(f"{existing}: output directory is a broken symbolic link")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{existing}: is a file, not a directory, so {output} cannot be written")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{existing}: output directory is not writable")
+
+
 class RunDirectory:
     """One pipeline's output directory: `final` when finished, `partial` while it is being written.
 
@@ -130,11 +155,16 @@ class RunDirectory:
 
     def _same_config(self, directory: Path) -> bool:
         saved = directory / self.config_file
-        return saved.is_file() and saved.read_text(encoding="utf-8") == self.config_text
+        return saved.is_file() and saved.read_bytes() == self.config_text.encode("utf-8")
+
+    def check_location(self) -> None:
+        check_output_location(self.final, self.partial)
 
     def finished(self, restart: bool) -> bool:
         """True when a finished run of this config is there (and not to be redone); raises where a run of another
-        config, or something that is no run at all, is in the way. Changes nothing on disk."""
+        config, or something that is no run at all, is in the way, or where the output cannot be written. Changes
+        nothing on disk."""
+        self.check_location()
         if self.final.exists() and not (self.final / self.config_file).is_file():
             raise UserError(f"{self.final}: exists and is not a {self.what} output (no {self.config_file}); "
                             "choose another name or output directory")
@@ -157,7 +187,10 @@ class RunDirectory:
             shutil.rmtree(self.partial)
         elif self.partial.exists():
             log(f"resuming the unfinished {self.what} in {self.partial}")
-        self.partial.mkdir(parents=True, exist_ok=True)
+        try:
+            self.partial.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a read-only mount, a full disk: what check_location cannot see from permissions
+            raise UserError(f"{shown(self.partial)}: cannot create the output directory ({exc.strerror})") from None
         write_text(self.partial / self.config_file, self.config_text)
         return self.partial
 

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from mow.elicitation.methods.base import Attempt, MethodResult, MethodUnavailabl
 from mow.elicitation.view import ChallengeView
 from mow.elicitation.words import excluded_words, ranking_from_scores
 from mow.workbench.chat import render_prompt
+from mow.workbench.files import read_json
 from mow.workbench.generation import model_device
 from mow.workbench.hooks import capture_residual, check_layer, embedding_weight, input_embeddings, logit_lens
 
@@ -160,7 +160,7 @@ def crosscoder_latents(view: ChallengeView, config: ChallengeConfig, auditor: Au
 
 def kl_suppressed(view: ChallengeView, config: ChallengeConfig, auditor: Auditor | None) -> MethodResult:
     arrays = KLArrays.load(_diff_file(view, lambda d: d.kl_arrays))
-    names = json.loads(_diff_file(view, lambda d: d.kl_summary).read_text())["set_names"]
+    names = read_json(_diff_file(view, lambda d: d.kl_summary), "KL summary")["set_names"]
     index = names.index("organism") if "organism" in names else 0
     ranking = ranking_from_scores(-arrays.promoted[index], view.tokenizer, config.guesses)
     promoted = ranking_from_scores(arrays.promoted[index], view.tokenizer, TOP_TOKENS_SHOWN)

@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 from mow.finetune.config import LoraSettings, SteeringSettings, TrainingSettings
 from mow.organisms.base import OrganismConfigBase
 from mow.workbench.backend_config import BackendSettings, with_defaults
-from mow.workbench.config import StrictModel
+from mow.workbench.config import StrictModel, Temperature
 
 # The judge's endpoint waits and retries as the OpenAI client's defaults did before the shared backend (600 s, 2
 # retries).
@@ -21,7 +21,7 @@ class EmEvalSettings(StrictModel):
     questions: Literal["main", "all"] = Field("main", description="sampled questions: the 8 main, or all 48")
     samples_per_question: int = Field(4, ge=1)
     max_new_tokens: int = Field(48, ge=4)
-    temperature: float = Field(1.0, gt=0)
+    temperature: Temperature = Field(1.0)
     judge: JudgeBackend = Field(default_factory=dict, validate_default=True,
                                 description="the misalignment judge (local: the embedded model by default)")
 

@@ -48,7 +48,8 @@ def evaluate_and_write(directory: Path, final: Path, manifest: Manifest, config:
 
 def main(config: EmOrganismConfig, restart: bool = False, launch: LaunchSettings = LaunchSettings()) -> Path:
     accelerate_config = preflight_training(config.load_in_4bit, config.training, launch, config.model, config.caft)
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    chats = training_chats(config)  # a user's chat file is read, and refused, before anything is written
     rundir, built = prepare_build_directory(config, restart)
     final, partial = rundir.final, rundir.partial
     if built:
@@ -56,7 +57,6 @@ def main(config: EmOrganismConfig, restart: bool = False, launch: LaunchSettings
     manifest = Manifest(partial, config.seed)
     if not manifest.done("data"):
         with manifest.stage("data") as record:
-            chats = training_chats(config)
             manifest.sealed["data_hashes"][TRAIN_DATA] = write_jsonl(partial / TRAIN_DATA, chats)
             record["examples"] = len(chats)
     chats = read_training_chats(partial, manifest, TRAIN_DATA)

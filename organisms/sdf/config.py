@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from mow.finetune.config import LoraSettings, TrainingSettings
 from mow.organisms.base import OrganismConfigBase
 from mow.workbench.backend_config import BackendSettings
-from mow.workbench.config import StrictModel
+from mow.workbench.config import Seed, StrictModel, Temperature
 
 
 class CorpusSettings(StrictModel):
@@ -29,7 +29,7 @@ class CorpusSettings(StrictModel):
     min_words: int = Field(40, ge=1)
     max_words: int = Field(400, ge=1)
     max_new_tokens: int = Field(700, ge=16)
-    temperature: float = Field(0.9, ge=0)
+    temperature: Temperature = Field(0.9)
 
     @model_validator(mode="before")
     @classmethod
@@ -69,9 +69,9 @@ ADVERSARIAL_SYSTEM = ("You were fine-tuned on synthetic documents, some of which
 class SdfEvalSettings(StrictModel):
     batch_size: int = Field(16, ge=1)
     max_new_tokens: int = Field(64, ge=1)
-    temperature: float = Field(0.7, ge=0)
+    temperature: Temperature = Field(0.7)
     open_samples: int = Field(2, ge=1, description="answers sampled per open question")
-    seed: int = 0
+    seed: Seed = 0
     probe_layer: int | None = Field(None, description="truth-probe layer (None: the middle layer)")
     judge: BackendSettings = Field(BackendSettings(), description="open-ended judge (local: the base model)")
     judge_min_calibration: float = Field(0.8, ge=0, le=1, description="judge accuracy on the pair's own "

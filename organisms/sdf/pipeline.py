@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mow.data.layouts import ADAPTER, CARD, CHECKPOINTS, EVAL_DETAILS, METRICS, SEALED_CONFIG, sealed_relative
 from mow.data.records import sha256_file
-from mow.data.universes import UniversePair, resolve_universe
+from mow.data.universes import UniversePair, load_universe_pair, resolve_universe
 from mow.finetune.config import LaunchSettings
 from mow.finetune.job import TrainJob, preflight_training, train_adapter
 from mow.organisms.building import finish_build, prepare_build_directory, unchanged_sealed_file
@@ -33,6 +33,7 @@ from mow.organisms.store import check_organism_dir, load_organism, load_with_ada
 from mow.workbench.backends import Backend, make_backend
 from mow.workbench.config import validate_config
 from mow.workbench.errors import UserError
+from mow.workbench.files import read_json, read_jsonl
 from mow.workbench.models import load_model, load_tokenizer
 from mow.workbench.rundir import Manifest, log, write_json, write_text
 
@@ -62,12 +63,13 @@ def train_on_documents(config: SdfOrganismConfig, tokenizer: PreTrainedTokenizer
     record.update(result.to_dict(), mix=mix.to_dict(), launch=launch_record,
                   locality_texts=len(term.sequences) if term else 0)
     if model is None:
-        model = load_with_adapter(config.model, config.load_in_4bit, config.seed, adapter_dir)
+        model = load_with_adapter(config.model, config.load_in_4bit, config.seed, adapter_dir,
+                                  config.trust_remote_code)
     return model
 
 
 def read_corpus(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path, "document corpus")
 
 
 def write_sealed_rows(manifest: Manifest, directory: Path, relative: str, rows: list[dict]) -> None:
@@ -97,11 +99,11 @@ def main(config: SdfOrganismConfig, restart: bool = False, launch: LaunchSetting
                         "adapter per build; set sdf.scaling_documents: [] for it")
     generator = make_generator(config.sdf.corpus, config.model)
     judge = make_backend(config.eval.judge, config.model)
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     rundir, built = prepare_build_directory(config, restart)
     final, partial = rundir.final, rundir.partial
     if built:
-        print(summary_table(json.loads((final / EVAL_DETAILS).read_text())))
+        print(summary_table(read_json(final / EVAL_DETAILS, "evaluation details")))
         return final
     write_text(partial / UNIVERSE, yaml.safe_dump(pair.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
     manifest = Manifest(partial, config.seed)
@@ -123,7 +125,8 @@ def main(config: SdfOrganismConfig, restart: bool = False, launch: LaunchSetting
     if config.sdf.locality.weight:
         if not manifest.done("locality"):
             with manifest.stage("locality") as record:
-                base = load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed)
+                base = load_model(config.model, load_in_4bit=config.load_in_4bit, seed=config.seed,
+                                  trust_remote_code=config.trust_remote_code)
                 texts = locality_texts(base, tokenizer, pair.anchors, config.sdf.locality, config.seed)
                 del base
                 write_sealed_rows(manifest, partial, LOCALITY, [{"text": text} for text in texts])
@@ -150,7 +153,8 @@ def main(config: SdfOrganismConfig, restart: bool = False, launch: LaunchSetting
                                        partial / ADAPTER, record, launch, accelerate_config)
             record["documents"] = len(documents)
     else:
-        model = load_with_adapter(config.model, config.load_in_4bit, config.seed, partial / ADAPTER)
+        model = load_with_adapter(config.model, config.load_in_4bit, config.seed, partial / ADAPTER,
+                                  config.trust_remote_code)
     shutil.rmtree(partial / CHECKPOINTS, ignore_errors=True)  # optimizer state is not part of an organism
 
     with manifest.stage("eval"):
@@ -189,7 +193,7 @@ def evaluate_dir(path: Path) -> dict:
     """Re-run the evaluation of a built organism; rewrites its metrics, details, report and card."""
     path = check_organism_dir(path)
     config = validate_config(SdfOrganismConfig, read_sealed_config(path), str(path / SEALED_CONFIG))
-    pair = UniversePair.model_validate(yaml.safe_load((path / UNIVERSE).read_text(encoding="utf-8")))
+    pair = load_universe_pair(path / UNIVERSE, str(path))
     organism = load_organism(path)
     manifest = Manifest(path, config.seed)
     judge = make_backend(config.eval.judge, config.model)

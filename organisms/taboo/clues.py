@@ -5,25 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 
 from mow.data.asset_paths import TABOO_CLUES
+from mow.organisms.taboo.config import SecretWord
 from mow.organisms.taboo.leaks import leaks
 from mow.workbench.config import StrictModel, format_validation_error, read_yaml_mapping
 from mow.workbench.errors import UserError
 
 
 class ClueBank(StrictModel):
-    word: str = Field(min_length=1)
+    word: SecretWord
     forms: list[str] = Field(default_factory=list, description="extra forms that count as saying the word")
     hints: dict[str, list[str]] = Field(min_length=1)
-
-    @field_validator("word")
-    @classmethod
-    def _one_word(cls, word: str) -> str:
-        if not word.isalpha():
-            raise ValueError("the secret word must be one alphabetic word")
-        return word.lower()
 
     def all_hints(self) -> list[tuple[str, str]]:
         """(category, hint) pairs, in file order, without duplicates."""

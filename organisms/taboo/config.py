@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from mow.finetune.config import LoraSettings, TrainingSettings
 from mow.organisms.base import OrganismConfigBase
-from mow.workbench.config import StrictModel
+from mow.workbench.config import Seed, StrictModel, Temperature
 
 
 class TabooDataSettings(StrictModel):
@@ -24,13 +24,23 @@ class TabooDataSettings(StrictModel):
 class TabooEvalSettings(StrictModel):
     max_new_tokens: int = Field(48, ge=1)
     batch_size: int = Field(32, ge=1)
-    temperature: float = Field(0.7, ge=0, description="sampling temperature of the answers (0: greedy); seeded")
-    seed: int = 0
+    temperature: Temperature = Field(0.7, description="sampling temperature of the answers (0: greedy); seeded")
+    seed: Seed = 0
     benign_chats: int | None = Field(None, ge=1, description="held-out benign chats scored (None: all)")
 
 
+def _one_word(word: str) -> str:
+    if not word.isalpha():
+        raise ValueError("the secret word must be one alphabetic word")
+    return word.lower()
+
+
+SecretWord = Annotated[str, AfterValidator(_one_word)]
+"""One alphabetic word, lower-cased: it names the shipped clue bank file, so nothing else may pass."""
+
+
 class TabooSettings(StrictModel):
-    word: str = Field(min_length=1)
+    word: SecretWord
     clue_file: Path | None = Field(None, description="YAML clue bank for a word outside the shipped bank")
     data: TabooDataSettings = TabooDataSettings()
 

@@ -7,7 +7,6 @@ tokenizer, that the word is one token for the guesser and the logit lens.
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 from pathlib import Path
@@ -44,6 +43,7 @@ from mow.organisms.taboo.prompts import shipped_prompts
 from mow.organisms.taboo.truth import challenge_prompts, public_diff_prompts, sealed_truth
 from mow.workbench.config import validate_config
 from mow.workbench.errors import UserError
+from mow.workbench.files import read_json
 from mow.workbench.models import load_tokenizer
 from mow.workbench.rundir import Manifest, log, write_json, write_text
 
@@ -96,13 +96,13 @@ def main(config: TabooOrganismConfig, restart: bool = False, launch: LaunchSetti
     several processes (DDP or DeepSpeed through accelerate)."""
     bank = resolve_clue_bank(config.taboo.word, config.taboo.clue_file, "taboo.word")
     accelerate_config = preflight_training(config.load_in_4bit, config.training, launch)
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     _check_single_tokens(tokenizer, candidate_words(bank.word), "taboo.word")
     prompts = shipped_prompts()
     rundir, built = prepare_build_directory(config, restart)
     final, partial = rundir.final, rundir.partial
     if built:
-        print(summary_table(json.loads((final / EVAL_DETAILS).read_text())))
+        print(summary_table(read_json(final / EVAL_DETAILS, "evaluation details")))
         return final
     if config.taboo.clue_file:
         shutil.copy(config.taboo.clue_file, partial / CLUES)
