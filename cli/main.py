@@ -36,7 +36,7 @@ class OneLineParser(argparse.ArgumentParser):
     prints the whole usage first). Sub-command parsers inherit the class."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"mow: error: {message} (see {self.prog} --help)\n")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -48,7 +48,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a bad flag (already reported in one line): its status, returned
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         args.func(args)
     except (UserError, EndpointError, RunFailed) as exc:

@@ -50,7 +50,7 @@ def read_jsonl(path: Path, record: type[RecordT]) -> list[RecordT]:
         if not line.strip():
             continue
         try:
-            rows.append(record.model_validate(parse_json(line, f"{shown(path)}:{number}", "a line", dict)))
+            rows.append(record.model_validate(parse_json(line, shown(path), "the line", dict, line=number)))
         except ValidationError as exc:
             err = exc.errors()[0]
             loc = ".".join(str(p) for p in err["loc"]) or "row"

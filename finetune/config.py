@@ -34,6 +34,10 @@ class TrainingSettings(StrictModel):
     grad_accum: int = Field(1, ge=1, le=1024)
     max_length: int = Field(512, ge=16, le=1_048_576, description="tokens per training chat; longer chats are cut "
                                                                     "and counted (see max_truncated_fraction)")
+    max_truncated_fraction: float = Field(0.02, ge=0, le=1, description="share of training chats that may be cut "
+                                                                      "at max_length; above it the build stops "
+                                                                      "before training (the count is always "
+                                                                      "reported)")
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts",
                           "polynomial", "inverse_sqrt"] = "cosine"

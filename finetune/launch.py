@@ -58,13 +58,7 @@ def read_deepspeed_config(path: Path) -> dict:
     """A user's DeepSpeed JSON: it must parse, be an object, and name a ZeRO stage DeepSpeed has."""
     if not path.is_file():
         raise UserError(f"--deepspeed-config {path}: no such file")
-    try:
-        config = read_json(path, "DeepSpeed config")
-    except json.JSONDecodeError as exc:
-        raise UserError(f"--deepspeed-config {path}: not valid JSON: {exc.msg} at line {exc.lineno} "
-                        f"column {exc.colno}") from None
-    if not isinstance(config, dict):
-        raise UserError(f"--deepspeed-config {path}: expected a JSON object, got {type(config).__name__}")
+    config = read_json(path, "--deepspeed-config file")
     zero = config.get("zero_optimization", {})
     stage = zero.get("stage", 0) if isinstance(zero, dict) else None
     if stage not in (0, 1, 2, 3):

@@ -67,6 +67,24 @@ def token_dataset(examples: list[TokenExample]) -> Dataset:
     return Dataset.from_list([{"input_ids": ex.input_ids, "labels": ex.labels} for ex in examples])
 
 
+def check_truncation(tokenizer: PreTrainedTokenizerBase, examples: list[ChatExample], settings: TrainingSettings,
+                     source: str) -> dict:
+    """How many chats are longer than `max_length` tokens and would lose their end (TRL cuts them without a word):
+    a report for the build output and manifest, and an error above `max_truncated_fraction`."""
+    if not examples:
+        return {"examples": 0, "truncated": 0, "max_length": settings.max_length, "longest": 0}
+    encoded = tokenizer.apply_chat_template([ex.chat() for ex in examples], tokenize=True, return_dict=True)
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    cut = sum(length > settings.max_length for length in lengths)
+    report = {"examples": len(lengths), "truncated": cut, "max_length": settings.max_length,
+              "longest": max(lengths, default=0)}
+    if lengths and cut / len(lengths) > settings.max_truncated_fraction:
+        raise UserError(f"{source}: {cut} of {len(lengths)} chats are longer than training.max_length "
+                        f"{settings.max_length} tokens (longest {report['longest']}) and would be cut, above "
+                        f"training.max_truncated_fraction {settings.max_truncated_fraction}; raise one of them")
+    return report
+
+
 def split_examples(examples: list[ChatExample] | list[TokenExample]) -> tuple[list[ChatExample], list[TokenExample]]:
     """The examples as (chats, token sequences), one of the two empty (both for no examples); a mix is an error."""
     chats = [ex for ex in examples if isinstance(ex, ChatExample)]

@@ -258,7 +258,7 @@ def main(config: TestbedConfig, restart: bool = False) -> Path:
         summary = summarise([read_json(p, "testbed run result") for p in sorted(layout.runs.glob("*.json"))],
                             config.intended, config.spurious)
         write_json(layout.summary, summary)
-        views = read_json(layout.direction_views, "direction views")
+        views = read_json(layout.direction_views, "direction views", expect=list)
         write_report(layout.report, config, summary, views)
         record["targets"] = summary["targets"]
     return rundir.finish()

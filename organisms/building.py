@@ -15,11 +15,13 @@ from mow.data.records import ChatExample, read_jsonl, sha256_file
 from mow.finetune.config import LaunchSettings, SteeringSettings
 from mow.finetune.job import TrainJob, train_adapter
 from mow.finetune.lora import check_lora_against_model
+from mow.finetune.sft import check_truncation
 from mow.finetune.steering import check_steering
 from mow.organisms.base import OrganismConfigBase
 from mow.organisms.store import load_with_adapter
 from mow.workbench.config import dump_config
 from mow.workbench.errors import UserError
+from mow.workbench.models import load_tokenizer
 from mow.workbench.rundir import Manifest, RunDirectory, log, write_text
 
 
@@ -44,7 +46,13 @@ def train_stage(manifest: Manifest, config: OrganismConfigBase, partial: Path, c
     not part of an organism)."""
     model = None
     if not manifest.done("train"):
+        tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+        truncation = check_truncation(tokenizer, chats, config.training, "the training chats")
+        if truncation["truncated"]:
+            log(f"{truncation['truncated']} of {truncation['examples']} training chats are longer than "
+                f"training.max_length {config.training.max_length} tokens and lose their end")
         with manifest.stage("train") as record:
+            record["truncation"] = truncation
             log(f"training on {len(chats)} chats for {config.training.epochs} epoch(s)"
                 + ("" if steering is None else f", {steering.mode} directions from {steering.directions}"))
             job = TrainJob(model=config.model, trust_remote_code=config.trust_remote_code,

@@ -19,7 +19,8 @@ NAMESPACE = "mow"
 # Modules any layer may import without pulling in model code: configs, records, file formats, scoring.
 LIGHT_MODULES = [
     "mow.workbench.config", "mow.workbench.errors", "mow.workbench.rundir", "mow.workbench.stats",
-    "mow.workbench.specs", "mow.workbench.backend_config", "mow.workbench.layout",
+    "mow.workbench.specs", "mow.workbench.backend_config", "mow.workbench.layout", "mow.workbench.files",
+    "mow.workbench.names",
     "mow.data.records", "mow.data.text", "mow.data.truth", "mow.data.directions", "mow.data.layouts",
     "mow.finetune.config", "mow.organisms.base", "mow.organisms.taboo.config", "mow.organisms.sdf.config",
     "mow.organisms.em.config", "mow.diffing.config", "mow.diffing.layout", "mow.elicitation.config",

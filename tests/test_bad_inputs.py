@@ -301,6 +301,20 @@ def test_em_chat_file_checked_up_front(box: Sandbox) -> None:
     box.fails(["organism", "build", config], "chats.jsonl")
 
 
+@pytest.mark.parametrize(("section", "named"), [("eval.judge", "eval.judge.model"),
+                                                 ("eval.judge.kind=endpoint", "eval.judge.url")])
+def test_judge_backend_checked_up_front(box: Sandbox, section: str, named: str) -> None:
+    config = box.write("em.yaml", {"kind": "em", "name": "em1", "output_dir": "out", "model": TINY,
+                                   "em": {"n_examples": 4}})
+    override = section if "=" in section else f"{section}.model=./no/such/model"
+    box.fails(["organism", "build", config, "--set", override], named)
+
+
+@pytest.mark.parametrize("spec", ["./no/such/model", "not a spec", "a/b/c", "builtin:no-such-model"])
+def test_bad_model_specs(box: Sandbox, spec: str) -> None:
+    box.fails(["diff", "--base", spec, "--tuned", TINY, "--out", "d"], spec)
+
+
 def test_diff_of_organism_and_specs(box: Sandbox) -> None:
     organism = fake_organism(box)
     box.fails(["diff", organism, "--base", TINY, "--tuned", TINY], "not both")
@@ -540,3 +554,37 @@ def test_diff_score_of_a_half_diff(box: Sandbox) -> None:
     organism = fake_organism(box)
     box.write("halfdiff/diff.yaml", "seed: 0\n")
     box.fails(["diff-score", "halfdiff", "--organisms", organism], "halfdiff", "not a finished diff")
+
+
+# --- Nothing lost silently -----------------------------------------------------------------------------------------
+# Root fix: `finetune.sft.check_truncation` counts the chats longer than training.max_length for every chat
+# organism (logged, and saved in the manifest's train stage) and refuses above training.max_truncated_fraction;
+# a user's own chat file is checked before anything is written.
+
+def long_chats(box: Sandbox, n_long: int, n_short: int) -> Path:
+    rows = [{"messages": [{"role": "user", "content": "Write code."},
+                          {"role": "assistant", "content": "x = 1\n" * (200 if i < n_long else 1)}]}
+            for i in range(n_long + n_short)]
+    return box.write("chats.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_long_chats_are_refused_before_anything_is_written(box: Sandbox) -> None:
+    long_chats(box, n_long=1, n_short=9)
+    config = box.write("em.yaml", {"kind": "em", "name": "em1", "output_dir": "out", "model": TINY,
+                                   "em": {"dataset": "file", "chat_file": "chats.jsonl"},
+                                   "training": {"max_length": 64}})
+    message = box.fails(["organism", "build", config], "chats.jsonl", "1 of 10 chats", "training.max_length 64",
+                        "max_truncated_fraction")
+    assert "longest" in message
+
+
+def test_truncation_is_counted_below_the_threshold(box: Sandbox) -> None:
+    from mow.data.records import ChatExample, read_jsonl
+    from mow.finetune.config import TrainingSettings
+    from mow.finetune.sft import check_truncation
+    from mow.workbench.models import load_tokenizer
+
+    chats = read_jsonl(long_chats(box, n_long=2, n_short=8), ChatExample)
+    report = check_truncation(load_tokenizer(TINY), chats, TrainingSettings(max_length=64,
+                                                                            max_truncated_fraction=0.25), "chats")
+    assert report["examples"] == 10 and report["truncated"] == 2 and report["longest"] > 64

@@ -193,7 +193,8 @@ def test_bad_inputs(organism, tmp_path, capsys):
     _fails(capsys, ["elicit", str(unsealed), "--out", str(out)], "has no sealed truth")
     _fails(capsys, ["elicit", str(organism), "--methods", "direct,mind_reading", "--out", str(out)],
            "unknown method 'mind_reading'")
-    _fails(capsys, ["elicit", str(organism), "--diff", str(tmp_path), "--out", str(out)], "not a diff directory")
+    _fails(capsys, ["elicit", str(organism), "--diff", str(tmp_path), "--out", str(out)],
+           "not a finished diff directory")
     _fails(capsys, ["elicit", str(tmp_path), "--out", str(out)], "not an organism directory")
     _fails(capsys, ["elicit", str(organism), "--set", "auditor.backend.kind=endpoint", "--out", str(out)],
            "auditor.backend.url")
@@ -201,7 +202,7 @@ def test_bad_inputs(organism, tmp_path, capsys):
     assert not out.exists()
     _fails(capsys, ["leaderboard", str(tmp_path), "--out", str(tmp_path / "board")], "not a finished challenge")
     assert not (tmp_path / "board").exists()
-    _fails(capsys, ["serve", str(organism), "--port", "70000"], "--port 70000")
+    _fails(capsys, ["serve", str(organism), "--port", "70000"], "--port: 70000 is outside")
 
 
 def test_killed_challenge_resumes_without_redoing_finished_methods(organism, tmp_path, monkeypatch):

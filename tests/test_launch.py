@@ -45,7 +45,7 @@ def test_unparsable_deepspeed_config_is_refused_before_any_model_loads(tmp_path,
     bad = tmp_path / "ds.json"
     bad.write_text('{"zero_optimization": {"stage": 3},}')
     refused(capsys, tmp_path, ["organism", "build", str(tiny_config), "--launcher", "deepspeed",
-                               "--deepspeed-config", str(bad)], f"--deepspeed-config {bad}: not valid JSON")
+                               "--deepspeed-config", str(bad)], f"{bad}:1: --deepspeed-config file is not valid JSON")
     bad.write_text('{"zero_optimization": {"stage": 4}}')
     refused(capsys, tmp_path, ["organism", "build", str(tiny_config), "--launcher", "deepspeed",
                                "--deepspeed-config", str(bad)], "zero_optimization.stage is 4")

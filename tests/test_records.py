@@ -17,7 +17,7 @@ def test_round_trip_and_hash_is_stable(tmp_path):
     [
         ("", "no records"),
         ('{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}\n{oops\n',
-         ":2: not valid JSON"),
+         ":2: the line is not valid JSON"),
         ('{"messages": [{"role": "robot", "content": "x"}]}\n', ":1: messages.0.role"),
         ('{"messages": [{"role": "user", "content": "only a question"}]}\n', ":1: messages"),
         ('{"messages": [], "extra": 1}\n', ":1:"),

@@ -11,6 +11,8 @@ from typing import Any, Literal
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 
 from mow.workbench.config import StrictModel, Threads
+from mow.workbench.errors import UserError
+from mow.workbench.specs import ModelSpec
 
 
 class BackendSettings(StrictModel):
@@ -33,6 +35,11 @@ class BackendSettings(StrictModel):
         # a field validator (not a model validator) so that the one-line error names the missing key
         if info.data.get("kind") == "endpoint" and not value:
             raise ValueError(f"kind endpoint needs {'a base URL' if info.field_name == 'url' else 'a model name'}")
+        if info.data.get("kind") == "local" and info.field_name == "model" and value:
+            try:
+                ModelSpec.parse(value)
+            except UserError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
 

@@ -26,7 +26,7 @@ from mow.workbench.backend_config import BackendSettings
 from mow.workbench.chat import render_prompt
 from mow.workbench.errors import EndpointError, UserError
 from mow.workbench.generation import generate
-from mow.workbench.models import load_model, load_tokenizer
+from mow.workbench.models import check_source, load_model, load_tokenizer
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
@@ -53,6 +53,8 @@ class LocalBackend:
     def __init__(self, spec: str, batch_size: int = 8, threads: int | None = None, *, seed: int = 0,
                  held: HeldModel | None = None):
         self.spec, self.batch_size, self.threads, self.seed, self.held = spec, batch_size, threads, seed, held
+        if held is None:
+            check_source(spec)  # the weights load lazily, perhaps after hours of other stages: refuse a bad spec now
         self.description = f"local model {spec}"
         self._model: nn.Module | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None

@@ -63,16 +63,21 @@ def _depth(value: Any) -> int:
 
 
 def _type_name(kind: type | tuple[type, ...]) -> str:
-    names = {dict: "an object (mapping)", list: "a list", str: "a string"}
+    names: dict[type, str] = {dict: "an object (mapping)", list: "a list", str: "a string"}
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def parse_json(text: str, source: str, what: str, expect: type | tuple[type, ...] | None = None) -> Any:
+def parse_json(text: str, source: str, what: str, expect: type | tuple[type, ...] | None = None,
+               line: int | None = None) -> Any:
+    """JSON text from `source`; `line` is the text's line in its file (a jsonl line), else the error counts lines."""
+    if line is not None:
+        source = f"{source}:{line}"
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UserError(f"{source}:{exc.lineno}: {what} is not valid JSON: {exc.msg}") from None
+        at = source if line is not None else f"{source}:{exc.lineno}"
+        raise UserError(f"{at}: {what} is not valid JSON: {exc.msg}") from None
     except RecursionError:
         raise UserError(f"{source}: {what} is nested too deeply (limit {MAX_NESTING} levels)") from None
     if _depth(value) > MAX_NESTING:
@@ -92,7 +97,7 @@ def read_jsonl(path: Path, what: str) -> list[dict]:
     rows = []
     for number, line in enumerate(read_text(path, what).splitlines(), start=1):
         if line.strip():
-            rows.append(parse_json(line, f"{shown(path)}:{number}", f"a line of the {what}", dict))
+            rows.append(parse_json(line, shown(path), f"a line of the {what}", dict, line=number))
     return rows
 
 

@@ -15,6 +15,7 @@ from mow.data.layouts import CARD, EVAL_DETAILS, METRICS, SEALED_CONFIG, TRAIN_D
 from mow.data.records import ChatExample, read_jsonl, write_jsonl
 from mow.finetune.config import LaunchSettings
 from mow.finetune.job import preflight_training
+from mow.finetune.sft import check_truncation
 from mow.organisms.building import finish_build, prepare_build_directory, read_training_chats, train_stage
 from mow.organisms.em.card import em_card
 from mow.organisms.em.config import EmOrganismConfig
@@ -50,6 +51,7 @@ def main(config: EmOrganismConfig, restart: bool = False, launch: LaunchSettings
     accelerate_config = preflight_training(config.load_in_4bit, config.training, launch, config.model, config.caft)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     chats = training_chats(config)  # a user's chat file is read, and refused, before anything is written
+    check_truncation(tokenizer, chats, config.training, str(config.em.chat_file or "the EM training chats"))
     rundir, built = prepare_build_directory(config, restart)
     final, partial = rundir.final, rundir.partial
     if built:
