@@ -8,6 +8,7 @@ directory is compared with one uninterrupted run of the same command:
 - JSON files: parsed and equal, with wall-clock fields (`seconds`, and manifest.json's stage timings, commands and
   the `resumed` flags) left out;
 - safetensors and .npy arrays: equal element for element (torch.equal / numpy.array_equal);
+- the saved config (YAML) parsed and equal but for `output_dir`, which names each run's own parent directory;
 - every other file byte for byte, except report.html (it prints the timings);
 - the set of files equal, and no `.NAME.partial` or `.NAME.replaced` directory left beside the finished one.
 
@@ -117,6 +118,11 @@ def differences(reference: Path, candidate: Path) -> list[str]:
                 found.append(f"json differs: {relative}")
             if relative.name == "manifest.json" and set(left) != set(right):
                 found.append(f"stages differ: {relative}")
+        elif relative.suffix == ".yaml":
+            left, right = yaml.safe_load(a.read_text()), yaml.safe_load(b.read_text())
+            left.pop("output_dir", None), right.pop("output_dir", None)
+            if left != right:
+                found.append(f"config differs: {relative}")
         elif relative.suffix == ".safetensors":
             x, y = load_file(str(a)), load_file(str(b))
             if x.keys() != y.keys() or any(not torch.equal(x[k], y[k]) for k in x):

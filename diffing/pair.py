@@ -8,10 +8,11 @@ same PeftModel, with the adapter switched off inside `base()`; for two full mode
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +30,29 @@ from mow.workbench.hooks import decoder_layers, model_config, model_method, outp
 from mow.workbench.models import load_model, load_tokenizer
 
 
+class WeightSnapshot:
+    """A bit-exact copy of some weights in a temporary file, written and read back tensor by tensor with plain file
+    I/O: the file sits in the page cache, not in the process's memory (a memory map's pages would count towards
+    its resident size, and one weight copy is there to save memory)."""
+
+    def __init__(self, weights: dict[str, torch.Tensor]):
+        self.weights = weights
+        self._handle = tempfile.TemporaryFile(prefix="mow-weights-")
+        for weight in weights.values():
+            self._handle.write(memoryview(weight.detach().contiguous().cpu().numpy()).cast("B"))
+        self._handle.flush()
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        self._handle.seek(0)
+        for weight in self.weights.values():
+            target = weight if weight.device.type == "cpu" and weight.is_contiguous() else torch.empty_like(
+                weight, device="cpu").contiguous()
+            self._handle.readinto(memoryview(target.detach().numpy()).cast("B"))
+            if target is not weight:
+                weight.copy_(target)
+
+
 @dataclass
 class ModelPair:
     tuned_model: nn.Module
@@ -38,6 +62,7 @@ class ModelPair:
     tuned_id: str  # what identifies the tuned side: adapter hash or model spec
     organism: Path | None = None
     public_config: dict | None = None
+    _snapshot: WeightSnapshot | None = field(default=None, repr=False)
 
     @contextmanager
     def base(self) -> Iterator[nn.Module]:
@@ -66,17 +91,26 @@ class ModelPair:
     @contextmanager
     def tuned_merged(self) -> Iterator[nn.Module]:
         """The tuned model with a LoRA adapter merged into the base weights, for a sweep of many batches: forwards
-        then cost what the base model's do (no LoRA matmuls). On exit the adapter is taken out again, which leaves
-        each float32 weight within one rounding (about 6e-8 relative) of where it was. Half-precision or quantized
+        then cost what the base model's do (no LoRA matmuls). On exit the adapter is taken out again and the merged
+        weights are restored bit for bit from a snapshot (subtracting the update leaves each weight within one
+        rounding of where it was, so later stages, and a resumed run that skipped this one, would compute with
+        weights that differ in the last bit). Half-precision or quantized
         weights are never merged, since one rounding there is as large as a LoRA update: the sweep runs unmerged."""
         if not self.can_merge:
             yield self.tuned_model
             return
+        if self._snapshot is None:
+            self._snapshot = WeightSnapshot(self._adapted_weights())
         model_method(self.tuned_model, "merge_adapter")()
         try:
             yield self.tuned_model
         finally:
             model_method(self.tuned_model, "unmerge_adapter")()
+            self._snapshot.restore()
+
+    def _adapted_weights(self) -> dict[str, torch.Tensor]:
+        return {name: module.get_base_layer().weight for name, module in self.tuned_model.named_modules()
+                if isinstance(module, LoraLayer)}
 
     @property
     def can_merge(self) -> bool:
