@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from mow.cli.main import main
+from mow.workbench.errors import UserError
 
 TINY = "tiny:smollm2-135m"
 
@@ -188,14 +189,18 @@ def test_checkpoint_code_never_runs_in_a_diff(box: Sandbox) -> None:
     assert not marker.exists()
 
 
-def test_trusting_a_checkpoint_is_explicit() -> None:
-    """With trust_remote_code on, the flag reaches transformers (which then runs the code); off, it never does."""
-    from mow.workbench.models import _hub_options
-    from mow.workbench.specs import ModelSpec
+def test_trusting_a_checkpoint_is_explicit_and_runs_its_code(box: Sandbox) -> None:
+    """The marker checkpoint is a real test: where the user opts in, transformers imports its code and the marker
+    appears; without the opt-in (above) it never does."""
+    from mow.workbench.models import read_model_config
 
-    spec = ModelSpec("owner/name", "hub", "owner/name")
-    assert _hub_options(spec, True)["trust_remote_code"] is True
-    assert _hub_options(spec, False)["trust_remote_code"] is False
+    evil, marker = evil_checkpoint(box)
+    with pytest.raises(UserError, match="trust_remote_code"):
+        read_model_config(str(evil))
+    assert not marker.exists()
+    read_model_config(str(evil), trust_remote_code=True)
+    assert marker.exists()
+    marker.unlink()
 
 
 def test_pickle_weights_are_refused(box: Sandbox) -> None:
