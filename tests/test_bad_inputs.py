@@ -162,7 +162,8 @@ def test_taboo_word_is_not_a_path(box: Sandbox, word: str) -> None:
 # trust_remote_code; every from_pretrained passes trust_remote_code explicitly; weights are safetensors only.
 
 EVIL_CODE = ("import pathlib\npathlib.Path({marker!r}).write_text('ran')\n"
-             "from transformers import LlamaConfig as {cls}\n")
+             "from transformers import LlamaConfig\n\n\nclass {cls}(LlamaConfig):  # its own class: loading it\n"
+             "    pass  # registers this one with the auto classes, not LlamaConfig\n")
 
 
 def evil_checkpoint(box: Sandbox) -> tuple[Path, Path]:
