@@ -39,7 +39,7 @@ class WeightSnapshot:
         self.weights = weights
         self._handle = tempfile.TemporaryFile(prefix="mow-weights-")
         for weight in weights.values():
-            self._handle.write(memoryview(weight.detach().contiguous().cpu().numpy()).cast("B"))
+            self._handle.write(weight.detach().contiguous().cpu().numpy().data.cast("B"))
         self._handle.flush()
 
     @torch.no_grad()
@@ -48,7 +48,7 @@ class WeightSnapshot:
         for weight in self.weights.values():
             target = weight if weight.device.type == "cpu" and weight.is_contiguous() else torch.empty_like(
                 weight, device="cpu").contiguous()
-            self._handle.readinto(memoryview(target.detach().numpy()).cast("B"))
+            self._handle.readinto(target.detach().numpy().data.cast("B"))
             if target is not weight:
                 weight.copy_(target)
 
