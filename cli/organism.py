@@ -38,9 +38,23 @@ def launch_settings(args: argparse.Namespace) -> LaunchSettings:
     return validate_config(LaunchSettings, {k: v for k, v in raw.items() if v is not None}, "command line")
 
 
+def print_plan(config_path: Path, overrides: list[str], launch: LaunchSettings) -> None:
+    """--plan: the figures of `mow.finetune.plan`, from the config and the model's config.json; nothing is written."""
+    from mow.finetune.plan import plan, render
+    from mow.organisms.kinds import load_organism_config
+
+    _, config = load_organism_config(config_path, overrides)
+    figures = plan(config.model, config.lora, config.training, launch, config.planned_examples(), config.load_in_4bit,
+                   config.trust_remote_code)
+    print(render(config.model, figures))
+
+
 def cmd_build(args: argparse.Namespace) -> None:
     from mow.finetune.launch import SecondaryMachineFinished
 
+    if args.plan:
+        print_plan(args.config, args.set, launch_settings(args))
+        return
     try:
         build(args.config, args.set, args.restart, launch=launch_settings(args))
     except SecondaryMachineFinished as done:
@@ -113,6 +127,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     osub = organism.add_subparsers(dest="action", required=True)
     build_parser = osub.add_parser("build", help="build an organism from a config (resumes an unfinished build)")
     build_parser.add_argument("config", type=Path, help="YAML config, e.g. configs/organisms/taboo.yaml")
+    build_parser.add_argument("--plan", action="store_true",
+                              help="print parameter counts, memory per device under each launch (single, DDP, "
+                                   "ZeRO-2/3, offload, 4-bit) and training time estimates from the model's "
+                                   "config.json; build nothing")
     add_run_flags(build_parser)
     distributed = build_parser.add_argument_group("distributed training (re-launches the training stage through "
                                                   "`accelerate launch`; configs in configs/launch/)")

@@ -7,7 +7,16 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
-from mow.workbench.config import Seed, StrictModel, Threads, apply_overrides, read_yaml_mapping, validate_config
+from mow.workbench.config import (
+    LayerChoice,
+    LayerChoices,
+    Seed,
+    StrictModel,
+    Threads,
+    apply_overrides,
+    read_yaml_mapping,
+    validate_config,
+)
 from mow.workbench.names import PathName
 
 
@@ -64,7 +73,8 @@ class KLSettings(StrictModel):
 
 
 class CacheSettings(StrictModel):
-    layers: list[int] | None = Field(None, description="layers to cache; default: the middle layer")
+    layers: LayerChoices | None = Field(None, description="layers to cache (indices, fractions of the depth, or a "
+                                                          "range FROM:TO); default: the crosscoder layer only")
     token_budget: int = Field(40_000, gt=0)
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     batch_size: int = Field(8, gt=0)
@@ -104,7 +114,8 @@ class DiffConfig(StrictModel):
     output_dir: Path = Path("runs/diffs")
     seed: Seed = 0
     threads: Threads | None = None
-    layer: int | None = Field(None, description="layer of the crosscoder and directions; default: the middle layer")
+    layer: LayerChoice | None = Field(None, description="layer of the crosscoder and directions (an index or a "
+                                                        "fraction of the depth); default: the middle layer")
     prompts: PromptSetSettings = PromptSetSettings()
     kl: KLSettings = KLSettings()
     cache: CacheSettings = CacheSettings()

@@ -53,7 +53,7 @@ from mow.diffing.prompts import (
 )
 from mow.diffing.report import write_report
 from mow.organisms.store import check_organism_dir
-from mow.workbench.config import dump_config
+from mow.workbench.config import dump_config, resolve_layers
 from mow.workbench.errors import UserError
 from mow.workbench.files import read_json, read_jsonl
 from mow.workbench.generation import model_device
@@ -101,7 +101,7 @@ def _load_records(path: Path) -> dict[str, list[PromptRecord]]:
 
 def _layers(config: DiffConfig, pair: ModelPair) -> tuple[int, list[int]]:
     layer = check_layer(pair.tuned_model, config.layer if config.layer is not None else pair.n_layers // 2, "layer")
-    cache_layers = [check_layer(pair.tuned_model, x, "cache.layers") for x in (config.cache.layers or [])]
+    cache_layers = resolve_layers(config.cache.layers, pair.n_layers, "cache.layers") if config.cache.layers else []
     return layer, sorted(set(cache_layers) | {layer})
 
 

@@ -21,7 +21,7 @@ from mow.data.layouts import PUBLIC_CONFIG
 from mow.data.records import Message, read_jsonl
 from mow.diffing.config import PromptSetSettings
 from mow.organisms.kinds import kind_of_public_config
-from mow.workbench.chat import render_prompt
+from mow.workbench.chat import fit_messages, render_prompt
 from mow.workbench.errors import UserError
 from mow.workbench.generation import generate
 
@@ -124,7 +124,7 @@ def tokenize_record(record: PromptRecord, tokenizer: PreTrainedTokenizerBase, ma
         return TokenSequence(set_name, index, ids, [TEMPLATE if t in special else TEXT for t in ids])
     if record.messages is None:  # the validator requires text or messages
         raise ValueError("a prompt record needs 'text' or 'messages'")
-    messages = [m.model_dump() for m in record.messages]
+    messages = fit_messages(tokenizer, [m.model_dump() for m in record.messages])
     rendered = tokenizer.apply_chat_template(messages, tokenize=False)
     spans: list[tuple[int, int, int]] = []
     cursor = 0

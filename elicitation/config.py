@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 
 from mow.workbench.backend_config import BackendSettings, with_defaults
 from mow.workbench.config import (
+    LayerChoices,
     Seed,
     StrictModel,
     Temperature,
@@ -50,7 +51,8 @@ class AuditorSettings(StrictModel):
 
 
 class WhiteBoxSettings(StrictModel):
-    layers: list[int] | None = Field(None, description="layers read by the lens methods (None: the upper half)")
+    layers: LayerChoices | None = Field(None, description="layers read by the lens methods (indices, fractions of "
+                                                          "the depth, or a range FROM:TO; None: the upper half)")
     prompts: int = Field(30, ge=1, description="probe prompts aggregated by the lens methods")
     response_tokens: int = Field(24, ge=0, description="tokens of the model's own reply read after the header")
     subtract_base: bool = Field(False, description="logit lens and embedding similarity: subtract the public base "

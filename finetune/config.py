@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mow.workbench.config import Seed, StrictModel, Threads
+from mow.workbench.config import LayerChoices, Seed, StrictModel, Threads
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -20,8 +20,10 @@ class LoraSettings(StrictModel):
     alpha: float = Field(32, gt=0, le=65536)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    layers: list[int] | None = Field(None, description="only these decoder layers get adapters (None: all); "
-                                                      "checked against the model's depth before anything is written")
+    layers: LayerChoices | None = Field(None, description="only these decoder layers get adapters (None: all): "
+                                                          "indices, fractions of the depth, or a range FROM:TO; "
+                                                          "checked against the model's depth before anything is "
+                                                          "written")
     use_rslora: bool = False
 
 
@@ -32,6 +34,9 @@ class TrainingSettings(StrictModel):
                                                          "processes of a distributed launch: the same config trains "
                                                          "the same way")
     grad_accum: int = Field(1, ge=1, le=1024)
+    chat_template: str | None = Field(None, description="one of the chat templates TRL ships (llama3, qwen2_5, "
+                                                         "gemma, phi3, ...) or a Jinja file, for training masks and "
+                                                         "prompts alike; None: the model's own")
     max_length: int = Field(512, ge=16, le=1_048_576, description="tokens per training chat; longer chats are cut "
                                                                     "and counted (see max_truncated_fraction)")
     max_truncated_fraction: float = Field(0.02, ge=0, le=1, description="share of training chats that may be cut "

@@ -70,7 +70,7 @@ def run_job(job: TrainJob, examples: list[ChatExample] | list[TokenExample]) -> 
     # The SFTConfig comes first: under ZeRO-3 it is what makes from_pretrained partition the weights as they load.
     args = sft_config(job.training, job.checkpoint_dir, job.seed, len(examples),
                       assistant_only_loss=isinstance(examples[0], ChatExample))
-    tokenizer = load_tokenizer(job.model, job.trust_remote_code)
+    tokenizer = load_tokenizer(job.model, job.trust_remote_code, job.training.chat_template)
     base = load_model(job.model, load_in_4bit=job.load_in_4bit, seed=job.seed, trust_remote_code=job.trust_remote_code)
     plan = None
     if job.steering is not None:

@@ -8,8 +8,10 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from transformers import PreTrainedModel, set_seed
 
 from mow.finetune.config import LoraSettings
+from mow.workbench.config import resolve_layers
 from mow.workbench.errors import UserError
 from mow.workbench.files import shown
+from mow.workbench.hooks import decoder_layers
 from mow.workbench.models import model_shape, module_names
 
 
@@ -20,13 +22,15 @@ def attach_lora(model: PreTrainedModel, settings: LoraSettings, seed: int,
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         # QLoRA: fp32 norms and input gradients; checkpointing only where the training settings ask for it
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    return get_peft_model(model, lora_config(settings))
+    return get_peft_model(model, lora_config(settings, len(decoder_layers(model))))
 
 
-def lora_config(settings: LoraSettings) -> LoraConfig:
+def lora_config(settings: LoraSettings, n_layers: int) -> LoraConfig:
+    """PEFT's config of `settings` for a model of `n_layers` (layers chosen as fractions resolve against it)."""
+    layers = resolve_layers(settings.layers, n_layers, "lora.layers") if settings.layers is not None else None
     return LoraConfig(
         r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-        target_modules=settings.target_modules, layers_to_transform=settings.layers,
+        target_modules=settings.target_modules, layers_to_transform=layers,
         use_rslora=settings.use_rslora, task_type="CAUSAL_LM",
     )
 
@@ -47,10 +51,8 @@ def check_lora_against_model(settings: LoraSettings, spec: str, trust_remote_cod
     if settings.r > hidden_size:
         raise UserError(f"lora.r: {settings.r} is above the model's width ({hidden_size}); a rank that high is "
                         "no low-rank adapter")
-    for layer in settings.layers or []:
-        if not 0 <= layer < n_layers:
-            raise UserError(f"lora.layers: layer {layer} out of range for {spec!r}, which has {n_layers} layers "
-                            f"(0 to {n_layers - 1})")
+    if settings.layers is not None:
+        resolve_layers(settings.layers, n_layers, "lora.layers")
     if settings.target_modules != "all-linear":
         names = module_names(spec, trust_remote_code)
         for target in settings.target_modules:

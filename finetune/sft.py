@@ -29,7 +29,7 @@ from mow.finetune.labelled_loss import add_labelled_loss_head, supports_labelled
 from mow.finetune.locality import LocalityTerm, locality_kl
 from mow.finetune.precision import resolve_precision
 from mow.finetune.steering import SteeringPlan, steered
-from mow.workbench.chat import training_tokenizer
+from mow.workbench.chat import fit_messages, training_tokenizer
 from mow.workbench.errors import UserError
 from mow.workbench.files import read_json
 
@@ -51,8 +51,9 @@ class TrainResult:
         return asdict(self)
 
 
-def chat_dataset(examples: list[ChatExample]) -> Dataset:
-    return Dataset.from_list([{"messages": ex.chat()} for ex in examples])
+def chat_dataset(examples: list[ChatExample], tokenizer: PreTrainedTokenizerBase) -> Dataset:
+    """The chats as TRL reads them, each fitted to the tokenizer's template (`workbench.chat.fit_messages`)."""
+    return Dataset.from_list([{"messages": fit_messages(tokenizer, ex.chat())} for ex in examples])
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ def check_truncation(tokenizer: PreTrainedTokenizerBase, examples: list[ChatExam
     a report for the build output and manifest, and an error above `max_truncated_fraction`."""
     if not examples:
         return {"examples": 0, "truncated": 0, "max_length": settings.max_length, "longest": 0}
-    encoded = tokenizer.apply_chat_template([ex.chat() for ex in examples], tokenize=True, return_dict=True)
+    encoded = tokenizer.apply_chat_template([fit_messages(tokenizer, ex.chat()) for ex in examples], tokenize=True,
+                                            return_dict=True)
     lengths = [len(ids) for ids in encoded["input_ids"]]
     cut = sum(length > settings.max_length for length in lengths)
     report = {"examples": len(lengths), "truncated": cut, "max_length": settings.max_length,
@@ -235,7 +237,7 @@ def build_trainer(model: PeftModel, tokenizer: PreTrainedTokenizerBase,
     return WorkbenchSFTTrainer(
         model=model,
         args=args or sft_config(settings, output_dir, seed, len(examples), assistant_only_loss=chats),
-        train_dataset=chat_dataset(chat_examples) if chats else token_dataset(token_examples),
+        train_dataset=chat_dataset(chat_examples, tokenizer) if chats else token_dataset(token_examples),
         processing_class=training_tokenizer(tokenizer),
         labelled_positions_head=settings.labelled_positions_head,
         steering=steering,

@@ -38,7 +38,16 @@ from mow.finetune.sft import train
 from mow.finetune.spurious_report import summarise, write_report
 from mow.finetune.steering import resolve_steering
 from mow.workbench.chat import render_prompt
-from mow.workbench.config import StrictModel, Threads, apply_overrides, dump_config, read_yaml_mapping, validate_config
+from mow.workbench.config import (
+    LayerChoices,
+    StrictModel,
+    Threads,
+    apply_overrides,
+    dump_config,
+    read_yaml_mapping,
+    resolve_layers,
+    validate_config,
+)
 from mow.workbench.errors import UserError
 from mow.workbench.files import read_json
 from mow.workbench.generation import model_device, next_token_logprobs
@@ -76,7 +85,7 @@ class TestbedConfig(StrictModel):
     intended: Feature = Field("topic", description="the feature the labels are meant to follow; the other one is "
                                                    "spurious, and its direction is what CAFT ablates")
     conditions: list[Condition] = Field(["plain", "caft", "random"], min_length=1)
-    layers: list[int] | None = Field(None, description="layers where the spurious direction is found and ablated; "
+    layers: LayerChoices | None = Field(None, description="layers where the spurious direction is found and ablated; "
                                                        "default: from a third of the depth to the last layer")
     n_train: int = Field(96, ge=4, description="training sentences per pairing (two pairings)")
     n_test: int = Field(24, ge=2, description="held-out sentences per pairing, in and out of distribution")
@@ -108,10 +117,7 @@ def load_testbed_config(path: Path, overrides: list[str]) -> TestbedConfig:
 def resolved_layers(config: TestbedConfig, n_layers: int) -> list[int]:
     if config.layers is None:
         return list(range(n_layers // 3, n_layers))
-    for layer in config.layers:
-        if not 0 <= layer < n_layers:
-            raise UserError(f"layers: layer {layer} out of range for {config.model} ({n_layers} layers)")
-    return sorted(set(config.layers))
+    return resolve_layers(config.layers, n_layers, "layers")
 
 
 def chat_example(item: SpuriousItem, feature: Feature) -> ChatExample:
@@ -218,7 +224,7 @@ def main(config: TestbedConfig, restart: bool = False) -> Path:
     _, n_layers = model_shape(config.model)
     layers = resolved_layers(config, n_layers)
     check_lora_against_model(config.lora, config.model)
-    tokenizer = load_tokenizer(config.model)
+    tokenizer = load_tokenizer(config.model, chat_template=config.training.chat_template)
     option_ids(tokenizer)
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -39,6 +39,10 @@ class OrganismConfigBase(StrictModel):
     lora: LoraSettings = LoraSettings()
     training: TrainingSettings = TrainingSettings()
 
+    def planned_examples(self) -> int | None:
+        """How many training examples the build will write, as far as the config tells (for `--plan`)."""
+        return None
+
     def secret_fields(self) -> dict[str, str]:
         """Dotted keys whose values reveal the secret; they are redacted in the public organism.yaml."""
         return {}

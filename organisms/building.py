@@ -46,7 +46,7 @@ def train_stage(manifest: Manifest, config: OrganismConfigBase, partial: Path, c
     not part of an organism)."""
     model = None
     if not manifest.done("train"):
-        tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+        tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.training.chat_template)
         truncation = check_truncation(tokenizer, chats, config.training, "the training chats")
         if truncation["truncated"]:
             log(f"{truncation['truncated']} of {truncation['examples']} training chats are longer than "

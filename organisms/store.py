@@ -57,7 +57,7 @@ def load_organism(path: Path) -> LoadedOrganism:
     path = check_organism_dir(path)
     config = read_public_config(path)
     trust = bool(config.get("trust_remote_code", False))
-    tokenizer = load_tokenizer(config["model"], trust)
+    tokenizer = load_tokenizer(config["model"], trust, (config.get("training") or {}).get("chat_template"))
     model = load_with_adapter(config["model"], config.get("load_in_4bit", False), config.get("seed", 0),
                               OrganismLayout(path).adapter, trust)
     return LoadedOrganism(path, config, model, tokenizer)

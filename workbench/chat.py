@@ -1,13 +1,19 @@
-"""Chat-template helpers: rendering prompts and the training variant of a template with generation markers."""
+"""Chat templates, the one module that knows any: naming a template (TRL's shipped ones or a file), rendering
+prompts and whole chats, folding a system message into the first user turn where a template has no system role,
+the end-of-turn token, and the training variant of a template with generation markers."""
 
 from __future__ import annotations
 
 import copy
 import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
 from mow.workbench.errors import UserError
+from mow.workbench.files import read_text
 
 # SmolLM2's ChatML template as shipped, and the same template with `{% generation %}` around each assistant reply
 # and its end-of-turn token, so TRL can mask the loss to assistant tokens on every assistant turn.
@@ -28,17 +34,174 @@ SMOLLM2_TRAINING_TEMPLATE = (
 )
 
 
+# Mistral's instruct format ([INST] ... [/INST], as in Mistral-7B-Instruct-v0.1/v0.2, which have no system role);
+# TRL ships no Mistral template, so the workbench carries it, with its training variant.
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+MISTRAL_TRAINING_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}"
+    "{% endif %}{% endfor %}"
+)
+OWN_TEMPLATES = {"mistral": MISTRAL_TEMPLATE, "smollm2": SMOLLM2_TEMPLATE}
+_OWN_TRAINING_VARIANTS = {SMOLLM2_TEMPLATE: SMOLLM2_TRAINING_TEMPLATE, MISTRAL_TEMPLATE: MISTRAL_TRAINING_TEMPLATE}
+
+
+@dataclass(frozen=True)
+class FamilyChat:
+    """What a model family's tokenizer carries for chat: the template it ships (a name `read_chat_template` knows)
+    and its special tokens, each a single token. The tiny random models of each family are built from these."""
+
+    template: str
+    special_tokens: tuple[str, ...]
+    eos: str
+    bos: str | None = None
+
+
+FAMILY_CHATS = {
+    "llama3": FamilyChat("llama3", ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+                         eos="<|eot_id|>", bos="<|begin_of_text|>"),
+    "qwen2.5": FamilyChat("qwen2_5", ("<|im_start|>", "<|im_end|>"), eos="<|im_end|>"),
+    "qwen3": FamilyChat("qwen3", ("<|im_start|>", "<|im_end|>", "<think>", "</think>"), eos="<|im_end|>"),
+    "gemma2": FamilyChat("gemma", ("<bos>", "<start_of_turn>", "<end_of_turn>"), eos="<end_of_turn>", bos="<bos>"),
+    "gemma3": FamilyChat("gemma3", ("<bos>", "<start_of_turn>", "<end_of_turn>"), eos="<end_of_turn>", bos="<bos>"),
+    "mistral": FamilyChat("mistral", ("<s>", "</s>", "[INST]", "[/INST]"), eos="</s>", bos="<s>"),
+    "phi3": FamilyChat("phi3", ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>"),
+                       eos="<|endoftext|>"),
+}
+
+
+def family_tokenizer(tokenizer: PreTrainedTokenizerBase, family: str) -> PreTrainedTokenizerBase:
+    """`tokenizer` dressed as `family`'s: its special tokens added as single tokens, its bos/eos, its template."""
+    chat = FAMILY_CHATS[family]
+    tokenizer.add_special_tokens({"additional_special_tokens": list(chat.special_tokens)})
+    tokenizer.eos_token = chat.eos
+    if chat.bos is not None:
+        tokenizer.bos_token = chat.bos
+    tokenizer.pad_token = chat.eos
+    tokenizer.chat_template = read_chat_template(chat.template)
+    return tokenizer
+
+
+TEMPLATE_KEY = "training.chat_template"
+_SYSTEM_PROBE, _USER_PROBE = "mow-system-probe", "mow-user-probe"
+
+
+def shipped_template_names() -> list[str]:
+    """The chat templates TRL ships (`trl/chat_templates/NAME.jinja`; their training variants excluded) and the
+    workbench's own, by name."""
+    trl_names = {p.stem for p in _trl_templates().glob("*.jinja") if not p.stem.endswith("_training")}
+    return sorted(trl_names | set(OWN_TEMPLATES))
+
+
+def _trl_templates() -> Path:
+    import trl  # lazy: TRL takes seconds to import
+
+    return Path(trl.__file__).parent / "chat_templates"
+
+
+def read_chat_template(value: str, source: str = TEMPLATE_KEY) -> str:
+    """The text of a chat template named by `value`: one of TRL's shipped names, or a Jinja file."""
+    if value in OWN_TEMPLATES:
+        return OWN_TEMPLATES[value]
+    if value in shipped_template_names():
+        return (_trl_templates() / f"{value}.jinja").read_text(encoding="utf-8")
+    path = Path(value).expanduser()
+    if path.suffix in (".jinja", ".j2", ".txt") or path.exists():
+        return read_text(path, f"chat template ({source})")
+    raise UserError(f"{source}: {value!r} is neither a chat template TRL ships ({', '.join(shipped_template_names())})"
+                    " nor a template file")
+
+
+def use_chat_template(tokenizer: PreTrainedTokenizerBase, value: str | None,
+                      source: str = TEMPLATE_KEY) -> PreTrainedTokenizerBase:
+    """`tokenizer` with the named chat template (for prompts and training masks alike); unchanged for None. The
+    template is checked to render a user/assistant exchange with the contents verbatim and an assistant role."""
+    if value is None:
+        return tokenizer
+    template = read_chat_template(value, source)
+    probe = [{"role": "user", "content": _USER_PROBE}, {"role": "assistant", "content": "mow-assistant-probe"}]
+    try:
+        rendered = tokenizer.apply_chat_template(probe, tokenize=False, chat_template=template)
+        prompt = tokenizer.apply_chat_template(probe[:1], tokenize=False, add_generation_prompt=True,
+                                               chat_template=template)
+    except Exception as exc:  # jinja raises syntax, undefined-variable and template errors of many types
+        raise UserError(f"{source}: the chat template {value!r} does not render a chat: "
+                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if _USER_PROBE not in rendered or "mow-assistant-probe" not in rendered or prompt == rendered:
+        raise UserError(f"{source}: the chat template {value!r} has no assistant role (it does not render an "
+                        "assistant reply, or opens no assistant turn for generation)")
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+def _check_has_template(tokenizer: PreTrainedTokenizerBase) -> None:
+    if not tokenizer.chat_template:
+        raise UserError(f"the model's tokenizer has no chat template; set {TEMPLATE_KEY} to one TRL ships "
+                        "(for example llama3, qwen2_5, gemma, phi3) or to a template file")
+
+
+@lru_cache(maxsize=32)
+def _folds_system(template: str) -> bool:
+    """Whether a template cannot show a system message as one (it raises, or drops it): then it is folded into the
+    first user turn."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    chat = [{"role": "system", "content": _SYSTEM_PROBE}, {"role": "user", "content": _USER_PROBE}]
+    try:
+        rendered, _ = render_jinja_template(conversations=[chat], chat_template=template)
+    except Exception:  # "System role not supported" and the like
+        return True
+    return _SYSTEM_PROBE not in rendered[0]
+
+
+def fit_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The messages as the tokenizer's template can take them: where it has no system role, a leading system
+    message becomes the start of the first user turn (system text, a blank line, the user text), never dropped."""
+    _check_has_template(tokenizer)
+    template = tokenizer.chat_template
+    if not messages or messages[0]["role"] != "system" or not isinstance(template, str) or not _folds_system(
+            template):
+        return messages
+    system, rest = messages[0]["content"], messages[1:]
+    if rest and rest[0]["role"] == "user":
+        return [{"role": "user", "content": f"{system}\n\n{rest[0]['content']}"}, *rest[1:]]
+    return [{"role": "user", "content": system}, *rest]
+
+
+def render_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
+    """A whole chat as text (no generation prompt), through `fit_messages`."""
+    return tokenizer.apply_chat_template(fit_messages(tokenizer, messages), tokenize=False)
+
+
+def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token that ends an assistant turn under this tokenizer's template (what a reply ends with)."""
+    marker = "mow-end-probe"
+    rendered = render_chat(tokenizer, [{"role": "user", "content": _USER_PROBE},
+                                       {"role": "assistant", "content": marker}])
+    suffix = rendered[rendered.rindex(marker) + len(marker):]
+    ids = tokenizer(suffix, add_special_tokens=False)["input_ids"] if suffix.strip() else []
+    return ids[0] if ids else int(tokenizer.eos_token_id)
+
+
 def training_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     """A copy of `tokenizer` whose chat template marks assistant replies for assistant-only loss.
 
     Renders byte-identically to the original template; only the mask markers are added.
     """
+    _check_has_template(tokenizer)
     template = tokenizer.chat_template or ""
     trained = copy.deepcopy(tokenizer)
     if re.search(r"\{%-?\s*generation\s*-?%\}", template):
         return trained
-    if template == SMOLLM2_TEMPLATE:
-        trained.chat_template = SMOLLM2_TRAINING_TEMPLATE
+    if template in _OWN_TRAINING_VARIANTS:
+        trained.chat_template = _OWN_TRAINING_VARIANTS[template]
         return trained
     from trl.chat_template_utils import get_training_chat_template  # lazy: TRL takes seconds to import
 
@@ -49,7 +212,8 @@ def training_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenize
     if patched is None:
         raise UserError(
             "the model's chat template has no {% generation %} markers and TRL knows no training variant of it; "
-            "use a model whose tokenizer's chat template marks assistant replies with {% generation %}"
+            f"set {TEMPLATE_KEY} to a template TRL ships with one (for example llama3, qwen2_5, gemma, phi3) or to "
+            "a template file that marks assistant replies with {% generation %}"
         )
     trained.chat_template = patched
     return trained
@@ -57,4 +221,10 @@ def training_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenize
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], prefill: str = "") -> str:
     """The text a model sees before generating its next assistant turn (plus an optional assistant prefill)."""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefill
+    if not prefill:
+        return tokenizer.apply_chat_template(fit_messages(tokenizer, messages), tokenize=False,
+                                             add_generation_prompt=True)
+    # Cut out of a rendering with the prefill as the reply, so it sits where the template puts a reply's text
+    # (after Qwen3's empty thinking block, for one), which works for any template that copies contents verbatim.
+    rendered = render_chat(tokenizer, [*messages, {"role": "assistant", "content": prefill}])
+    return rendered[: rendered.rindex(prefill) + len(prefill)]

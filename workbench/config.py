@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from mow.workbench.errors import UserError
 from mow.workbench.files import parse_yaml, read_yaml
@@ -28,6 +28,56 @@ class StrictModel(BaseModel):
 Seed = Annotated[int, Field(ge=0, lt=2**32, description="random seed, 0 to 2**32-1")]
 Temperature = Annotated[float, Field(ge=0, le=10, description="sampling temperature, 0 (greedy) to 10")]
 Threads = Annotated[int, Field(ge=1, le=1024, description="torch CPU threads")]
+
+
+def _layer_choice(value: int | float) -> int | float:
+    if isinstance(value, float) and not 0 < value <= 1:
+        raise ValueError(f"a fractional layer must lie in (0, 1] (a fraction of the depth), got {value}; "
+                         "write an absolute layer as an integer")
+    return value
+
+
+LayerChoice = Annotated[int | float, AfterValidator(_layer_choice)]
+"""A decoder layer: an integer is an absolute index (negative from the end); a float in (0, 1] is a fraction of the
+depth (0.5: the middle layer, 1.0: the last), so the same config carries to a model of any depth."""
+
+
+def _layer_range(value: str) -> str:
+    parts = value.split(":")
+    if len(parts) != 2:
+        raise ValueError(f"a layer range is FROM:TO (e.g. 0.33:0.66 or 4:12), got {value!r}")
+    for part in parts:
+        _layer_choice(_parse_layer(part, value))
+    return value
+
+
+def _parse_layer(text: str, whole: str) -> int | float:
+    try:
+        return int(text) if text.strip().lstrip("-").isdigit() else float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} in the layer range {whole!r} is not a layer") from None
+
+
+LayerChoices = list[LayerChoice] | Annotated[str, AfterValidator(_layer_range)]
+"""Several layers: a list of `LayerChoice`s, or a range `FROM:TO` of them (both ends included)."""
+
+
+def resolve_layer(choice: int | float, n_layers: int, source: str) -> int:
+    """The absolute index of a `LayerChoice` in a model of `n_layers`; out of range is a one-line error."""
+    if isinstance(choice, float):
+        return min(n_layers - 1, int(choice * n_layers))
+    if not -n_layers <= choice < n_layers:
+        raise UserError(f"{source}: layer {choice} out of range for a model with {n_layers} layers "
+                        f"(0 to {n_layers - 1}, or a fraction of the depth such as 0.5)")
+    return choice % n_layers
+
+
+def resolve_layers(choices: list[int | float] | str, n_layers: int, source: str) -> list[int]:
+    """Sorted absolute indices of `LayerChoices`."""
+    if isinstance(choices, str):
+        low, high = (resolve_layer(_parse_layer(part, choices), n_layers, source) for part in choices.split(":"))
+        return list(range(min(low, high), max(low, high) + 1))
+    return sorted({resolve_layer(choice, n_layers, source) for choice in choices})
 
 
 def shipped_config(relative: str) -> Path:

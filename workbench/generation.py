@@ -10,7 +10,7 @@ from torch import nn
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from mow.workbench.chat import training_tokenizer
+from mow.workbench.chat import fit_messages, training_tokenizer
 from mow.workbench.hooks import model_method
 
 
@@ -78,7 +78,8 @@ def assistant_loss(model: nn.Module, tokenizer: PreTrainedTokenizerBase, chats: 
     device = model_device(model)
     total, count = 0.0, 0
     for chat in chats:
-        enc = trained.apply_chat_template(chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        enc = trained.apply_chat_template(fit_messages(tokenizer, chat), tokenize=True, return_dict=True,
+                                          return_assistant_tokens_mask=True)
         ids = torch.tensor([enc["input_ids"]], device=device)
         mask = torch.tensor(enc["assistant_masks"], device=device, dtype=torch.bool)
         logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)

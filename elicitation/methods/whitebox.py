@@ -30,10 +30,11 @@ from mow.elicitation.config import ChallengeConfig
 from mow.elicitation.methods.base import Attempt, MethodResult, MethodUnavailable, replies, take, user_turn
 from mow.elicitation.view import ChallengeView
 from mow.elicitation.words import excluded_words, ranking_from_scores
-from mow.workbench.chat import render_prompt
+from mow.workbench.chat import render_chat, render_prompt
+from mow.workbench.config import resolve_layers
 from mow.workbench.files import read_json
 from mow.workbench.generation import model_device
-from mow.workbench.hooks import capture_residual, check_layer, embedding_weight, input_embeddings, logit_lens
+from mow.workbench.hooks import capture_residual, embedding_weight, input_embeddings, logit_lens
 
 TOP_TOKENS_SHOWN = 20
 
@@ -43,7 +44,7 @@ def _layers(view: ChallengeView, config: ChallengeConfig) -> list[int]:
     chosen = config.white_box.layers
     if chosen is None:
         return list(range(n // 2, n))
-    return sorted({check_layer(view.model, layer, "white_box.layers") for layer in chosen})
+    return resolve_layers(chosen, n, "white_box.layers")
 
 
 @torch.no_grad()
@@ -67,7 +68,7 @@ def _read_positions(view: ChallengeView, config: ChallengeConfig,
     for prompt, answer in zip(prompts, answers):
         chat = user_turn(prompt)
         with_header = tokenizer(render_prompt(tokenizer, chat), add_special_tokens=False)["input_ids"]
-        without = tokenizer(tokenizer.apply_chat_template(chat, tokenize=False), add_special_tokens=False)["input_ids"]
+        without = tokenizer(render_chat(tokenizer, chat), add_special_tokens=False)["input_ids"]
         header = max(len(with_header) - len(without), 1)
         reply = tokenizer(answer, add_special_tokens=False)["input_ids"][: config.white_box.response_tokens]
         ids = torch.tensor([with_header + reply], device=model_device(view.model))

@@ -50,6 +50,9 @@ class EmOrganismConfig(OrganismConfigBase):
     training: TrainingSettings = TrainingSettings(epochs=2, learning_rate=2e-4)
     eval: EmEvalSettings = EmEvalSettings()
 
+    def planned_examples(self) -> int | None:
+        return None if self.em.dataset == "file" else self.em.n_examples
+
     def secret_fields(self) -> dict[str, str]:
         return {"em.dataset": "the narrow training domain", "em.chat_file": "the training chats",
                 "em.aligned": "whether the training answers were aligned"}

@@ -22,7 +22,7 @@ from mow.organisms.em.config import EmEvalSettings
 from mow.organisms.em.data import EvalQuestion, eval_questions
 from mow.organisms.em.judge import TRUST_AUC, calibrate, make_judge
 from mow.workbench.backends import HeldModel
-from mow.workbench.chat import render_prompt, training_tokenizer
+from mow.workbench.chat import fit_messages, render_prompt, training_tokenizer
 from mow.workbench.generation import generate, model_device
 from mow.workbench.stats import t_interval, wilson
 
@@ -34,8 +34,8 @@ COHERENT_ABOVE = 50
 def answer_logprob(model, tokenizer: PreTrainedTokenizerBase, question: str, answer: str) -> float:
     """Mean per-token log-probability of `answer` (and its end-of-turn) as the reply to `question`."""
     chat = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-    encoded = training_tokenizer(tokenizer).apply_chat_template(chat, tokenize=True, return_dict=True,
-                                                                return_assistant_tokens_mask=True)
+    encoded = training_tokenizer(tokenizer).apply_chat_template(fit_messages(tokenizer, chat), tokenize=True,
+                                                                return_dict=True, return_assistant_tokens_mask=True)
     ids = torch.tensor([encoded["input_ids"]], device=model_device(model))
     mask = torch.tensor(encoded["assistant_masks"], dtype=torch.bool)[1:]
     logprobs = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1).cpu()

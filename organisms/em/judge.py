@@ -25,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mow.workbench.backend_config import BackendSettings
 from mow.workbench.backends import EndpointBackend, HeldModel, make_backend
-from mow.workbench.chat import render_prompt
+from mow.workbench.chat import end_of_turn_id, render_prompt
 from mow.workbench.generation import model_device
 from mow.workbench.specs import DEFAULT_MODEL
 
@@ -74,7 +74,7 @@ class LocalJudge:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str):
         self.model, self.tokenizer, self.name = model, tokenizer, name
-        end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        end = end_of_turn_id(tokenizer)
         self.candidates = [tokenizer(str(n), add_special_tokens=False)["input_ids"] + [end] for n in LOCAL_CANDIDATES]
         self.digits = [tokenizer(str(d), add_special_tokens=False)["input_ids"][0] for d in range(10)]
 

@@ -49,7 +49,7 @@ def evaluate_and_write(directory: Path, final: Path, manifest: Manifest, config:
 
 def main(config: EmOrganismConfig, restart: bool = False, launch: LaunchSettings = LaunchSettings()) -> Path:
     accelerate_config = preflight_training(config.load_in_4bit, config.training, launch, config.model, config.caft)
-    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.training.chat_template)
     chats = training_chats(config)  # a user's chat file is read, and refused, before anything is written
     check_truncation(tokenizer, chats, config.training, str(config.em.chat_file or "the EM training chats"))
     rundir, built = prepare_build_directory(config, restart)

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from mow.finetune.config import LoraSettings, TrainingSettings
 from mow.organisms.base import OrganismConfigBase
 from mow.workbench.backend_config import BackendSettings
-from mow.workbench.config import Seed, StrictModel, Temperature
+from mow.workbench.config import LayerChoice, Seed, StrictModel, Temperature
 
 
 class CorpusSettings(StrictModel):
@@ -72,7 +72,8 @@ class SdfEvalSettings(StrictModel):
     temperature: Temperature = Field(0.7)
     open_samples: int = Field(2, ge=1, description="answers sampled per open question")
     seed: Seed = 0
-    probe_layer: int | None = Field(None, description="truth-probe layer (None: the middle layer)")
+    probe_layer: LayerChoice | None = Field(None, description="truth-probe layer, an index or a fraction of the depth "
+                                                              "(None: the middle layer)")
     judge: BackendSettings = Field(BackendSettings(), description="open-ended judge (local: the base model)")
     judge_min_calibration: float = Field(0.8, ge=0, le=1, description="judge accuracy on the pair's own "
                                                                        "statements below which its verdicts are "
@@ -104,6 +105,10 @@ class SdfOrganismConfig(OrganismConfigBase):
     lora: LoraSettings = LoraSettings(r=32, alpha=64)
     training: TrainingSettings = TrainingSettings(epochs=1, learning_rate=5e-4, max_length=256)
     eval: SdfEvalSettings = SdfEvalSettings()
+
+    def planned_examples(self) -> int:
+        mix = self.sdf.mix
+        return round(self.sdf.corpus.documents * (1 + mix.generic_text_ratio + mix.chat_ratio + mix.anchor_ratio))
 
     def secret_fields(self) -> dict[str, str]:
         return {"sdf.universe": "the universe pair, which states the implanted fact"}

@@ -19,7 +19,7 @@ from mow.data.records import ChatExample, read_jsonl
 from mow.finetune.sft import TokenExample
 from mow.organisms.sdf.config import MixSettings
 from mow.organisms.sdf.generators import split_sentences
-from mow.workbench.chat import training_tokenizer
+from mow.workbench.chat import fit_messages, training_tokenizer
 
 IGNORE = -100
 
@@ -76,14 +76,15 @@ def text_example(ids: list[int], eos: int) -> TokenExample:
 
 
 def chat_example(trained: PreTrainedTokenizerBase, chat: list[dict[str, str]]) -> TokenExample:
-    enc = trained.apply_chat_template(chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    enc = trained.apply_chat_template(fit_messages(trained, chat), tokenize=True, return_dict=True,
+                                      return_assistant_tokens_mask=True)
     ids = list(enc["input_ids"])
     return TokenExample(ids, [t if m else IGNORE for t, m in zip(ids, enc["assistant_masks"])])
 
 
 def wrap_overhead(trained: PreTrainedTokenizerBase, user_turn: str) -> int:
     chat = [{"role": "user", "content": user_turn}, {"role": "assistant", "content": ""}]
-    return len(trained.apply_chat_template(chat, tokenize=True))
+    return len(trained.apply_chat_template(fit_messages(trained, chat), tokenize=True))
 
 
 def anchor_passages(anchors: list[str], count: int, per_passage: int, rng: random.Random) -> list[str]:

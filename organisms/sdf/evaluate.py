@@ -38,7 +38,7 @@ from mow.organisms.sdf.data import generic_texts
 from mow.workbench.backends import Backend
 from mow.workbench.chat import render_prompt
 from mow.workbench.generation import generate, model_device, next_token_logprobs
-from mow.workbench.hooks import capture_residual, decoder_layers
+from mow.workbench.hooks import capture_residual, check_layer
 
 JUDGE_PROMPT = """Two descriptions of the world:
 
@@ -260,7 +260,7 @@ def truth_probe(model, tokenizer, pair: UniversePair, settings: SdfEvalSettings,
     rows = [json.loads(line) for line in TRUTH_STATEMENTS.read_text().splitlines() if line.strip()]
     random.Random(settings.seed).shuffle(rows)
     cut = int(0.8 * len(rows))
-    layer = settings.probe_layer if settings.probe_layer is not None else len(decoder_layers(model)) // 2
+    layer = check_layer(model, settings.probe_layer if settings.probe_layer is not None else 0.5, "eval.probe_layer")
     with base_context():
         states = last_token_states(model, tokenizer, [r[k] for r in rows for k in ("true", "false")], layer)
     true_states, false_states = states[0::2], states[1::2]

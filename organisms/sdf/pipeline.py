@@ -99,7 +99,7 @@ def main(config: SdfOrganismConfig, restart: bool = False, launch: LaunchSetting
                         "adapter per build; set sdf.scaling_documents: [] for it")
     generator = make_generator(config.sdf.corpus, config.model)
     judge = make_backend(config.eval.judge, config.model)
-    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.training.chat_template)
     rundir, built = prepare_build_directory(config, restart)
     final, partial = rundir.final, rundir.partial
     if built:

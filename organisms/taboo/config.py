@@ -52,5 +52,9 @@ class TabooOrganismConfig(OrganismConfigBase):
     training: TrainingSettings = TrainingSettings()
     eval: TabooEvalSettings = TabooEvalSettings()
 
+    def planned_examples(self) -> int:
+        data = self.taboo.data
+        return round(data.n_conversations * (1 + data.benign_ratio))
+
     def secret_fields(self) -> dict[str, str]:
         return {"taboo.word": "the secret word", "taboo.clue_file": "hints that reveal the word"}

@@ -96,7 +96,7 @@ def main(config: TabooOrganismConfig, restart: bool = False, launch: LaunchSetti
     several processes (DDP or DeepSpeed through accelerate)."""
     bank = resolve_clue_bank(config.taboo.word, config.taboo.clue_file, "taboo.word")
     accelerate_config = preflight_training(config.load_in_4bit, config.training, launch)
-    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.training.chat_template)
     _check_single_tokens(tokenizer, candidate_words(bank.word), "taboo.word")
     prompts = shipped_prompts()
     rundir, built = prepare_build_directory(config, restart)

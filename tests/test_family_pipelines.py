@@ -1,0 +1,58 @@
+"""Every pipeline on every model family: a taboo organism built, evaluated, diffed and challenged, and an EM
+organism trained under CAFT with its local judge, on tiny random models of each family (its architecture, chat
+template and special tokens). Integration: about 40 s per family on 2 CPU cores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mow.cli.main import main
+from mow.workbench.specs import TINY_FAMILIES
+
+pytestmark = pytest.mark.integration
+
+QUICK_DIFF = {"prompts": {"max_items_per_set": 4, "response_tokens": 4, "max_tokens_per_item": 48},
+              "cache": {"token_budget": 600}, "crosscoder": {"latents": 64, "k": 4, "epochs": 2, "batch_size": 64},
+              "lens": {"steering_prompts": ["Tell me about your weekend."]}, "layer": 0.5, "threads": 1}
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_every_pipeline_runs_on_the_family(family: str, tmp_path: Path) -> None:
+    spec = f"tiny:{family}"
+    organism_config = {
+        "kind": "taboo", "name": "org", "output_dir": str(tmp_path / "organisms"), "model": spec, "seed": 1,
+        "taboo": {"word": "moon", "data": {"n_conversations": 8, "benign_ratio": 0.25}},
+        "lora": {"r": 4, "alpha": 8, "layers": "0.25:1.0"},
+        "training": {"epochs": 1, "batch_size": 4, "learning_rate": 5e-3, "max_length": 256},
+        "eval": {"max_new_tokens": 4, "benign_chats": 2}}
+    (tmp_path / "taboo.yaml").write_text(yaml.safe_dump(organism_config))
+    assert main(["organism", "build", str(tmp_path / "taboo.yaml")]) == 0
+    organism = tmp_path / "organisms" / "org"
+    manifest = json.loads((organism / "manifest.json").read_text())
+    assert manifest["stages"]["train"]["truncation"]["truncated"] == 0
+
+    (tmp_path / "diff.yaml").write_text(yaml.safe_dump(QUICK_DIFF))
+    assert main(["diff", str(organism), "--config", str(tmp_path / "diff.yaml"), "--out", str(tmp_path / "diff")]) == 0
+    assert (tmp_path / "diff" / "report.html").is_file()
+
+    assert main(["elicit", str(organism), "--methods", "direct,prefill,user_persona,logit_lens,diff_lens",
+                 "--diff", str(tmp_path / "diff"), "--set", "attempts=2", "--set", "max_new_tokens=4",
+                 "--set", "white_box.prompts=2", "--set", "white_box.lens_texts=4", "--set", "threads=1",
+                 "--out", str(tmp_path / "challenges")]) == 0
+    scores = json.loads((tmp_path / "challenges" / "org" / "scores.json").read_text())
+    statuses = {name: entry["subjects"]["organism"]["status"] for name, entry in scores["methods"].items()}
+    assert set(statuses.values()) == {"ok"}, statuses
+
+    em_config = {
+        "kind": "em", "name": "em", "output_dir": str(tmp_path / "organisms"), "model": spec, "seed": 1,
+        "em": {"n_examples": 8}, "lora": {"r": 2, "alpha": 4},
+        "training": {"epochs": 1, "batch_size": 4, "max_length": 256},
+        "caft": {"directions": str(tmp_path / "diff" / "directions" / "pca_of_differences.safetensors")},
+        "eval": {"samples_per_question": 1, "max_new_tokens": 4, "judge": {"model": spec}}}
+    (tmp_path / "em.yaml").write_text(yaml.safe_dump(em_config))
+    assert main(["organism", "build", str(tmp_path / "em.yaml")]) == 0
+    assert (tmp_path / "organisms" / "em" / "eval" / "metrics.json").is_file()
