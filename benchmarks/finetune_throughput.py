@@ -70,7 +70,7 @@ def one_run(name: str, args: argparse.Namespace) -> dict:
     from mow.organisms.taboo.prompts import shipped_prompts
     from mow.workbench.chat import training_tokenizer
     from mow.workbench.generation import assistant_loss
-    from mow.workbench.models import load_model, load_tokenizer, model_shape
+    from mow.workbench.models import load_model, load_tokenizer
 
     bank = resolve_clue_bank(args.word, None, "--word")
     data = TabooDataSettings(n_conversations=args.batch * args.steps, benign_ratio=0.25)
@@ -81,14 +81,15 @@ def one_run(name: str, args: argparse.Namespace) -> dict:
     lora = LoraSettings(r=16, alpha=32)
     output_dir = tempfile.mkdtemp(prefix="mow-bench-")
     if name == "plain SFTTrainer":
+        model = load_model(args.model)
         trainer = SFTTrainer(
-            model=load_model(args.model),
+            model=model,
             args=SFTConfig(output_dir=output_dir, max_steps=args.steps, learning_rate=args.lr, seed=0,
                            assistant_only_loss=True, report_to="none", save_strategy="no", logging_steps=1,
                            disable_tqdm=True, use_cpu=not torch.cuda.is_available()),
             train_dataset=chat_dataset(examples, tokenizer),
             processing_class=training_tokenizer(tokenizer),
-            peft_config=lora_config(lora, model_shape(args.model)[1]))
+            peft_config=lora_config(lora, model))
     else:
         settings = TrainingSettings(epochs=1, batch_size=args.batch, learning_rate=args.lr, lr_scheduler="linear",
                                     warmup_ratio=0, save_steps=10_000, logging_steps=1,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from torch import nn
 from transformers import PreTrainedModel, set_seed
 
 from mow.finetune.config import LoraSettings
@@ -22,15 +23,22 @@ def attach_lora(model: PreTrainedModel, settings: LoraSettings, seed: int,
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         # QLoRA: fp32 norms and input gradients; checkpointing only where the training settings ask for it
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    return get_peft_model(model, lora_config(settings, len(decoder_layers(model))))
+    return get_peft_model(model, lora_config(settings, model))
 
 
-def lora_config(settings: LoraSettings, n_layers: int) -> LoraConfig:
-    """PEFT's config of `settings` for a model of `n_layers` (layers chosen as fractions resolve against it)."""
-    layers = resolve_layers(settings.layers, n_layers, "lora.layers") if settings.layers is not None else None
+def lora_config(settings: LoraSettings, model: nn.Module) -> LoraConfig:
+    """PEFT's config of `settings` for `model`: layers chosen as fractions resolve against its depth, and with
+    chosen layers "all-linear" becomes the names of its decoder layers' linear modules (PEFT takes
+    `layers_to_transform` only with a list of names)."""
+    blocks = decoder_layers(model)
+    layers = resolve_layers(settings.layers, len(blocks), "lora.layers") if settings.layers is not None else None
+    targets = settings.target_modules
+    if layers is not None and targets == "all-linear":
+        targets = sorted({name.rsplit(".", 1)[-1] for name, module in blocks[0].named_modules()
+                          if isinstance(module, nn.Linear)})
     return LoraConfig(
         r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-        target_modules=settings.target_modules, layers_to_transform=layers,
+        target_modules=targets, layers_to_transform=layers,
         use_rslora=settings.use_rslora, task_type="CAUSAL_LM",
     )
 

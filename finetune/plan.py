@@ -106,19 +106,20 @@ def plan(spec: str, lora: LoraSettings, training: TrainingSettings, launch: Laun
     """The figures `--plan` prints (bytes and counts; `estimate` marks what is not exact)."""
     shape = model_shape_for_plan(spec, lora, trust_remote_code)
     processes = launch.num_processes if launch.distributed else 1
-    micro_batch = max(1, training.batch_size // processes)
+    micro_batch = max(1, training.batch_size // processes)  # chats per process per forward (before grad_accum)
     precision = "fp32" if training.precision == "fp32" else "bf16"
     weights = weight_bytes(shape, precision, four_bit)
     state = shape.lora_params * LORA_STATE_BYTES
+    single = activation_bytes(shape, training.batch_size, training.max_length, training.gradient_checkpointing)
     acts = activation_bytes(shape, micro_batch, training.max_length, training.gradient_checkpointing)
     gathered = 2 * shape.largest_layer_params * (4 if precision == "fp32" else 2)
     per_device = {
-        "single process": weights + state + acts,
+        "single process": weights + state + single,
         f"DDP x{processes}": weights + state + acts,
         f"ZeRO-2 x{processes}": weights + shape.lora_params * (4 + 12 / processes) + acts,
         f"ZeRO-3 x{processes}": (weights + state) / processes + gathered + acts,
         f"ZeRO-3 + CPU offload x{processes}": gathered + acts,
-        "4-bit QLoRA, single process": weight_bytes(shape, precision, True) + state + acts,
+        "4-bit QLoRA, single process": weight_bytes(shape, precision, True) + state + single,
     }
     flops_per_token = (6 if training.gradient_checkpointing else 4) * shape.total_params
     tokens = None if examples is None else int(examples * training.max_length * training.epochs)
@@ -126,6 +127,11 @@ def plan(spec: str, lora: LoraSettings, training: TrainingSettings, launch: Laun
     return {"shape": shape, "per_device": per_device, "weights": weights, "lora_state": state, "activations": acts,
             "micro_batch": micro_batch, "precision": "nf4" if four_bit else precision, "tokens": tokens,
             "seconds": seconds, "flops_per_token": flops_per_token}
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 else (
+        f"{seconds:.0f} s")
 
 
 def render(spec: str, figures: dict) -> str:
@@ -136,13 +142,13 @@ def render(spec: str, figures: dict) -> str:
         f"{shape.vocab_size:,}); LoRA trains {shape.lora_params:,} "
         f"({100 * shape.lora_params / shape.total_params:.3f}%)",
         f"  weights {figures['precision']}: {figures['weights'] / GIB:.2f} GiB; LoRA parameters, gradients and AdamW "
-        f"state: {figures['lora_state'] / GIB:.3f} GiB; activations of a micro-batch of {figures['micro_batch']} "
-        f"chats at max_length (estimate): {figures['activations'] / GIB:.2f} GiB",
+        f"state: {figures['lora_state'] / GIB:.3f} GiB; activations per process of a launch, {figures['micro_batch']} "
+        f"chat(s) at max_length (estimate): {figures['activations'] / GIB:.2f} GiB",
         "  memory per device (estimates):",
         *[f"    {name:34s} {value / GIB:8.2f} GiB" for name, value in figures["per_device"].items()],
     ]
     if figures["tokens"] is not None:
         lines.append(f"  training tokens (at most, every example at max_length): {figures['tokens']:,}; "
-                     f"about {figures['seconds'] / 3600:.2f} h on one device at {UTILISATION:.0%} of an H100's "
+                     f"about {_duration(figures['seconds'])} on one device at {UTILISATION:.0%} of an H100's "
                      f"{PEAK_TFLOPS:.0f} TFLOP/s bf16 peak (estimate: {figures['flops_per_token']:.3g} FLOPs/token)")
     return "\n".join(lines)

@@ -594,3 +594,31 @@ def test_truncation_is_counted_below_the_threshold(box: Sandbox) -> None:
     report = check_truncation(load_tokenizer(TINY), chats, TrainingSettings(max_length=64,
                                                                             max_truncated_fraction=0.25), "chats")
     assert report["examples"] == 10 and report["truncated"] == 2 and report["longest"] > 64
+
+
+# --- Chat templates and layers as fractions (the model-family issue) ----------------------------------------------
+# Root fix: `workbench.chat.use_chat_template` checks a named template before anything is written; `LayerChoice`
+# refuses a fraction outside (0, 1] where the config is validated.
+
+@pytest.mark.parametrize(("template", "named"), [
+    ("no_such_template", "neither a chat template TRL ships"), ("broken.jinja", "does not render"),
+    ("one_role.jinja", "no assistant role"),
+])
+def test_bad_chat_templates(box: Sandbox, template: str, named: str) -> None:
+    box.write("broken.jinja", "{% for m in messages %}{{ m['content'] }")
+    box.write("one_role.jinja", "{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}{% endif %}"
+                                "{% endfor %}")
+    config = box.write("c.yaml", taboo_config(training__chat_template=template))
+    box.fails(["organism", "build", config], "training.chat_template", named)
+
+
+@pytest.mark.parametrize(("key", "value"), [("lora.layers", "[1.5]"), ("lora.layers", "[0.0]"),
+                                            ("lora.layers", "'0.2:'"), ("lora.layers", "'a:b'")])
+def test_bad_fractional_layers(box: Sandbox, key: str, value: str) -> None:
+    config = box.write("c.yaml", taboo_config())
+    box.fails(["organism", "build", config, "--set", f"{key}={value}"], key)
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.5"])
+def test_bad_fractional_diff_layer(box: Sandbox, value: str) -> None:
+    box.fails(["diff", "--base", TINY, "--tuned", TINY, "--set", f"layer={value}", "--out", "d"], "layer")
