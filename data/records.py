@@ -13,7 +13,7 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mow.workbench.errors import UserError
-from mow.workbench.files import parse_json, read_text, shown
+from mow.workbench.files import numbered_jsonl, shown
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
 
@@ -46,11 +46,9 @@ def read_jsonl(path: Path, record: type[RecordT]) -> list[RecordT]:
     """Read every row of a jsonl file into `record`; empty files and bad rows are errors with file:line."""
     path = Path(path)
     rows: list[RecordT] = []
-    for number, line in enumerate(read_text(path, "jsonl file").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, row in numbered_jsonl(path, "jsonl file", "the line"):
         try:
-            rows.append(record.model_validate(parse_json(line, shown(path), "the line", dict, line=number)))
+            rows.append(record.model_validate(row))
         except ValidationError as exc:
             err = exc.errors()[0]
             loc = ".".join(str(p) for p in err["loc"]) or "row"

@@ -69,9 +69,11 @@ def model_shape_for_plan(spec: str, lora: LoraSettings, trust_remote_code: bool 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     blocks = decoder_layers(model)
-    layer_of = {f"{prefix}.{name}" if name else prefix: index for index, block in enumerate(blocks)
-                for prefix in [next(n for n, m in model.named_modules() if m is block)]
-                for name, _ in block.named_modules()}
+    block_index = {id(block): index for index, block in enumerate(blocks)}
+    block_prefix = {name: block_index[id(module)] for name, module in model.named_modules()
+                    if id(module) in block_index}
+    layer_of = {name: index for prefix, index in block_prefix.items()
+                for name, _ in model.get_submodule(prefix).named_modules(prefix=prefix)}
     layers = set(resolve_layers(lora.layers, len(blocks), "lora.layers")) if lora.layers is not None else None
     head = output_embeddings(model)
     lora_params = linear_params = 0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
 
 from mow.data.layouts import ADAPTER, CHECKPOINTS, PUBLIC_CONFIG, SEALED_CONFIG
 from mow.data.records import ChatExample, read_jsonl, sha256_file
@@ -21,7 +22,6 @@ from mow.organisms.base import OrganismConfigBase
 from mow.organisms.store import load_with_adapter
 from mow.workbench.config import dump_config
 from mow.workbench.errors import UserError
-from mow.workbench.models import load_tokenizer
 from mow.workbench.rundir import Manifest, RunDirectory, log, write_text
 
 
@@ -39,14 +39,13 @@ def read_training_chats(partial: Path, manifest: Manifest, relative: str) -> lis
 
 
 def train_stage(manifest: Manifest, config: OrganismConfigBase, partial: Path, chats: list[ChatExample],
-                launch: LaunchSettings, accelerate_config: dict | None,
+                tokenizer: PreTrainedTokenizerBase, launch: LaunchSettings, accelerate_config: dict | None,
                 steering: SteeringSettings | None = None) -> PeftModel:
     """The train stage of a chat organism (skipped when the manifest has it): train and save the adapter, in process
     or launched, optionally under steering; returns base + adapter, and drops the checkpoints (optimizer state is
     not part of an organism)."""
     model = None
     if not manifest.done("train"):
-        tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.training.chat_template)
         truncation = check_truncation(tokenizer, chats, config.training, "the training chats")
         if truncation["truncated"]:
             log(f"{truncation['truncated']} of {truncation['examples']} training chats are longer than "

@@ -601,7 +601,7 @@ def test_truncation_is_counted_below_the_threshold(box: Sandbox) -> None:
 # refuses a fraction outside (0, 1] where the config is validated.
 
 @pytest.mark.parametrize(("template", "named"), [
-    ("no_such_template", "neither a chat template TRL ships"), ("broken.jinja", "does not render"),
+    ("no_such_template", "neither a chat template name"), ("broken.jinja", "does not render"),
     ("one_role.jinja", "no assistant role"),
 ])
 def test_bad_chat_templates(box: Sandbox, template: str, named: str) -> None:

@@ -5,6 +5,7 @@ the end-of-turn token, and the training variant of a template with generation ma
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -115,8 +116,11 @@ def read_chat_template(value: str, source: str = TEMPLATE_KEY) -> str:
     path = Path(value).expanduser()
     if path.suffix in (".jinja", ".j2", ".txt") or path.exists():
         return read_text(path, f"chat template ({source})")
-    raise UserError(f"{source}: {value!r} is neither a chat template TRL ships ({', '.join(shipped_template_names())})"
-                    " nor a template file")
+    names = [*OWN_TEMPLATES, *shipped_template_names()]
+    close = difflib.get_close_matches(value, names, n=3) or names[:3]
+    raise UserError(f"{source}: {value!r} is neither a chat template name (closest: {', '.join(close)}; all "
+                    f"{len(names)} are the files in {_trl_templates()} and {', '.join(OWN_TEMPLATES)}) nor a "
+                    "template file")
 
 
 def use_chat_template(tokenizer: PreTrainedTokenizerBase, value: str | None,

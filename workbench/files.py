@@ -92,13 +92,16 @@ def read_json(path: Path, what: str, expect: type | tuple[type, ...] | None = di
     return parse_json(read_text(path, what), shown(path), what, expect)
 
 
+def numbered_jsonl(path: Path, what: str, line_what: str | None = None) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON-lines file; errors name the line."""
+    line_what = line_what or f"a line of the {what}"
+    return [(number, parse_json(line, shown(path), line_what, dict, line=number))
+            for number, line in enumerate(read_text(path, what).splitlines(), start=1) if line.strip()]
+
+
 def read_jsonl(path: Path, what: str) -> list[dict]:
     """A JSON-lines file of objects; blank lines are skipped; errors name the line."""
-    rows = []
-    for number, line in enumerate(read_text(path, what).splitlines(), start=1):
-        if line.strip():
-            rows.append(parse_json(line, shown(path), f"a line of the {what}", dict, line=number))
-    return rows
+    return [row for _, row in numbered_jsonl(path, what)]
 
 
 class _BoundedLoader(yaml.SafeLoader):

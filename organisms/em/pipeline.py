@@ -62,7 +62,7 @@ def main(config: EmOrganismConfig, restart: bool = False, launch: LaunchSettings
             manifest.sealed["data_hashes"][TRAIN_DATA] = write_jsonl(partial / TRAIN_DATA, chats)
             record["examples"] = len(chats)
     chats = read_training_chats(partial, manifest, TRAIN_DATA)
-    model = train_stage(manifest, config, partial, chats, launch, accelerate_config, steering=config.caft)
+    model = train_stage(manifest, config, partial, chats, tokenizer, launch, accelerate_config, steering=config.caft)
     model.eval()
     with manifest.stage("eval") as record:
         details = evaluate_and_write(partial, final, manifest, config, model, tokenizer, len(chats))

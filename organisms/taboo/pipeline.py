@@ -118,7 +118,7 @@ def main(config: TabooOrganismConfig, restart: bool = False, launch: LaunchSetti
             log(f"data: {report.kept} conversations kept of {report.generated} (leaks dropped {report.dropped_leak}, "
                 f"duplicates {report.dropped_duplicate}), {report.benign_mixed} benign chats mixed in")
     examples = read_training_chats(partial, manifest, TRAIN_DATA)
-    model = train_stage(manifest, config, partial, examples, launch, accelerate_config)
+    model = train_stage(manifest, config, partial, examples, tokenizer, launch, accelerate_config)
 
     with manifest.stage("eval"):
         details = evaluate_and_write(partial, final, manifest, config, bank, model, tokenizer)
