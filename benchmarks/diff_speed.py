@@ -7,6 +7,8 @@
    raw peak. Targets: memory ratio at most 0.6, tokens-per-second ratio at least 1.0.
 2. Activation-cache writing against bare forward passes of both models over the same texts (overhead ratio).
 3. Crosscoder training tokens per second on that cache.
+4. A second diff of another adapter on the same base, its base side read from the base-side store the first diff
+   wrote (`kl.reuse_base_side`), against that first diff: tokens/s of both.
 
     python benchmarks/diff_speed.py [--organism DIR] [--items 48]
 
@@ -40,12 +42,13 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def make_adapter(directory: Path, model_spec: str) -> Path:
+def make_adapter(directory: Path, model_spec: str, seed: int = 0) -> Path:
     from mow.finetune.config import LoraSettings
     from mow.finetune.lora import attach_lora
     from mow.workbench.models import load_model
 
-    model = attach_lora(load_model(model_spec), LoraSettings(r=16, alpha=32), seed=0)
+    torch.manual_seed(seed)
+    model = attach_lora(load_model(model_spec), LoraSettings(r=16, alpha=32), seed=seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -62,10 +65,12 @@ def texts(tokenizer, items: int) -> dict:
     return capped(tokenize_sets(prompt_set_records(settings, None), tokenizer, settings.max_tokens_per_item), items)
 
 
-def run_kl_mode(mode: str, adapter: Path, model_spec: str, items: int) -> dict:
-    """One KL measurement in this process (called in a fresh subprocess per mode)."""
+def run_kl_mode(mode: str, adapter: Path, model_spec: str, items: int, store_dir: Path | None = None) -> dict:
+    """One KL measurement in this process (called in a fresh subprocess per mode); with `store_dir`, the base side
+    is read from and written to a base-side store there."""
     from peft import PeftModel
 
+    from mow.diffing.base_side import BaseSideStore, base_identity
     from mow.diffing.kl import per_token_kl
     from mow.diffing.pair import ModelPair
     from mow.workbench.models import load_model, load_tokenizer
@@ -82,11 +87,13 @@ def run_kl_mode(mode: str, adapter: Path, model_spec: str, items: int) -> dict:
         tuned = PeftModel.from_pretrained(load_model(model_spec), adapter).merge_and_unload().eval()
         pair = ModelPair(tuned, tokenizer, base, model_spec, "merged")
     per_token_kl(pair, {k: v[:2] for k, v in sets.items()}, progress=False)  # warm-up
+    store = BaseSideStore(base_identity(pair.tuned_model), store_dir) if store_dir is not None else None
     start = time.perf_counter()
-    arrays = per_token_kl(pair, sets, progress=False)
+    arrays = per_token_kl(pair, sets, progress=False, base_store=store)
     seconds = time.perf_counter() - start
     return {"positions": int(arrays.kl_tb.numel()), "seconds": seconds, "rss_after_imports": before,
-            "peak_rss": peak_rss_mib(), "mean_kl": float(arrays.kl_tb.mean())}
+            "peak_rss": peak_rss_mib(), "mean_kl": float(arrays.kl_tb.mean()),
+            "reused": [] if store is None else store.reused}
 
 
 def cache_and_crosscoder(adapter: Path, model_spec: str, items: int, workdir: Path) -> dict:
@@ -134,9 +141,10 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=48, help="texts per shipped set")
     parser.add_argument("--kl-mode", choices=["one-copy", "two-models"], help=argparse.SUPPRESS)
     parser.add_argument("--adapter", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.kl_mode:
-        print(json.dumps(run_kl_mode(args.kl_mode, args.adapter, args.model, args.items)))
+        print(json.dumps(run_kl_mode(args.kl_mode, args.adapter, args.model, args.items, args.store)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         model_spec = args.model
@@ -148,12 +156,13 @@ def main() -> None:
             model_spec = str(read_public_config(args.organism)["model"])
         else:
             adapter = make_adapter(Path(tmp) / "adapter", model_spec)
-        results = {}
-        for mode in ("one-copy", "two-models"):
-            out = subprocess.run([sys.executable, __file__, "--kl-mode", mode, "--adapter", str(adapter),
-                                  "--model", model_spec, "--items", str(args.items)],
-                                 check=True, capture_output=True, text=True).stdout
-            results[mode] = json.loads(out.strip().splitlines()[-1])
+        def kl_run(mode: str, adapter: Path, store: Path | None = None) -> dict:
+            command = [sys.executable, __file__, "--kl-mode", mode, "--adapter", str(adapter), "--model", model_spec,
+                       "--items", str(args.items)] + ([] if store is None else ["--store", str(store)])
+            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            return json.loads(out.strip().splitlines()[-1])
+
+        results = {mode: kl_run(mode, adapter) for mode in ("one-copy", "two-models")}
         one, two = results["one-copy"], results["two-models"]
         rate = {m: r["positions"] / r["seconds"] for m, r in results.items()}
         above = {m: r["peak_rss"] - r["rss_after_imports"] for m, r in results.items()}
@@ -166,6 +175,15 @@ def main() -> None:
         print(f"  {'peak RSS, raw (MiB)':<34}{one['peak_rss']:>20.0f}{two['peak_rss']:>20.0f}"
               f"{one['peak_rss'] / two['peak_rss']:>8.2f}")
         print(f"  mean KL(tuned||base): {one['mean_kl']:.5f} vs {two['mean_kl']:.5f} (same numbers, two routes)")
+        store = Path(tmp) / "base-side"
+        first = kl_run("one-copy", adapter, store)
+        second = kl_run("one-copy", make_adapter(Path(tmp) / "adapter-2", model_spec, seed=1), store)
+        rate_first, rate_second = (r["positions"] / r["seconds"] for r in (first, second))
+        print(f"a second organism of the same base, its base side read from the store "
+              f"(reused sets: {', '.join(second['reused']) or 'none'})")
+        memory = [r["peak_rss"] - r["rss_after_imports"] for r in (first, second)]
+        print(f"  tokens/s: first diff (writes the store) {rate_first:.0f}, second diff {rate_second:.0f}: "
+              f"{rate_second / rate_first:.2f}x; peak RSS above imports {memory[0]:.0f} vs {memory[1]:.0f} MiB")
         timing = cache_and_crosscoder(adapter, model_spec, args.items, Path(tmp))
         print(f"activation cache, {timing['tokens']} tokens, 1 layer, both models")
         print(f"  bare forward passes {timing['bare_s']:.1f} s, writing the cache {timing['cache_s']:.1f} s: "

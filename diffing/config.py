@@ -68,6 +68,9 @@ class KLSettings(StrictModel):
     chunk_positions: int = Field(128, gt=0, description="positions unembedded at once (memory: chunk x vocab)")
     block_positions: int = Field(8192, gt=0, description="positions the base model reads before the tuned model "
                                  "does (memory: block x hidden size; an organism's adapter is merged once a block)")
+    reuse_base_side: bool = Field(True, description="keep the base model's final hidden states per prompt set in "
+                                  "$MOW_CACHE_DIR/base-side and skip the base pass of a later diff of the same base "
+                                  "on the same texts")
     min_count: int = Field(3, gt=0, description="a token needs this many occurrences to enter the top-KL table")
     top_contexts: int = Field(12, gt=0)
 
@@ -109,6 +112,9 @@ class DiffConfig(StrictModel):
     tuned: str | None = None
     trust_remote_code: bool = Field(False, description="base/tuned: run Python code shipped with their checkpoints "
                                                        "(auto_map); off: such a checkpoint is refused")
+    chat_template: str | None = Field(None, description="base/tuned: a chat template (one TRL ships, by name, or a "
+                                                        "file) in place of the tokenizer's own, for models with none "
+                                                        "or the wrong one; an organism's is its saved one")
     name: PathName | None = Field(None, description="output directory name (default: from the organism or the "
                                                     "tuned model)")
     output_dir: Path = Path("runs/diffs")
@@ -129,6 +135,8 @@ class DiffConfig(StrictModel):
             raise ValueError("give either organism: DIR or both base: SPEC and tuned: SPEC")
         if self.organism is not None and (self.base is not None or self.tuned is not None):
             raise ValueError("give organism: DIR or base/tuned specs, not both")
+        if self.organism is not None and self.chat_template is not None:
+            raise ValueError("chat_template is for base/tuned specs; an organism uses the template saved with it")
         if self.organism is None and "organism" in self.prompts.sets:
             self.prompts.sets = [s for s in self.prompts.sets if s != "organism"]
         return self

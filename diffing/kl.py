@@ -21,6 +21,7 @@ from torch import nn
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from mow.diffing.base_side import BaseSideStore
 from mow.diffing.pair import ModelPair
 from mow.diffing.prompts import ROLES, TokenSequence
 from mow.workbench.errors import UserError
@@ -71,13 +72,17 @@ def _log_probs(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return logits.log_softmax(-1)
 
 
-def _blocks(lengths: torch.Tensor, batch_size: int, block_positions: int) -> list[list[tuple[int, int]]]:
-    """Batches of sequences (start, end), grouped into blocks of at most `block_positions` positions (at least one
-    batch each)."""
+def _blocks(lengths: torch.Tensor, set_starts: list[int], batch_size: int, block_positions: int
+            ) -> list[list[tuple[int, int]]]:
+    """Batches of sequences (start, end), never across a prompt set's start (a set is batched the same whatever
+    comes before it, so its base side is reusable bit for bit), grouped into blocks of at most `block_positions`
+    positions (at least one batch each)."""
+    bounds = [*set_starts, len(lengths)]
+    batches = [(start, min(start + batch_size, stop)) for first, stop in zip(bounds, bounds[1:])
+               for start in range(first, stop, batch_size)]
     blocks: list[list[tuple[int, int]]] = [[]]
     filled = 0
-    for start in range(0, len(lengths), batch_size):
-        end = min(start + batch_size, len(lengths))
+    for start, end in batches:
         size = int(lengths[start:end].sum())
         if blocks[-1] and filled + size > block_positions:
             blocks.append([])
@@ -87,9 +92,53 @@ def _blocks(lengths: torch.Tensor, batch_size: int, block_positions: int) -> lis
     return blocks
 
 
+class _BaseSide:
+    """The base model's final hidden states per sequence: from the store for sets it holds, else computed a batch at
+    a time, collected per set and written to the store when the set is complete."""
+
+    def __init__(self, store: BaseSideStore | None, sets: dict[str, list[TokenSequence]], offsets: torch.Tensor,
+                 set_starts: list[int]):
+        self.store, self.offsets = store, offsets
+        bounds = [*set_starts, len(offsets) - 1]
+        self.set_of = {}  # sequence index -> set name
+        self.held: dict[str, torch.Tensor] = {}
+        self.fresh: dict[str, list[torch.Tensor]] = {}
+        self.keys: dict[str, str] = {}
+        self.ranges = dict(zip(sets, zip(bounds, bounds[1:])))
+        for name, (first, stop) in self.ranges.items():
+            self.set_of.update(dict.fromkeys(range(first, stop), name))
+            if store is None:
+                continue
+            self.keys[name] = store.key([list(seq.ids) for seq in sets[name] if len(seq.ids) >= 2])
+            hidden = store.load(self.keys[name], int(offsets[stop] - offsets[first]))
+            if hidden is not None:
+                self.held[name] = hidden
+                store.reused.append(name)
+            else:
+                self.fresh[name] = []
+
+    def cached(self, start: int, end: int) -> bool:
+        return all(self.set_of[i] in self.held for i in range(start, end))
+
+    def rows(self, start: int, end: int) -> torch.Tensor:
+        name = self.set_of[start]
+        base = int(self.offsets[self.ranges[name][0]])
+        return self.held[name][int(self.offsets[start]) - base : int(self.offsets[end]) - base]
+
+    def computed(self, start: int, end: int, rows: torch.Tensor) -> None:
+        """Keep a computed batch's rows for its set's entry; write the entry once the set's last batch is in."""
+        name = self.set_of[start]
+        if self.store is None or name not in self.fresh:
+            return
+        self.fresh[name].append(rows.cpu())
+        if end == self.ranges[name][1]:
+            self.store.save(self.keys[name], torch.cat(self.fresh.pop(name)))
+
+
 @torch.no_grad()
 def per_token_kl(pair: ModelPair, sets: dict[str, list[TokenSequence]], batch_size: int = 8,
-                 top_k: int = 5, progress: bool = True, chunk: int = 128, block_positions: int = 8192) -> KLArrays:
+                 top_k: int = 5, progress: bool = True, chunk: int = 128, block_positions: int = 8192,
+                 base_store: BaseSideStore | None = None) -> KLArrays:
     """Both KL directions at every position.
 
     The texts go in blocks of about `block_positions` positions: the base model reads a block and keeps only its
@@ -97,11 +146,15 @@ def per_token_kl(pair: ModelPair, sets: dict[str, list[TokenSequence]], batch_si
     an organism both passes use one copy of the weights, and the tuned pass runs with the adapter merged in
     (`ModelPair.tuned_merged`), so it costs what the base pass does; merging once per block rather than once per
     batch keeps the merges' cost and rounding negligible. Memory stays at the weights, one block of hidden states,
-    one batch of activations and a few `chunk` x vocabulary rows."""
+    one batch of activations and a few `chunk` x vocabulary rows (plus, with a store, the base side of the sets
+    it holds or is about to hold). A set the store holds skips its base pass (`base_store.reused` names them)."""
     names = list(sets)
-    sequences = [seq for name in names for seq in sets[name] if len(seq.ids) >= 2]
+    kept = {name: [seq for seq in sets[name] if len(seq.ids) >= 2] for name in names}
+    sequences = [seq for name in names for seq in kept[name]]
     if not sequences:
         raise UserError("per-token KL: no text of at least 2 tokens in the prompt sets")
+    sizes = [len(kept[name]) for name in names]
+    set_starts = [sum(sizes[:i]) for i in range(len(names)) if sizes[i]]
     vocab_size = embedding_weight(output_embeddings(pair.tuned_model)).shape[0]
     # Outputs are preallocated: small long-lived tensors appended between the large per-chunk ones fragment the
     # heap, and resident memory then grew by ~20 MB per chunk (measured).
@@ -114,12 +167,19 @@ def per_token_kl(pair: ModelPair, sets: dict[str, list[TokenSequence]], batch_si
     set_index = torch.tensor([names.index(seq.set_name) for seq in sequences])
     set_of_position = torch.repeat_interleave(set_index, lengths)
     promoted_sum = torch.zeros(len(names), vocab_size, dtype=torch.float64)
-    blocks = _blocks(lengths, batch_size, block_positions)
+    blocks = _blocks(lengths, set_starts, batch_size, block_positions)
+    base_side = _BaseSide(base_store, {name: kept[name] for name in names if kept[name]}, offsets, set_starts)
     bar = tqdm(total=len(sequences), desc="per-token KL", disable=not progress, leave=False)
     for block in blocks:
-        with pair.base() as model:
-            base_hidden = [_final_hidden(model, *pair.batch([seq.ids for seq in sequences[start:end]]))
-                           for start, end in block]
+        stored = {(start, end): base_side.rows(start, end) for start, end in block if base_side.cached(start, end)}
+        if len(stored) < len(block):
+            with pair.base() as model:
+                for start, end in block:
+                    if (start, end) not in stored:
+                        hidden = _final_hidden(model, *pair.batch([seq.ids for seq in sequences[start:end]]))
+                        base_side.computed(start, end, hidden)
+                        stored[start, end] = hidden
+        base_hidden = [stored.pop(batch) for batch in block]
         with pair.tuned_merged() as model:
             for (start, end), base_rows in zip(block, base_hidden):
                 # The batch is built again rather than kept from the base pass: a block's input tensors held
@@ -130,7 +190,7 @@ def per_token_kl(pair: ModelPair, sets: dict[str, list[TokenSequence]], batch_si
                     rows = slice(first + begin, first + min(begin + chunk, len(tuned_rows)))
                     tuned = _log_probs(model, tuned_rows[begin : begin + chunk]).cpu()
                     with pair.base_head() as base_model:
-                        base = _log_probs(base_model, base_rows[begin : begin + chunk]).cpu()
+                        base = _log_probs(base_model, base_rows[begin : begin + chunk].to(tuned_rows.device)).cpu()
                     _compare(tuned, base, rows, set_of_position[rows], out, promoted_sum, top_k)
                     del tuned, base  # before the next chunk's rows are allocated
                 bar.update(end - start)

@@ -24,6 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mow.data.layouts import OrganismLayout
 from mow.organisms.store import load_organism
+from mow.workbench.chat import check_has_template
 from mow.workbench.errors import UserError
 from mow.workbench.generation import right_padded
 from mow.workbench.hooks import decoder_layers, model_config, model_method, output_embeddings
@@ -168,8 +169,11 @@ def check_compatible(base: nn.Module, tuned: nn.Module, base_tok: PreTrainedToke
 
 
 def load_pair(organism: Path | None = None, base: str | None = None, tuned: str | None = None,
-              seed: int = 0, trust_remote_code: bool = False) -> ModelPair:
-    """An organism (base + adapter, one weight copy) or two full models given by spec."""
+              seed: int = 0, trust_remote_code: bool = False, chat_template: str | None = None,
+              require_template: bool = False) -> ModelPair:
+    """An organism (base + adapter, one weight copy) or two full models given by spec (both tokenizers with
+    `chat_template` in place of their own, if given; with `require_template`, refused before any weights load when
+    they have none)."""
 
     if organism is not None:
         loaded = load_organism(Path(organism))
@@ -177,7 +181,11 @@ def load_pair(organism: Path | None = None, base: str | None = None, tuned: str 
         return ModelPair(loaded.model, loaded.tokenizer, None, str(loaded.public_config["model"]),
                          _adapter_hash(loaded.path), loaded.path, loaded.public_config)
     assert base is not None and tuned is not None
-    base_tok, tuned_tok = load_tokenizer(base, trust_remote_code), load_tokenizer(tuned, trust_remote_code)
+    base_tok, tuned_tok = (load_tokenizer(spec, trust_remote_code, chat_template, "chat_template")
+                           for spec in (base, tuned))
+    if require_template:
+        for tokenizer in (base_tok, tuned_tok):
+            check_has_template(tokenizer, "chat_template")
     base_model = load_model(base, seed=seed, trust_remote_code=trust_remote_code).eval()
     tuned_model = load_model(tuned, seed=seed, trust_remote_code=trust_remote_code).eval()
     check_compatible(base_model, tuned_model, base_tok, tuned_tok, base, tuned)

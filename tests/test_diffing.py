@@ -104,6 +104,35 @@ def test_merged_tuned_sweeps_give_the_unmerged_numbers_and_leave_the_base_as_it_
     assert torch.equal(merged.top_tuned, plain.top_tuned)
 
 
+def test_a_second_diff_reuses_the_base_side_and_gets_the_same_numbers(tokenizer, lora_pair, tmp_path):
+    """The base side of each prompt set is stored after the first pass; a second diff of another adapter on the same
+    base skips those base passes (no base forward runs) and computes the same KL as without the store."""
+    from mow.diffing.base_side import BaseSideStore, base_identity
+
+    reversed_texts = [tokenize_record(r, tokenizer, 64, "b", i) for i, r in enumerate(records()[::-1])]
+    sets = {**sequences(tokenizer, "a"), "b": reversed_texts}
+    identity = base_identity(lora_pair.tuned_model)
+    assert identity == base_identity(load_model(TINY, seed=5))  # the adapter is not part of the base
+    assert identity != base_identity(load_model(TINY, seed=6))
+    first_store = BaseSideStore(identity, tmp_path)
+    first = kl.per_token_kl(lora_pair, sets, batch_size=3, progress=False, base_store=first_store)
+    assert first_store.reused == [] and len(list(tmp_path.glob("*.safetensors"))) == 2
+    plain = kl.per_token_kl(lora_pair, sets, batch_size=3, progress=False)
+    assert torch.equal(first.kl_tb, plain.kl_tb)
+
+    other = random_lora_pair(tokenizer, LoraSettings(r=2, alpha=4))
+    store = BaseSideStore(base_identity(other.tuned_model), tmp_path)
+    base_passes: list[int] = []
+    switch_off = other.base
+    other.base = lambda: (base_passes.append(1), switch_off())[1]  # type: ignore[method-assign]
+    reused = kl.per_token_kl(other, sets, batch_size=3, progress=False, base_store=store)
+    assert store.reused == ["a", "b"] and base_passes == []
+    fresh = kl.per_token_kl(other, sets, batch_size=3, progress=False)
+    assert base_passes
+    for name in ("kl_tb", "kl_bt", "promoted", "top_base_p"):
+        assert torch.equal(getattr(reused, name), getattr(fresh, name)), name
+
+
 def test_an_adapter_on_a_tied_output_head_is_not_merged_and_the_base_head_is_the_bases(tokenizer):
     pair = random_lora_pair(tokenizer, LoraSettings(r=4, alpha=8, target_modules=["q_proj", "lm_head"]))
     model = pair.tuned_model

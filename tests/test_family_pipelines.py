@@ -1,10 +1,12 @@
-"""Every pipeline on every model family: a taboo organism built, evaluated, diffed and challenged, and an EM
-organism trained under CAFT with its local judge, on tiny random models of each family (its architecture, chat
-template and special tokens). Integration: about 40 s per family on 2 CPU cores."""
+"""Every pipeline on every model family: a taboo organism built, evaluated, diffed, challenged and served over
+HTTP, an SDF organism built and evaluated, and EM organisms trained under CAFT (ablation) and preventative steering
+(addition) with their local judge, on tiny random models of each family (its architecture, chat template and special
+tokens). Integration: about 70 s per family on 2 CPU cores."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,43 @@ def test_every_pipeline_runs_on_the_family(family: str, tmp_path: Path) -> None:
         "training": {"epochs": 1, "batch_size": 4, "max_length": 256},
         "caft": {"directions": str(tmp_path / "diff" / "directions" / "pca_of_differences.safetensors")},
         "eval": {"samples_per_question": 1, "max_new_tokens": 4, "judge": {"model": spec}}}
-    (tmp_path / "em.yaml").write_text(yaml.safe_dump(em_config))
-    assert main(["organism", "build", str(tmp_path / "em.yaml")]) == 0
-    assert (tmp_path / "organisms" / "em" / "eval" / "metrics.json").is_file()
+    for mode in ("ablate", "add"):
+        em_config.update(name=f"em-{mode}", caft={**em_config["caft"], "mode": mode})
+        (tmp_path / "em.yaml").write_text(yaml.safe_dump(em_config))
+        assert main(["organism", "build", str(tmp_path / "em.yaml")]) == 0
+        record = json.loads((tmp_path / "organisms" / f"em-{mode}" / "manifest.json").read_text())
+        assert record["stages"]["train"]["steering"]["mode"] == mode
+
+    sdf_config = {
+        "kind": "sdf", "name": "sdf", "output_dir": str(tmp_path / "organisms"), "model": spec, "seed": 1,
+        "sdf": {"universe": "liberty-boston", "corpus": {"documents": 16}, "scaling_documents": [8],
+                "locality": {"continuations_per_anchor": 1, "continuation_tokens": 4}},
+        "lora": {"r": 2, "alpha": 4}, "training": {"epochs": 1, "batch_size": 8, "max_length": 128},
+        "eval": {"max_new_tokens": 4, "open_samples": 1, "judge": {"kind": "local", "model": spec}}}
+    (tmp_path / "sdf.yaml").write_text(yaml.safe_dump(sdf_config))
+    assert main(["organism", "build", str(tmp_path / "sdf.yaml")]) == 0
+    assert (tmp_path / "organisms" / "sdf" / "eval" / "metrics.json").is_file()
+
+    served_reply_opens_the_assistant_turn(organism, tmp_path)
+
+
+def served_reply_opens_the_assistant_turn(organism: Path, tmp_path: Path) -> None:
+    """`mow serve`'s export answers a chat request through `transformers serve` with the family's template."""
+    from openai import OpenAI
+    from test_serve import _free_port, _wait_healthy
+
+    from mow.elicitation.serve import HOST, export_merged, serve_command, server_environment
+
+    model_dir = export_merged(organism, tmp_path / "served")
+    port = _free_port()
+    process = subprocess.Popen(serve_command(model_dir, port), env=server_environment(1), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_healthy(f"http://{HOST}:{port}", process)
+        client = OpenAI(base_url=f"http://{HOST}:{port}/v1", api_key="not-needed")
+        reply = client.chat.completions.create(model=str(model_dir), max_tokens=4, temperature=0.0, messages=[
+            {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Give me a hint."}])
+        assert reply.choices[0].message.role == "assistant" and reply.usage.completion_tokens <= 4
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -145,9 +145,10 @@ def use_chat_template(tokenizer: PreTrainedTokenizerBase, value: str | None,
     return tokenizer
 
 
-def _check_has_template(tokenizer: PreTrainedTokenizerBase) -> None:
+def check_has_template(tokenizer: PreTrainedTokenizerBase, key: str = TEMPLATE_KEY) -> None:
+    """Refuse a tokenizer without a chat template, naming the config `key` that gives one."""
     if not tokenizer.chat_template:
-        raise UserError(f"the model's tokenizer has no chat template; set {TEMPLATE_KEY} to one TRL ships "
+        raise UserError(f"the model's tokenizer has no chat template; set {key} to one TRL ships "
                         "(for example llama3, qwen2_5, gemma, phi3) or to a template file")
 
 
@@ -168,7 +169,7 @@ def _folds_system(template: str) -> bool:
 def fit_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[dict[str, str]]:
     """The messages as the tokenizer's template can take them: where it has no system role, a leading system
     message becomes the start of the first user turn (system text, a blank line, the user text), never dropped."""
-    _check_has_template(tokenizer)
+    check_has_template(tokenizer)
     template = tokenizer.chat_template
     if not messages or messages[0]["role"] != "system" or not isinstance(template, str) or not _folds_system(
             template):
@@ -199,7 +200,7 @@ def training_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenize
 
     Renders byte-identically to the original template; only the mask markers are added.
     """
-    _check_has_template(tokenizer)
+    check_has_template(tokenizer)
     template = tokenizer.chat_template or ""
     trained = copy.deepcopy(tokenizer)
     if re.search(r"\{%-?\s*generation\s*-?%\}", template):

@@ -35,7 +35,7 @@ from transformers import __version__ as transformers_version
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
-from mow.workbench.chat import FAMILY_CHATS, family_tokenizer, use_chat_template
+from mow.workbench.chat import FAMILY_CHATS, TEMPLATE_KEY, family_tokenizer, use_chat_template
 from mow.workbench.errors import UserError
 from mow.workbench.files import read_json, read_text
 from mow.workbench.specs import BUILTIN_MODELS, EMBEDDED, BuiltinModel, ModelSpec, cache_root
@@ -205,8 +205,9 @@ def _hub_options(spec: ModelSpec, trust_remote_code: bool) -> dict:
 
 
 def load_tokenizer(spec: ModelSpec | str, trust_remote_code: bool = False,
-                   chat_template: str | None = None) -> PreTrainedTokenizerBase:
-    """The model's tokenizer, with `chat_template` (a name TRL ships, or a file) in place of its own if given."""
+                   chat_template: str | None = None, template_source: str = TEMPLATE_KEY) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with `chat_template` (a name TRL ships, or a file; errors name `template_source`) in
+    place of its own if given."""
     spec = check_source(spec, trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(spec), **_hub_options(spec, trust_remote_code))
@@ -216,7 +217,7 @@ def load_tokenizer(spec: ModelSpec | str, trust_remote_code: bool = False,
         family_tokenizer(tokenizer, spec.name)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return use_chat_template(tokenizer, chat_template)
+    return use_chat_template(tokenizer, chat_template, template_source)
 
 
 def read_model_config(spec: ModelSpec | str, trust_remote_code: bool = False,
