@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from mow.organisms.store import check_organism_dir, load_organism
+from mow.workbench.chat import self_folding_template
 from mow.workbench.errors import RunFailed, UserError
 
 HOST = "127.0.0.1"
@@ -36,10 +37,15 @@ def check_port(port: int) -> int:
 
 
 def export_merged(organism: Path, destination: Path) -> Path:
-    """The organism as one plain checkpoint (adapter merged into the base weights) plus its tokenizer."""
+    """The organism as one plain checkpoint (adapter merged into the base weights) plus its tokenizer. A template
+    without a system role is saved folding a client's system message into the first user turn, as every command of
+    the workbench does, instead of failing the request."""
     loaded = load_organism(check_organism_dir(organism))
     merged = loaded.model.merge_and_unload()
     merged.save_pretrained(destination)
+    folding = self_folding_template(loaded.tokenizer)
+    if folding is not None:
+        loaded.tokenizer.chat_template = folding
     loaded.tokenizer.save_pretrained(destination)
     return destination
 

@@ -22,6 +22,7 @@ from mow.workbench.chat import (
     fit_messages,
     render_chat,
     render_prompt,
+    self_folding_template,
     training_tokenizer,
     use_chat_template,
 )
@@ -84,6 +85,20 @@ def test_system_message_is_kept(family):
     rendered = render_prompt(tokenizer, CHAT[:2])
     assert "Answer in one line." in rendered and "Name a planet." in rendered, name
     assert rendered.index("Answer in one line.") < rendered.index("Name a planet."), name
+
+
+def test_a_served_template_folds_system_messages_itself(family):
+    """`mow serve` saves a template that folds a client's system message the way the workbench does: a template
+    without a system role renders a chat with one exactly as `render_chat` does; one with a system role is kept."""
+    name, tokenizer, _ = family
+    folding = self_folding_template(tokenizer)
+    chat = [*CHAT[:2], {"role": "assistant", "content": "Mars."}]
+    if folding is None:
+        assert "Answer in one line." in tokenizer.apply_chat_template(chat, tokenize=False), name
+        return
+    assert tokenizer.apply_chat_template(chat, tokenize=False, chat_template=folding) == render_chat(tokenizer, chat)
+    alone = [{"role": "system", "content": "Answer in one line."}]
+    assert "Answer in one line." in tokenizer.apply_chat_template(alone, tokenize=False, chat_template=folding)
 
 
 def test_prefill_and_persona_open_the_right_turns(family):

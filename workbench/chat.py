@@ -180,6 +180,30 @@ def fit_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, st
     return [{"role": "user", "content": system}, *rest]
 
 
+# Jinja put before a template without a system role: the same folding as `fit_messages`, for a template used by
+# another program (a served model answers clients that send system messages)
+_FOLD_SYSTEM = (
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- if messages | length > 1 and messages[1]['role'] == 'user' -%}"
+    "{%- set messages = [{'role': 'user', 'content': messages[0]['content'] + '\n\n' + messages[1]['content']}]"
+    " + messages[2:] -%}"
+    "{%- else -%}"
+    "{%- set messages = [{'role': 'user', 'content': messages[0]['content']}] + messages[1:] -%}"
+    "{%- endif -%}"
+    "{%- endif -%}"
+)
+
+
+def self_folding_template(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The tokenizer's template, made to fold a leading system message into the first user turn itself where it has
+    no system role (as `fit_messages` does); None where it needs no change."""
+    check_has_template(tokenizer)
+    template = tokenizer.chat_template
+    if not isinstance(template, str) or not _folds_system(template):
+        return None
+    return _FOLD_SYSTEM + template
+
+
 def render_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
     """A whole chat as text (no generation prompt), through `fit_messages`."""
     return tokenizer.apply_chat_template(fit_messages(tokenizer, messages), tokenize=False)
