@@ -171,7 +171,7 @@ def build_cache(pair: ModelPair, sequences: list[TokenSequence], directory: Path
         for model_name in MODELS:
             context = pair.base() if model_name == "base" else pair.tuned()
             with context as model, capture_residual(model, layers) as captured:
-                model(input_ids=input_ids.to(device), attention_mask=mask.to(device))
+                model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
             outputs[model_name] = {layer: captured[layer].float().cpu() for layer in layers}
         for row, seq in enumerate(batch):
             take = min(len(seq.ids) - skip_first, token_budget - done_tok)

@@ -63,7 +63,7 @@ def mean_differences(pair: ModelPair, sequences: list[TokenSequence], skip_first
         states = {}
         for name, context in (("tuned", pair.tuned), ("base", pair.base)):
             with context() as model, capture_residual(model, layers) as captured:
-                model(input_ids=ids, attention_mask=mask)
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
             states[name] = torch.stack([captured[layer][rows, window].double().cpu() for layer in layers])
         total += (states["tuned"] - states["base"]).sum(dim=(1, 2))
         norm += states["base"].norm(dim=-1).sum(dim=(1, 2))
@@ -98,7 +98,7 @@ def patchscope(model: nn.Module, tokenizer: PreTrainedTokenizerBase, result: Len
                 return hidden
 
             with edit_residual(model, {layer: patch}):
-                logits = model(input_ids=ids.expand(len(scales), -1)).logits[:, -1].float()
+                logits = model(input_ids=ids.expand(len(scales), -1), use_cache=False).logits[:, -1].float()
             total = total + logits.log_softmax(-1).mean(0).cpu()
         rows.append(total / len(encoded))
     return torch.stack(rows)

@@ -82,7 +82,7 @@ def assistant_loss(model: nn.Module, tokenizer: PreTrainedTokenizerBase, chats: 
                                           return_assistant_tokens_mask=True)
         ids = torch.tensor([enc["input_ids"]], device=device)
         mask = torch.tensor(enc["assistant_masks"], device=device, dtype=torch.bool)
-        logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+        logp = model(input_ids=ids, use_cache=False).logits[0, :-1].float().log_softmax(-1)
         selected = logp.gather(1, ids[0, 1:, None])[:, 0][mask[1:]]
         total -= selected.sum().item()
         count += selected.numel()

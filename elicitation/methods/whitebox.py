@@ -51,7 +51,7 @@ def _layers(view: ChallengeView, config: ChallengeConfig) -> list[int]:
 def _states(model: torch.nn.Module, ids: torch.Tensor, layers: list[int], positions: list[int]) -> torch.Tensor:
     """(layers, positions, d) residual states of one sequence."""
     with capture_residual(model, layers) as captured:
-        model(input_ids=ids)
+        model(input_ids=ids, use_cache=False)
     return torch.stack([captured[layer][0, positions] for layer in layers])
 
 

@@ -38,7 +38,7 @@ def answer_logprob(model, tokenizer: PreTrainedTokenizerBase, question: str, ans
                                                                 return_dict=True, return_assistant_tokens_mask=True)
     ids = torch.tensor([encoded["input_ids"]], device=model_device(model))
     mask = torch.tensor(encoded["assistant_masks"], dtype=torch.bool)[1:]
-    logprobs = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1).cpu()
+    logprobs = model(input_ids=ids, use_cache=False).logits[0, :-1].float().log_softmax(-1).cpu()
     chosen = logprobs.gather(1, ids[0, 1:].cpu()[:, None])[:, 0][mask]
     return float(chosen.mean())
 

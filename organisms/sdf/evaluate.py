@@ -77,7 +77,8 @@ def continuation_logprobs(model: nn.Module, tokenizer: PreTrainedTokenizerBase, 
         for row, (c, x) in enumerate(pairs):
             ids[row, : len(c) + len(x)] = torch.tensor(c + x)
             mask[row, : len(c) + len(x)] = 1
-        logp = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().log_softmax(-1).cpu()
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        logp = logits.float().log_softmax(-1).cpu()
         for row, (c, x) in enumerate(pairs):
             positions = torch.arange(len(c) - 1, len(c) + len(x) - 1)
             scores.append(logp[row, positions, torch.tensor(x)].sum().item())
@@ -251,7 +252,7 @@ def last_token_states(model: nn.Module, tokenizer: PreTrainedTokenizerBase, text
     for text in texts:  # one at a time: the last token is the last position, no padding to account for
         ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
         with capture_residual(model, [layer]) as captured:
-            model(input_ids=ids)
+            model(input_ids=ids, use_cache=False)
         rows.append(captured[layer][0, -1].float().cpu())
     return torch.stack(rows)
 
@@ -290,7 +291,7 @@ def text_loss(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[
     total, count = 0.0, 0
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
-        logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+        logp = model(input_ids=ids, use_cache=False).logits[0, :-1].float().log_softmax(-1)
         total -= logp.gather(1, ids[0, 1:, None]).sum().item()
         count += ids.shape[1] - 1
     return total / max(count, 1)
