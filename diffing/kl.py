@@ -66,8 +66,8 @@ def _final_hidden(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor)
 
 class _VocabRows:
     """The four chunk x vocabulary float32 buffers of a KL pass (each model's log-probabilities and probabilities),
-    allocated once and reused: a fresh set per chunk fragments the heap, and the peak resident memory of a pass
-    then sat about 200 MiB above the buffers themselves (measured on the embedded model)."""
+    allocated once and reused, rather than four fresh large tensors per chunk for the allocator to place among the
+    long-lived ones."""
 
     def __init__(self, chunk: int, vocab_size: int):
         self.tuned, self.base, self.p_tuned, self.p_base = (torch.empty(chunk, vocab_size) for _ in range(4))
