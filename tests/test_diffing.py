@@ -358,6 +358,11 @@ def test_patchscope_depends_on_the_patched_vector_only_through_its_direction(tok
 
     patched = run(differences)
     assert patched.shape == (layers, len(tokenizer))
+    result = LensResult(differences, torch.full((layers,), 3.0), torch.zeros(1), 1)
+    with lora_pair.base() as model:  # several layers' patches in one pass compute what one pass per layer does
+        one_at_a_time = patchscope(model, tokenizer, result, [1.0, 2.0], layers_per_pass=1)
+        three_at_a_time = patchscope(model, tokenizer, result, [1.0, 2.0], layers_per_pass=3)
+    assert torch.allclose(one_at_a_time, patched, atol=1e-5) and torch.allclose(three_at_a_time, patched, atol=1e-5)
     assert torch.allclose(patched.logsumexp(-1), torch.zeros(layers), atol=1e-4)
     assert torch.allclose(run(differences * 10), patched, atol=1e-4)
     assert not torch.allclose(run(torch.randn(layers, d)), patched, atol=1e-3)
