@@ -180,12 +180,12 @@ class Crosscoder(nn.Module):
         return self.settings.latents
 
     @property
-    def W_enc(self) -> torch.Tensor:  # noqa: N802 (the literature's name)
+    def W_enc(self) -> torch.Tensor:
         """(2, d, F) view of the encoder rows."""
         return self.encoder_rows.view(self.latents, 2, self.d).permute(1, 2, 0)
 
     @property
-    def W_dec(self) -> torch.Tensor:  # noqa: N802
+    def W_dec(self) -> torch.Tensor:
         """(2, F, d) view of the decoder rows."""
         return self.decoder_rows.view(self.latents, 2, self.d).transpose(0, 1)
 
