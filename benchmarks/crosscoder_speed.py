@@ -37,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from diff_speed import make_adapter  # this folder is on the path of a script run from it
 
 REFERENCE_REPO = "science-of-finetuning/crosscoder_learning"
 REFERENCE_COMMIT = "b2363ed54590074ef4667ca6152094800a65f9aa"
@@ -75,19 +76,11 @@ def embedded_activations(workdir: Path) -> tuple[torch.Tensor, int]:
     from mow.diffing.config import PromptSetSettings
     from mow.diffing.pair import ModelPair
     from mow.diffing.prompts import prompt_set_records, tokenize_sets
-    from mow.finetune.config import LoraSettings
-    from mow.finetune.lora import attach_lora
     from mow.workbench.models import load_model, load_tokenizer
 
     spec = "builtin:smollm2-135m"
     tokenizer = load_tokenizer(spec)
-    adapter = attach_lora(load_model(spec), LoraSettings(r=16, alpha=32), seed=0)
-    with torch.no_grad():
-        for name, param in adapter.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.02)
-    adapter.save_pretrained(workdir / "adapter")
-    tuned = PeftModel.from_pretrained(load_model(spec), workdir / "adapter").eval()
+    tuned = PeftModel.from_pretrained(load_model(spec), make_adapter(workdir / "adapter", spec)).eval()
     pair = ModelPair(tuned, tokenizer, None, spec, "adapter")
     settings = PromptSetSettings(sets=["generic_chat", "generic_text"], max_items_per_set=10**6)
     sets = tokenize_sets(prompt_set_records(settings, None), tokenizer, settings.max_tokens_per_item)

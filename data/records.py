@@ -68,7 +68,3 @@ def write_jsonl(path: Path, rows: Iterable[BaseModel]) -> str:
         handle.write(payload)
     os.replace(tmp, path)
     return hashlib.sha256(payload).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

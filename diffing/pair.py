@@ -26,6 +26,7 @@ from mow.data.layouts import OrganismLayout
 from mow.organisms.store import load_organism
 from mow.workbench.chat import check_has_template
 from mow.workbench.errors import UserError
+from mow.workbench.files import sha256_file
 from mow.workbench.generation import right_padded
 from mow.workbench.hooks import decoder_layers, model_config, model_method, output_embeddings
 from mow.workbench.models import load_model, load_tokenizer
@@ -150,7 +151,7 @@ class ModelPair:
 
 def _adapter_hash(organism: Path) -> str:
     weights = OrganismLayout(organism).adapter_weights
-    return "adapter:" + hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    return "adapter:" + sha256_file(weights)[:16]
 
 
 def check_compatible(base: nn.Module, tuned: nn.Module, base_tok: PreTrainedTokenizerBase,

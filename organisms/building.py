@@ -12,7 +12,7 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from mow.data.layouts import ADAPTER, CHECKPOINTS, PUBLIC_CONFIG, SEALED_CONFIG
-from mow.data.records import ChatExample, read_jsonl, sha256_file
+from mow.data.records import ChatExample, read_jsonl
 from mow.finetune.config import LaunchSettings, SteeringSettings
 from mow.finetune.job import TrainJob, train_adapter
 from mow.finetune.lora import check_lora_against_model
@@ -22,6 +22,7 @@ from mow.organisms.base import OrganismConfigBase
 from mow.organisms.store import load_with_adapter
 from mow.workbench.config import dump_config
 from mow.workbench.errors import UserError
+from mow.workbench.files import sha256_file
 from mow.workbench.rundir import Manifest, RunDirectory, log, write_text
 
 

@@ -8,6 +8,7 @@ nesting and alias expansion are capped, so a hostile file cannot exhaust memory 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,15 @@ def parse_json(text: str, source: str, what: str, expect: type | tuple[type, ...
     if expect is not None and not isinstance(value, expect):
         raise UserError(f"{source}: {what} must hold {_type_name(expect)}, got {type(value).__name__}")
     return value
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks (a weights file need not fit in memory twice)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_json(path: Path, what: str, expect: type | tuple[type, ...] | None = dict) -> Any:

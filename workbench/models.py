@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -37,7 +36,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
 from mow.workbench.chat import FAMILY_CHATS, TEMPLATE_KEY, family_tokenizer, use_chat_template
 from mow.workbench.errors import UserError
-from mow.workbench.files import read_json, read_text
+from mow.workbench.files import read_json, read_text, sha256_file
 from mow.workbench.specs import BUILTIN_MODELS, EMBEDDED, BuiltinModel, ModelSpec, cache_root
 
 HUB_TIMEOUT_S = 3.0
@@ -62,7 +61,7 @@ def _joined_gguf(name: str, model: BuiltinModel) -> Path:
     expected = next((line.split()[0] for line in sums.splitlines() if line.strip().endswith(model.gguf)), None)
     if expected is None:
         raise UserError(f"model spec 'builtin:{name}': the installed package lists no checksum for {model.gguf}")
-    if target.is_file() and _sha256(target) == expected:
+    if target.is_file() and sha256_file(target) == expected:
         return target
     chunks = [_package_dir(name, part, model.install) / "data" / f"{model.gguf}.part{i:02d}"
               for i, part in enumerate(model.parts)]
@@ -72,20 +71,12 @@ def _joined_gguf(name: str, model: BuiltinModel) -> Path:
         for chunk in chunks:
             with chunk.open("rb") as handle:
                 shutil.copyfileobj(handle, out, 1 << 20)
-    if _sha256(partial) != expected:
+    if sha256_file(partial) != expected:
         partial.unlink()
         raise UserError(f"model spec 'builtin:{name}': the joined GGUF does not match its checksum; run again "
                         f"after: {model.install} --force-reinstall")
     partial.rename(target)
     return target
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _gguf_location(name: str) -> Path:

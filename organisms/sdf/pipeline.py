@@ -15,7 +15,6 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from mow.data.layouts import ADAPTER, CARD, CHECKPOINTS, EVAL_DETAILS, METRICS, SEALED_CONFIG, sealed_relative
-from mow.data.records import sha256_file
 from mow.data.universes import UniversePair, load_universe_pair, resolve_universe
 from mow.finetune.config import LaunchSettings
 from mow.finetune.job import TrainJob, preflight_training, train_adapter
@@ -33,7 +32,7 @@ from mow.organisms.store import check_organism_dir, load_organism, load_with_ada
 from mow.workbench.backends import Backend, make_backend
 from mow.workbench.config import validate_config
 from mow.workbench.errors import UserError
-from mow.workbench.files import read_json, read_jsonl
+from mow.workbench.files import read_json, read_jsonl, sha256_file
 from mow.workbench.models import load_model, load_tokenizer
 from mow.workbench.rundir import Manifest, log, write_json, write_text
 
