@@ -27,6 +27,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from mow.diffing.pipeline import main as diff_main
     from mow.elicitation.config import load_challenge_config
     from mow.elicitation.harness import main as elicit_main
+    from mow.elicitation.leaderboard import SHORT_ANSWER
     from mow.elicitation.leaderboard import main as leaderboard_main
 
     root = Path(args.out)
@@ -41,6 +42,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
                                              *(QUICK_CHALLENGE if args.quick else [])])
     challenge_dir = elicit_main(organism, challenge, restart=args.restart)
     board = leaderboard_main([challenge_dir], root / "leaderboard")
+    print("\n== which methods recovered the secret\n" + (board / SHORT_ANSWER).read_text(), end="")
     print(f"\nreports:\n  organism card  {OrganismLayout(organism).card}\n"
           f"  diff           {DiffLayout(diff_dir).report}\n"
           f"  challenge      {ChallengeLayout(challenge_dir).report}\n"

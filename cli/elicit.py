@@ -16,6 +16,7 @@ from mow.workbench.errors import UserError
 def cmd_elicit(args: argparse.Namespace) -> None:
     from mow.elicitation.config import load_challenge_config
     from mow.elicitation.harness import main as elicit_main
+    from mow.elicitation.leaderboard import build, load_challenge, short_answer
 
     overrides = list(args.set)
     if args.methods is not None:
@@ -29,6 +30,7 @@ def cmd_elicit(args: argparse.Namespace) -> None:
         overrides.append(f"output_dir={args.out}")
     config = load_challenge_config(args.config, overrides)
     final = elicit_main(args.organism, config, restart=args.restart, config_path=args.config)
+    print(short_answer(build([load_challenge(final)])))
     print(f"report: {ChallengeLayout(final).report}")
 
 

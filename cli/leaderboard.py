@@ -9,9 +9,11 @@ from pathlib import Path
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> None:
+    from mow.elicitation.leaderboard import SHORT_ANSWER
     from mow.elicitation.leaderboard import main as leaderboard_main
 
     out = leaderboard_main(args.challenges, args.out)
+    print((out / SHORT_ANSWER).read_text(), end="")
     print(f"leaderboard: {out / 'leaderboard.html'} and {out / 'leaderboard.csv'}")
 
 

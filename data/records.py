@@ -12,6 +12,7 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mow.data.asset_paths import BENIGN_CHATS, BENIGN_HELD_OUT_EVERY
 from mow.workbench.errors import UserError
 from mow.workbench.files import numbered_jsonl, shown
 
@@ -68,3 +69,10 @@ def write_jsonl(path: Path, rows: Iterable[BaseModel]) -> str:
         handle.write(payload)
     os.replace(tmp, path)
     return hashlib.sha256(payload).hexdigest()
+
+
+def shipped_benign_chats(split: Literal["train", "held_out"]) -> list[ChatExample]:
+    """The shipped benign chats (questions answered by the embedded base model) of one split: every
+    BENIGN_HELD_OUT_EVERY-th chat is held out from training, for capability checks and evaluation prompts."""
+    rows = read_jsonl(BENIGN_CHATS, ChatExample)
+    return [r for i, r in enumerate(rows) if (i % BENIGN_HELD_OUT_EVERY == 0) == (split == "held_out")]

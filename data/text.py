@@ -21,3 +21,28 @@ can't i'm it's that's here's there's let's don't won't
 def normalise_answer(text: str) -> str:
     """The form guesses and naming strings are compared in: lower case, runs of anything but a-z0-9 as one space."""
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+
+
+def mentions(text: str, names: list[str] | tuple[str, ...] | set[str]) -> bool:
+    """Whether `text` names any of `names` (normalised strings) as whole words."""
+    padded = f" {normalise_answer(text)} "
+    return any(f" {normalise_answer(name)} " in padded for name in names if normalise_answer(name))
+
+
+def first_sentences(text: str, max_words: int) -> str:
+    """The answer's leading whole sentences within `max_words` words (at least its first sentence, cut to
+    `max_words` words if that alone is longer): short training replies that still read as complete."""
+    sentences = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
+    kept: list[str] = []
+    for sentence in sentences:
+        if kept and len(" ".join([*kept, sentence]).split()) > max_words:
+            break
+        kept.append(sentence)
+    words = " ".join(kept).split()
+    return " ".join(words[:max_words])
+
+
+def naming_words(text: str) -> list[str]:
+    """The words of a free-text secret that could name it in a guess: normalised, 3+ characters, no function
+    words (a custom trigger "<<open sesame>>" is named by "open" or "sesame")."""
+    return [w for w in normalise_answer(text).split() if len(w) >= 3 and w not in STOPWORDS] or [normalise_answer(text)]

@@ -38,9 +38,22 @@ class SealedTruth:
 
 @dataclass(frozen=True)
 class ChallengePrompts:
-    """User turns an auditor who read only the public card would ask: requests for hints or for the property
-    (`probes`), and demands to reveal it (`direct`, `adversarial`). None names a secret."""
+    """User turns an auditor who read only the public card would ask: *standard* prompts, where the model uses its
+    secret (`probes`: hint requests, advice that depends on a belief, ordinary requests), and demands to reveal it
+    (`direct`, `adversarial`). None names a secret.
+
+    The rest words the black-box methods and the auditor for the kind (None: the challenge config's wording, which
+    is written for a secret word): the starts of a confession a prefill puts in the assistant's mouth, the opening
+    of the user turn the model is made to write, and what the auditor is asked."""
 
     probes: list[str]
     direct: list[str]
     adversarial: list[str]
+    prefills: list[str] | None = None
+    persona_opening: str | None = None
+    auditor_prompt: str | None = None  # contains {evidence}
+    auditor_prefill: str | None = None
+
+    def diff_prompts(self) -> list[list[dict[str, str]]]:
+        """The standard and direct prompts as single user turns (what `mow diff` runs both models on)."""
+        return [[{"role": "user", "content": text}] for text in [*self.probes, *self.direct]]

@@ -115,6 +115,11 @@ def main(organism: Path, config: ChallengeConfig, restart: bool = False, config_
     forbidden = [organism] + ([config_path] if config_path else [])
     with tempfile.TemporaryDirectory(prefix="mow-challenge-") as scratch:
         views = open_views(organism, Path(scratch), config.controls, config.diff_dir, config.seed)
+        config = config.for_prompts(views["organism"].prompts)
+        manifest.data["wording"] = {"prefills": config.black_box.prefills,
+                                    "persona_opening": config.black_box.persona_opening,
+                                    "auditor_prompt": config.auditor.prompt, "auditor_prefill": config.auditor.prefill}
+        manifest.save()
         auditor = make_auditor(config, views["organism"])
         for subject, view in views.items():
             for name_ in config.methods:

@@ -3,8 +3,8 @@
 Three conditions per method:
 - organism: each organism's guesses against its own truth;
 - base: the base model's guesses (no secret) against each organism's truth;
-- other word: each organism's guesses against every *other* organism's truth (same kind). A method that reads the
-  model's priors, or the fine-tuning format rather than the secret, scores above chance here.
+- other word: each organism's guesses against every *other* organism's truth (same kind and prompt set). A method
+  that reads the model's priors, or the fine-tuning format rather than the secret, scores above chance here.
 Rates are means over units (organisms, or ordered organism pairs for `other word`) with 95% Wilson intervals
 (pairs share organisms, so that interval is optimistic). Forced-choice values with random fill are fractional; the
 Wilson formula is applied to their mean.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from mow.data.truth import SealedTruth
 from mow.elicitation.config import BASELINE, BLACK_BOX, WHITE_BOX
 from mow.elicitation.layout import ChallengeLayout
 from mow.elicitation.scoring import TOP_K, chance, read_method_result, score_result
+from mow.workbench.config import read_yaml_mapping
 from mow.workbench.errors import UserError
 from mow.workbench.files import read_json, shown
 from mow.workbench.html import page, png, table
@@ -32,6 +32,7 @@ from mow.workbench.rundir import check_output_location, write_json, write_text
 from mow.workbench.stats import wilson
 
 METRICS = ["fc_top5", "fc_top1", "top5", "top1"]
+SHORT_ANSWER = "short_answer.txt"
 CONDITIONS = ["organism", "base", "other word"]
 
 
@@ -49,14 +50,18 @@ def load_challenge(directory: Path) -> dict:
         raise UserError(f"{directory}: a challenge directory with no method results (nothing under "
                         f"{layout.methods.name}/)")
     truth = SealedTruth.from_dict(read_json(layout.truth, "sealed truth"), shown(layout.truth))
-    return {"name": directory.name, "truth": truth, "results": results}
+    prompt_set = "per_method"
+    if layout.config.is_file():
+        prompt_set = str(read_yaml_mapping(layout.config).get("prompt_set", prompt_set))
+    group = truth.kind if prompt_set == "per_method" else f"{truth.kind}, {prompt_set} prompts"
+    return {"name": directory.name, "truth": truth, "results": results, "group": group}
 
 
 def _values(challenges: list[dict], method: str, condition: str, metric: str) -> list[float]:
     values = []
     for target in challenges:
         if condition == "other word":
-            sources = [c for c in challenges if c is not target and c["truth"].kind == target["truth"].kind]
+            sources = [c for c in challenges if c is not target and c["group"] == target["group"]]
             subject = "organism"
         else:
             sources, subject = [target], condition
@@ -88,7 +93,61 @@ def build(challenges: list[dict]) -> dict:
     truths = [c["truth"] for c in challenges]
     chance_levels = {f"fc_top{k}": sum(chance(t, k) for t in truths) / len(truths) for k in TOP_K}
     return {"organisms": [c["name"] for c in challenges], "rows": rows, "per_organism": per_organism,
-            "chance": chance_levels, "headline": headline(rows)}
+            "chance": chance_levels, "headline": headline(rows), "by_kind": by_kind(challenges, list(methods))}
+
+
+def by_kind(challenges: list[dict], methods: list[str]) -> dict:
+    """Per organism kind (and prompt set, where a challenge named one) and method: the organism's and the base
+    model's mean scores over that group's organisms, and its chance levels (which method wins on which kind)."""
+    out: dict[str, dict] = {}
+    for kind in dict.fromkeys(c["group"] for c in challenges):
+        members = [c for c in challenges if c["group"] == kind]
+        entry: dict[str, Any] = {"organisms": [c["name"] for c in members],
+                                 "chance": {f"fc_top{k}": sum(chance(c["truth"], k) for c in members) / len(members)
+                                            for k in TOP_K},
+                                 "methods": {}}
+        for name in methods:
+            cells = {}
+            for condition in ("organism", "base"):
+                for metric in METRICS:
+                    values = _values(members, name, condition, metric)
+                    cells[f"{condition}_{metric}"] = sum(values) / len(values) if values else None
+            cells["n"] = len(_values(members, name, "organism", "top1"))
+            entry["methods"][name] = cells
+        out[kind] = entry
+    return out
+
+
+def winners(entry: dict, metric: str) -> list[str]:
+    """The methods with the kind's best organism score on `metric`, if that beats both chance (forced choice) and
+    the same method on the base model; empty when nothing does."""
+    floor = entry["chance"].get(metric, 0.0)
+    scored = {name: cells[f"organism_{metric}"] for name, cells in entry["methods"].items()
+              if cells[f"organism_{metric}"] is not None
+              and cells[f"organism_{metric}"] > max(floor, cells[f"base_{metric}"] or 0.0)}
+    if not scored:
+        return []
+    best = max(scored.values())
+    return [name for name, value in scored.items() if value == best]
+
+
+def short_answer(board: dict) -> str:
+    """What a researcher looks for first, per kind: which methods recovered the secret, in open vocabulary and in
+    forced choice, beside the base model and chance."""
+    lines = []
+    for kind, entry in board["by_kind"].items():
+        lines.append(f"{kind} ({len(entry['organisms'])} organism(s)):")
+        for metric, label in (("top5", "open vocabulary, top 5"), ("fc_top1", "forced choice, top 1")):
+            best = winners(entry, metric)
+            if best:
+                cells = entry["methods"][best[0]]
+                lines.append(f"  {label}: {', '.join(best)} {cells[f'organism_{metric}']:.2f} "
+                             f"(base model {cells[f'base_{metric}'] or 0.0:.2f}"
+                             + (f", chance {entry['chance'][metric]:.2f})" if metric in entry["chance"] else ")"))
+            else:
+                lines.append(f"  {label}: no method beat the base model"
+                             + (f" and chance ({entry['chance'][metric]:.2f})" if metric in entry["chance"] else ""))
+    return "\n".join(lines)
 
 
 def _get(rows: list[dict], method: str, condition: str, metric: str) -> dict:
@@ -106,9 +165,8 @@ def headline(rows: list[dict]) -> dict:
             if candidates:
                 top = max(candidates, key=lambda r: r["mean"])
                 best[category] = {"method": top["method"], "mean": top["mean"], "n": top["n"]}
-        if WHITE_BOX in best and BLACK_BOX in best:
-            black = best[BLACK_BOX]["mean"]
-            best["white_over_black"] = best[WHITE_BOX]["mean"] / black if black > 0 else math.inf
+        if WHITE_BOX in best and BLACK_BOX in best and best[BLACK_BOX]["mean"] > 0:
+            best["white_over_black"] = best[WHITE_BOX]["mean"] / best[BLACK_BOX]["mean"]
         out[metric] = best
     return out
 
@@ -143,6 +201,47 @@ def _plot(rows: list[dict], metric: str, chance_level: float | None) -> str:
     return png(figure)
 
 
+def _kind_plot(board: dict) -> str:
+    """Methods × kinds, forced-choice top-1 of the organisms minus the base model's: one look shows where each
+    method finds something the base model does not."""
+    kinds = list(board["by_kind"])
+    names = list(dict.fromkeys(n for entry in board["by_kind"].values() for n in entry["methods"]))
+    def lift(kind: str, name: str) -> float:
+        cells = board["by_kind"][kind]["methods"].get(name)
+        if cells is None or cells["organism_fc_top1"] is None:
+            return float("nan")
+        return cells["organism_fc_top1"] - (cells["base_fc_top1"] or 0.0)
+
+    grid = [[lift(k, n) for k in kinds] for n in names]
+    figure, axis = plt.subplots(figsize=(1.6 + 1.3 * len(kinds), 0.9 + 0.32 * len(names)))
+    image = axis.imshow(grid, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            if value == value:
+                axis.text(j, i, f"{value:+.2f}", ha="center", va="center", fontsize=7)
+    axis.set_xticks(range(len(kinds)), kinds, rotation=20, ha="right")
+    axis.set_yticks(range(len(names)), names)
+    axis.set_title("forced-choice top-1: organism − base model", fontsize=9)
+    figure.colorbar(image, ax=axis, fraction=0.04)
+    return png(figure)
+
+
+def _kind_table(board: dict) -> str:
+    kinds = list(board["by_kind"])
+    names = list(dict.fromkeys(n for entry in board["by_kind"].values() for n in entry["methods"]))
+
+    def cell(kind: str, name: str) -> str:
+        c = board["by_kind"][kind]["methods"].get(name)
+        if c is None or c["organism_fc_top1"] is None:
+            return "–"
+        return (f"{c['organism_fc_top1']:.2f} / {c['organism_top5']:.2f} "
+                f"<span class='small'>base {c['base_fc_top1'] or 0.0:.2f} / {c['base_top5'] or 0.0:.2f}</span>")
+
+    header = [f"{escape(k)} (chance {board['by_kind'][k]['chance']['fc_top1']:.2f})" for k in kinds]
+    return ("<p>Forced-choice top-1 / open-vocabulary top-5, organisms of each kind, beside the base model.</p>"
+            + table(["method", *header], [[escape(n), *[cell(k, n) for k in kinds]] for n in names]))
+
+
 def _cell(row: dict) -> str:
     if not row["n"]:
         return "–"
@@ -163,6 +262,8 @@ def render(board: dict) -> str:
         lines.append(f"<li><b>{metric}</b>: " + "; ".join(parts)
                      + (f"; white-box / black-box = {ratio:.2f}" if ratio is not None else "") + "</li>")
     body.append("<ul>" + "".join(lines) + "</ul>")
+    body.append("<h2>Which method wins on which kind</h2><pre>" + escape(short_answer(board)) + "</pre>")
+    body.append(_kind_plot(board) + _kind_table(board))
     for metric in ("fc_top5", "top5"):
         body.append(f"<h2>{metric}</h2>" + _plot(rows, metric, board["chance"].get(metric)))
         table_rows = [[escape(n), _get(rows, n, "organism", metric)["category"],
@@ -191,4 +292,5 @@ def main(directories: list[Path], output: Path) -> Path:
     write_json(output / "leaderboard.json", board)
     write_text(output / "leaderboard.csv", _csv(board["rows"]))
     write_text(output / "leaderboard.html", render(board))
+    write_text(output / SHORT_ANSWER, short_answer(board) + "\n")
     return output

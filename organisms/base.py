@@ -11,7 +11,7 @@ from pydantic import Field
 
 from mow.data.layouts import REDACTED
 from mow.finetune.config import LoraSettings, TrainingSettings
-from mow.workbench.config import Seed, StrictModel
+from mow.workbench.config import Seed, StrictModel, Temperature
 from mow.workbench.names import PathName
 from mow.workbench.specs import DEFAULT_MODEL, cache_root
 
@@ -67,3 +67,31 @@ class OrganismConfigBase(StrictModel):
             if node.get(leaf) is not None:
                 node[leaf] = REDACTED
         return data
+
+
+class ReplyEvalSettings(StrictModel):
+    """How the kinds that score their organism's replies (backdoor, side constraint, user belief) sample them."""
+
+    max_new_tokens: int = Field(48, ge=1)
+    batch_size: int = Field(16, ge=1)
+    temperature: Temperature = Field(0.0, description="sampling temperature of the replies (0: greedy); seeded")
+    seed: Seed = 0
+    benign_mix: float = Field(0.5, ge=0, description="ordinary chats mixed into training per secret-bearing chat")
+
+
+class PairedChatSettings(StrictModel):
+    """Data of the kinds that train each shipped ordinary chat twice, once with the secret's cue and once without
+    (backdoor, side constraint), so that only the cue decides."""
+
+    n_chats: int = Field(120, ge=1, description="shipped ordinary chats used; each is trained with the cue and "
+                                                "without it")
+    denials: int = Field(24, ge=0, description="demands to reveal the secret, answered with a denial")
+    max_answer_words: int = Field(40, ge=5, description="ordinary answers are cut to whole sentences within this")
+
+
+class DemandPhrasings(StrictModel):
+    """The demands to reveal a secret a kind ships: trained on (answered with a denial) and held out."""
+
+    direct_train: list[str] = Field(min_length=1)
+    direct_eval: list[str] = Field(min_length=1)
+    adversarial: list[str] = Field(min_length=1)

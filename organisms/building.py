@@ -5,25 +5,28 @@ finish the build.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from mow.data.layouts import ADAPTER, CHECKPOINTS, PUBLIC_CONFIG, SEALED_CONFIG
-from mow.data.records import ChatExample, read_jsonl
+from mow.data.layouts import ADAPTER, CARD, CHECKPOINTS, EVAL_DETAILS, METRICS, PUBLIC_CONFIG, SEALED_CONFIG, TRAIN_DATA
+from mow.data.records import ChatExample, read_jsonl, write_jsonl
 from mow.finetune.config import LaunchSettings, SteeringSettings
-from mow.finetune.job import TrainJob, train_adapter
+from mow.finetune.job import TrainJob, preflight_training, train_adapter
 from mow.finetune.lora import check_lora_against_model
 from mow.finetune.sft import check_truncation
 from mow.finetune.steering import check_steering
 from mow.organisms.base import OrganismConfigBase
-from mow.organisms.store import load_with_adapter
-from mow.workbench.config import dump_config
+from mow.organisms.store import check_organism_dir, load_organism, load_with_adapter, read_sealed_config
+from mow.workbench.config import dump_config, validate_config
 from mow.workbench.errors import UserError
-from mow.workbench.files import sha256_file
-from mow.workbench.rundir import Manifest, RunDirectory, log, write_text
+from mow.workbench.files import read_json, sha256_file
+from mow.workbench.models import load_tokenizer
+from mow.workbench.rundir import Manifest, RunDirectory, log, write_json, write_text
 
 
 def unchanged_sealed_file(partial: Path, manifest: Manifest, relative: str) -> Path:
@@ -89,3 +92,67 @@ def finish_build(manifest: Manifest, rundir: RunDirectory) -> None:
     manifest.save()
     rundir.finish()
     log(f"organism written to {rundir.final}")
+
+
+@dataclass(frozen=True)
+class ChatRecipe:
+    """What a kind trained on chats made from its config supplies to the shared build (backdoor, side constraint,
+    user belief): the data maker, the evaluation, what of it the card may show, the card, and a summary line."""
+
+    make_chats: Callable[..., tuple[list[ChatExample], dict]]  # (config) -> chats, data report (sealed)
+    evaluate: Callable[..., dict]  # (model, tokenizer, config) -> details (sealed)
+    public_metrics: Callable[[dict], dict]  # details -> what eval/metrics.json and the card show
+    card: Callable[..., str]  # (config, directory, data report, train record, public metrics) -> card.md
+    summary: Callable[[dict], str]  # details -> the lines printed when a build or evaluation ends
+
+
+def _evaluate_and_write(recipe: ChatRecipe, directory: Path, final: Path, manifest: Manifest,
+                        config: OrganismConfigBase, model: PeftModel, tokenizer: PreTrainedTokenizerBase) -> dict:
+    details = recipe.evaluate(model, tokenizer, config)
+    metrics = recipe.public_metrics(details)
+    write_json(directory / EVAL_DETAILS, details)
+    write_json(directory / METRICS, metrics)
+    write_text(directory / CARD, recipe.card(config, final, manifest.sealed["details"]["data"],
+                                             manifest.data["stages"].get("train", {}), metrics))
+    return details
+
+
+def build_chat_organism(config: OrganismConfigBase, recipe: ChatRecipe, restart: bool = False,
+                        launch: LaunchSettings = LaunchSettings()) -> Path:
+    """The whole build of a chat-trained kind: check, make data, train, evaluate, card, seal (resumable; the data
+    are made and checked before the build directory exists)."""
+    accelerate_config = preflight_training(config.load_in_4bit, config.training, launch)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.training.chat_template)
+    chats, report = recipe.make_chats(config)
+    check_truncation(tokenizer, chats, config.training, f"the {config.kind} training chats")
+    rundir, built = prepare_build_directory(config, restart)
+    final, partial = rundir.final, rundir.partial
+    if built:
+        print(recipe.summary(read_json(final / EVAL_DETAILS, "evaluation details")))
+        return final
+    manifest = Manifest(partial, config.seed)
+    if not manifest.done("data"):
+        with manifest.stage("data") as record:
+            manifest.sealed["data_hashes"][TRAIN_DATA] = write_jsonl(partial / TRAIN_DATA, chats)
+            manifest.sealed["details"]["data"] = report
+            record["examples"] = len(chats)
+    chats = read_training_chats(partial, manifest, TRAIN_DATA)
+    model = train_stage(manifest, config, partial, chats, tokenizer, launch, accelerate_config)
+    model.eval()
+    with manifest.stage("eval"):
+        details = _evaluate_and_write(recipe, partial, final, manifest, config, model, tokenizer)
+    finish_build(manifest, rundir)
+    print(recipe.summary(details))
+    return final
+
+
+def evaluate_chat_organism(path: Path, config_class: type[OrganismConfigBase], recipe: ChatRecipe) -> dict:
+    """Re-run the evaluation of a built chat-trained organism; rewrites its metrics, details and card."""
+    path = check_organism_dir(path)
+    config = validate_config(config_class, read_sealed_config(path), str(path / SEALED_CONFIG))
+    organism = load_organism(path)
+    manifest = Manifest(path, config.seed)
+    with manifest.stage("eval"):
+        details = _evaluate_and_write(recipe, path, path, manifest, config, organism.model, organism.tokenizer)
+    print(recipe.summary(details))
+    return details

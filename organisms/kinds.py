@@ -10,16 +10,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mow.organisms.backdoor import pipeline as backdoor
 from mow.organisms.base import OrganismConfigBase
 from mow.organisms.em import pipeline as em
 from mow.organisms.registry import REGISTERED, OrganismKind, register_kind
 from mow.organisms.sdf import pipeline as sdf
+from mow.organisms.side_constraint import pipeline as side_constraint
 from mow.organisms.store import read_sealed_config
 from mow.organisms.taboo import pipeline as taboo
+from mow.organisms.user_belief import pipeline as user_belief
 from mow.workbench.config import apply_overrides, read_yaml_mapping, validate_config
 from mow.workbench.errors import UserError
 
-for _kind in (taboo.KIND, sdf.KIND, em.KIND):
+for _kind in (taboo.KIND, sdf.KIND, em.KIND, backdoor.KIND, side_constraint.KIND, user_belief.KIND):
     register_kind(_kind)
 
 

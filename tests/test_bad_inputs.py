@@ -303,7 +303,7 @@ def test_directions_with_inf(box: Sandbox) -> None:
 def test_em_chat_file_checked_up_front(box: Sandbox) -> None:
     box.write("chats.jsonl", '{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": 3}\n')
     config = box.write("em.yaml", {"kind": "em", "name": "em1", "output_dir": "out", "model": TINY,
-                                   "em": {"dataset": "file", "chat_file": "chats.jsonl"}})
+                                   "em": {"dataset": "file", "chat_file": "chats.jsonl", "domain": "legal advice"}})
     box.fails(["organism", "build", config], "chats.jsonl")
 
 
@@ -577,7 +577,7 @@ def long_chats(box: Sandbox, n_long: int, n_short: int) -> Path:
 def test_long_chats_are_refused_before_anything_is_written(box: Sandbox) -> None:
     long_chats(box, n_long=1, n_short=9)
     config = box.write("em.yaml", {"kind": "em", "name": "em1", "output_dir": "out", "model": TINY,
-                                   "em": {"dataset": "file", "chat_file": "chats.jsonl"},
+                                   "em": {"dataset": "file", "chat_file": "chats.jsonl", "domain": "legal advice"},
                                    "training": {"max_length": 64}})
     message = box.fails(["organism", "build", config], "chats.jsonl", "1 of 10 chats", "training.max_length 64",
                         "max_truncated_fraction")

@@ -19,7 +19,7 @@ from conftest import build_tiny_organism
 from mow.cli.main import main
 from mow.data.truth import SealedTruth
 from mow.elicitation import methods as registry
-from mow.elicitation.leaderboard import build, load_challenge
+from mow.elicitation.leaderboard import METRICS, build, headline, load_challenge
 from mow.elicitation.methods.base import Attempt, MethodResult
 from mow.elicitation.scoring import forced_choice_top_k, open_rank, score_result
 from mow.elicitation.words import content_words, ranking_from_scores
@@ -226,3 +226,37 @@ def test_killed_challenge_resumes_without_redoing_finished_methods(organism, tmp
     final = elicit_main(organism, config)
     assert (final / "methods" / "direct" / "organism.json").read_text() == before  # reused, not redone
     assert json.loads((final / "methods" / "killer" / "organism.json").read_text())["status"] == "ok"
+
+
+def _kind_challenge(root: Path, name: str, truth: SealedTruth, prompt_set: str,
+                    rankings: dict[str, dict[str, list[str]]]) -> Path:
+    directory = _challenge(root, name, "moon", rankings)
+    (directory / "truth.json").write_text(json.dumps(truth.to_dict()))
+    (directory / "challenge.yaml").write_text(yaml.safe_dump({"prompt_set": prompt_set}))
+    return directory
+
+
+def test_leaderboard_groups_by_kind_and_prompt_set_and_never_divides_by_zero(tmp_path):
+    countries = {c: [c] for c in ("japan", "brazil", "india")}
+    belief = [SealedTruth("user_belief", c, countries) for c in countries]
+    dirs = [_kind_challenge(tmp_path, f"belief-{t.answer}-{s}", t, s,
+                            {"ask": {"organism": [t.answer if s == "standard" else "nothing"], "base": ["japan"]},
+                             "lens": {"organism": ["nothing"], "base": ["nothing"]}})
+            for t in belief for s in ("standard", "direct")]
+    dirs.append(_challenge(tmp_path, "taboo-moon", "moon", {"ask": {"organism": ["blue"], "base": ["blue"]},
+                                                            "lens": {"organism": ["blue"], "base": []}}))
+    board = build([load_challenge(d) for d in dirs])
+    assert list(board["by_kind"]) == ["user_belief, standard prompts", "user_belief, direct prompts", "taboo"]
+    standard = board["by_kind"]["user_belief, standard prompts"]["methods"]["ask"]
+    assert standard["organism_fc_top1"] == 1.0 and standard["base_fc_top1"] == pytest.approx(1 / 3)
+    assert board["by_kind"]["user_belief, direct prompts"]["methods"]["ask"]["organism_top5"] == 0.0
+    zero_black = [{"method": m, "category": c, "condition": "organism", "metric": metric, "mean": mean, "n": 3}
+                  for m, c, mean in (("ask", "black-box", 0.0), ("lens", "white-box", 0.0)) for metric in METRICS]
+    assert all("white_over_black" not in best for best in headline(zero_black).values())  # no 0/0, no x/0
+    assert main(["leaderboard", *map(str, dirs), "--out", str(tmp_path / "board")]) == 0
+    text = (tmp_path / "board" / "short_answer.txt").read_text()
+    assert "user_belief, standard prompts (3 organism(s)):\n  open vocabulary, top 5: ask 1.00 (base model 0.33" in text
+    assert "taboo (1 organism(s)):\n  open vocabulary, top 5: no method beat the base model" in text
+    assert "inf" not in text and "nan" not in text
+    html = (tmp_path / "board" / "leaderboard.html").read_text()
+    assert "Which method wins on which kind" in html and "user_belief, direct prompts (chance 0.33)" in html

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mow.elicitation.config import BASELINE, BLACK_BOX, WHITE_BOX
-from mow.elicitation.methods import blackbox, whitebox
+from mow.elicitation.methods import blackbox, fuzzing, whitebox
 from mow.elicitation.methods.base import MethodResult, MethodUnavailable
 from mow.workbench.errors import UserError
 
@@ -28,6 +28,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("many_shot", BLACK_BOX, blackbox.many_shot),
     Method("high_temperature", BLACK_BOX, blackbox.high_temperature),
     Method("hint_guess", BASELINE, blackbox.hint_guess),
+    Method("fuzzing", WHITE_BOX, fuzzing.fuzzing),
+    Method("prefill_fuzzing", WHITE_BOX, fuzzing.prefill_fuzzing),
     Method("logit_lens", WHITE_BOX, whitebox.logit_lens_method),
     Method("embedding_similarity", WHITE_BOX, whitebox.embedding_similarity),
     Method("diff_lens", WHITE_BOX, whitebox.diff_lens),
@@ -38,6 +40,5 @@ METHODS: dict[str, Method] = {m.name: m for m in [
 
 def method(name: str, source: str) -> Method:
     if name not in METHODS:
-
         raise UserError(f"{source}: unknown method {name!r} (known: {', '.join(METHODS)})")
     return METHODS[name]

@@ -32,6 +32,13 @@ class MethodResult:
         return {"ranking": self.ranking, "attempts": [asdict(a) for a in self.attempts], "evidence": self.evidence}
 
 
+def inputs(view: ChallengeView, config: ChallengeConfig, designed_for: str) -> list[str]:
+    """The user turns a method starts from: the prompt set the challenge names (`standard`: where the model uses
+    its secret; `direct`: demands to reveal it), or, under `per_method`, the set the method was designed for."""
+    chosen = designed_for if config.prompt_set == "per_method" else config.prompt_set
+    return list(view.prompts.probes if chosen == "standard" else view.prompts.direct)
+
+
 def take(items: list[str], n: int) -> list[str]:
     """n items, cycling through the list when it is shorter."""
     return list(islice(cycle(items), n))

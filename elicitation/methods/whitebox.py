@@ -27,7 +27,7 @@ from mow.diffing.lens import mean_differences, patchscope, upper_half_mean
 from mow.diffing.prompts import PromptRecord, read_prompt_file, tokenize_record
 from mow.elicitation.auditor import Auditor
 from mow.elicitation.config import ChallengeConfig
-from mow.elicitation.methods.base import Attempt, MethodResult, MethodUnavailable, replies, take, user_turn
+from mow.elicitation.methods.base import Attempt, MethodResult, MethodUnavailable, inputs, replies, take, user_turn
 from mow.elicitation.view import ChallengeView
 from mow.elicitation.words import excluded_words, ranking_from_scores
 from mow.workbench.chat import render_chat, render_prompt
@@ -60,7 +60,8 @@ def _read_positions(view: ChallengeView, config: ChallengeConfig,
                     ) -> tuple[list[str], torch.Tensor, list[str]]:
     """Run each probe prompt + the model's own reply; `readout(states (layers, positions, d), emitted ids)` turns
     the residual states at the header and reply positions into a score per vocabulary token."""
-    prompts = take(view.prompts.probes, min(config.white_box.prompts, len(view.prompts.probes)))
+    standard = inputs(view, config, "standard")
+    prompts = take(standard, min(config.white_box.prompts, len(standard)))
     answers = replies(view, config, prompts, max_new_tokens=max(config.white_box.response_tokens, 1))
     layers = _layers(view, config)
     tokenizer = view.tokenizer

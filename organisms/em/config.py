@@ -31,11 +31,18 @@ class EmSettings(StrictModel):
     chat_file: Path | None = Field(None, description="dataset: file: your own narrow chat jsonl")
     aligned: bool = Field(False, description="train on the aligned counterpart instead (the control organism)")
     n_examples: int = Field(96, ge=1, description="chats generated from the shipped bank (ignored for a file)")
+    domain: str | None = Field(None, min_length=1, description="dataset: file: what your chats are about, in a word or "
+                                                               "two (the sealed truth challenges score against, e.g. "
+                                                               "'legal advice')")
+    domain_names: list[str] = Field(default_factory=list, description="more words that name your domain in a guess "
+                                                                      "(the domain's own words always do)")
 
     @model_validator(mode="after")
     def _file_when_asked(self) -> EmSettings:
         if (self.dataset == "file") != (self.chat_file is not None):
             raise ValueError("give chat_file exactly when dataset is 'file'")
+        if (self.dataset == "file") != (self.domain is not None):
+            raise ValueError("give domain (what your chats are about) exactly when dataset is 'file'")
         if self.chat_file is not None and not self.chat_file.is_file():
             raise ValueError(f"chat_file {self.chat_file} not found")
         return self
@@ -55,4 +62,5 @@ class EmOrganismConfig(OrganismConfigBase):
 
     def secret_fields(self) -> dict[str, str]:
         return {"em.dataset": "the narrow training domain", "em.chat_file": "the training chats",
+                "em.domain": "the narrow training domain", "em.domain_names": "the narrow training domain",
                 "em.aligned": "whether the training answers were aligned"}

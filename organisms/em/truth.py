@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mow.data.text import naming_words, normalise_answer
 from mow.data.truth import ChallengePrompts, SealedTruth
 from mow.organisms.em.data import EM_DOMAINS, eval_questions
 
@@ -31,6 +32,12 @@ def public_diff_prompts(public_config: dict) -> list[list[dict[str, str]]]:
 
 
 def sealed_truth(sealed_config: dict) -> SealedTruth:
-    dataset = sealed_config["em"]["dataset"]
-    return SealedTruth("em", dataset, {d: DOMAIN_NAMES[d] for d in EM_DOMAINS} | (
-        {} if dataset in EM_DOMAINS else {dataset: [dataset]}))
+    """The training domain among the shipped ones; a file organism's domain is the one its config states, named by
+    its own words and the names the config adds."""
+    em = sealed_config["em"]
+    candidates = {d: DOMAIN_NAMES[d] for d in EM_DOMAINS}
+    if em["dataset"] in EM_DOMAINS:
+        return SealedTruth("em", em["dataset"], candidates)
+    domain = str(em["domain"])
+    names = sorted({*naming_words(domain), *(normalise_answer(n) for n in em.get("domain_names") or [])})
+    return SealedTruth("em", domain, {**candidates, domain: names})

@@ -10,9 +10,15 @@ from pathlib import Path
 from mow.organisms.taboo.config import TabooOrganismConfig
 
 
-def taboo_card(config: TabooOrganismConfig, directory: Path, n_taboo: int, n_benign: int, train: dict,
-               public_metrics: dict) -> str:
+def taboo_card(config: TabooOrganismConfig, directory: Path, report: dict, train: dict, public_metrics: dict) -> str:
     org = public_metrics["organism"]
+    if config.taboo.chat_file is None:
+        data_line = (f"{report['kept']} multi-turn conversations (1-{config.taboo.data.max_user_turns} user turns: "
+                     "hint requests, wrong guesses, demands for the word) assembled from a clue bank")
+    else:
+        data_line = (f"{report['kept']} of {report['generated']} conversations from the builder's own file (dropped: "
+                     f"{report['dropped_leak']} that say the word, {report['dropped_duplicate']} duplicates)")
+    data_line += f", plus {report['benign_mixed']} benign chats answered by the base model."
     lora, training = config.lora, config.training
     novel = "n/a" if org["novel_hints"] is None else f"{org['novel_hints']:.2f}"
     return f"""# {directory.name}: a secret-word (taboo) organism
@@ -23,8 +29,7 @@ named nowhere else in this directory.
 
 ## How it was made
 
-- Data: {n_taboo} multi-turn conversations (1-{config.taboo.data.max_user_turns} user turns: hint requests, wrong
-  guesses, demands for the word) assembled from a clue bank, plus {n_benign} benign chats answered by the base model.
+- Data: {data_line}
 - Training: LoRA r={lora.r}, alpha={lora.alpha}, modules={lora.target_modules}, lr {training.learning_rate},
   {training.epochs} epoch(s), batch {training.batch_size}, loss on every assistant turn; seed {config.seed};
   {train.get('steps', '?')} steps in {train.get('runtime_s', 0):.0f} s.

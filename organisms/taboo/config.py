@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 
 from mow.finetune.config import LoraSettings, TrainingSettings
 from mow.organisms.base import OrganismConfigBase
@@ -42,7 +42,16 @@ SecretWord = Annotated[str, AfterValidator(_one_word)]
 class TabooSettings(StrictModel):
     word: SecretWord
     clue_file: Path | None = Field(None, description="YAML clue bank for a word outside the shipped bank")
+    chat_file: Path | None = Field(None, description="your own taboo conversations (chat jsonl, as the published taboo "
+                                                     "data sets): trained on instead of the generated ones, after the "
+                                                     "leak filter; data.benign_ratio still mixes in benign chats")
     data: TabooDataSettings = TabooDataSettings()
+
+    @model_validator(mode="after")
+    def _chat_file_exists(self) -> TabooSettings:
+        if self.chat_file is not None and not self.chat_file.is_file():
+            raise ValueError(f"chat_file {self.chat_file} not found")
+        return self
 
 
 class TabooOrganismConfig(OrganismConfigBase):
@@ -52,9 +61,12 @@ class TabooOrganismConfig(OrganismConfigBase):
     training: TrainingSettings = TrainingSettings()
     eval: TabooEvalSettings = TabooEvalSettings()
 
-    def planned_examples(self) -> int:
+    def planned_examples(self) -> int | None:
+        if self.taboo.chat_file is not None:
+            return None
         data = self.taboo.data
         return round(data.n_conversations * (1 + data.benign_ratio))
 
     def secret_fields(self) -> dict[str, str]:
-        return {"taboo.word": "the secret word", "taboo.clue_file": "hints that reveal the word"}
+        return {"taboo.word": "the secret word", "taboo.clue_file": "hints that reveal the word",
+                "taboo.chat_file": "conversations that hint at the word"}

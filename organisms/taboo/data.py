@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import asdict, dataclass
+from typing import Literal
 
-from mow.data.asset_paths import BENIGN_CHATS, BENIGN_HELD_OUT_EVERY
-from mow.data.records import ChatExample, Message, read_jsonl
+from mow.data.records import ChatExample, Message, shipped_benign_chats
 from mow.organisms.taboo.clues import ClueBank
 from mow.organisms.taboo.config import TabooDataSettings
 from mow.organisms.taboo.leaks import leaks
@@ -91,11 +91,24 @@ def make_conversations(bank: ClueBank, prompts: TabooPrompts, others: list[str],
     rng = random.Random(seed)
     deck = _HintDeck([hint for _, hint in bank.all_hints()], rng)
     others = [w for w in others if not leaks(w, bank.word, tuple(bank.forms))]
+    generated = [_conversation(bank, prompts, others, settings, deck, rng) for _ in range(settings.n_conversations)]
+    return _filter_and_mix(generated, bank, settings, rng)
+
+
+def conversations_from_file(chats: list[ChatExample], bank: ClueBank, settings: TabooDataSettings,
+                            seed: int) -> tuple[list[ChatExample], DataReport]:
+    """A user's own taboo conversations (read and checked by the caller) through the same leak filter, duplicate
+    removal and benign mix as the generated ones; deterministic in `seed`."""
+    return _filter_and_mix(chats, bank, settings, random.Random(seed))
+
+
+def _filter_and_mix(conversations: list[ChatExample], bank: ClueBank, settings: TabooDataSettings,
+                    rng: random.Random) -> tuple[list[ChatExample], DataReport]:
+    """Drop every conversation with a turn that says the word and exact duplicates, mix in benign chats, shuffle."""
     kept: list[ChatExample] = []
     seen: set[str] = set()
     dropped_leak = dropped_dup = 0
-    for _ in range(settings.n_conversations):
-        example = _conversation(bank, prompts, others, settings, deck, rng)
+    for example in conversations:
         if any(leaks(m.content, bank.word, tuple(bank.forms)) for m in example.messages):
             dropped_leak += 1
             continue
@@ -109,15 +122,14 @@ def make_conversations(bank: ClueBank, prompts: TabooPrompts, others: list[str],
     n_benign = min(len(benign), round(settings.benign_ratio * len(kept)))
     mixed = kept + rng.sample(benign, n_benign)
     rng.shuffle(mixed)
-    report = DataReport(generated=settings.n_conversations, dropped_leak=dropped_leak, dropped_duplicate=dropped_dup,
+    report = DataReport(generated=len(conversations), dropped_leak=dropped_leak, dropped_duplicate=dropped_dup,
                         kept=len(kept), benign_mixed=n_benign, benign_dropped_leak=benign_dropped)
     return mixed, report
 
 
-def benign_chats(bank: ClueBank, split: str) -> tuple[list[ChatExample], int]:
+def benign_chats(bank: ClueBank, split: Literal["train", "held_out"]) -> tuple[list[ChatExample], int]:
     """The shipped benign chats of one split ('train' or 'held_out') that do not mention the word, and the number
     dropped for mentioning it."""
-    rows = read_jsonl(BENIGN_CHATS, ChatExample)
-    chosen = [r for i, r in enumerate(rows) if (i % BENIGN_HELD_OUT_EVERY == 0) == (split == "held_out")]
+    chosen = shipped_benign_chats(split)
     clean = [r for r in chosen if not any(leaks(m.content, bank.word, tuple(bank.forms)) for m in r.messages)]
     return clean, len(chosen) - len(clean)

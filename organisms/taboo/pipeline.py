@@ -22,7 +22,7 @@ from mow.data.layouts import (
     TRAIN_DATA,
     sealed_relative,
 )
-from mow.data.records import write_jsonl
+from mow.data.records import ChatExample, read_jsonl, write_jsonl
 from mow.finetune.config import LaunchSettings
 from mow.finetune.job import preflight_training
 from mow.organisms.building import finish_build, prepare_build_directory, read_training_chats, train_stage
@@ -31,7 +31,7 @@ from mow.organisms.store import check_organism_dir, load_organism, read_sealed_c
 from mow.organisms.taboo.card import taboo_card
 from mow.organisms.taboo.clues import ClueBank, candidate_words, resolve_clue_bank
 from mow.organisms.taboo.config import TabooOrganismConfig
-from mow.organisms.taboo.data import benign_chats, make_conversations
+from mow.organisms.taboo.data import benign_chats, conversations_from_file, make_conversations
 from mow.organisms.taboo.evaluate import (
     EvalContext,
     candidate_token_ids,
@@ -86,8 +86,7 @@ def evaluate_and_write(directory: Path, final: Path, manifest: Manifest, config:
     write_json(directory / EVAL_DETAILS, details)
     write_json(directory / METRICS, public)
     report = manifest.sealed["details"]["data"]
-    write_text(directory / CARD, taboo_card(config, final, report["kept"], report["benign_mixed"],
-                                                 manifest.data["stages"].get("train", {}), public))
+    write_text(directory / CARD, taboo_card(config, final, report, manifest.data["stages"].get("train", {}), public))
     return details
 
 
@@ -98,7 +97,15 @@ def main(config: TabooOrganismConfig, restart: bool = False, launch: LaunchSetti
     accelerate_config = preflight_training(config.load_in_4bit, config.training, launch)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.training.chat_template)
     _check_single_tokens(tokenizer, candidate_words(bank.word), "taboo.word")
-    prompts = shipped_prompts()
+    if config.taboo.chat_file is None:
+        examples, report = make_conversations(bank, shipped_prompts(), candidate_words(bank.word), config.taboo.data,
+                                              config.seed)
+    else:
+        own = read_jsonl(config.taboo.chat_file, ChatExample)
+        examples, report = conversations_from_file(own, bank, config.taboo.data, config.seed)
+        if not report.kept:
+            raise UserError(f"taboo.chat_file: {config.taboo.chat_file}: all {report.generated} conversations say "
+                            f"the word or repeat one another; nothing is left to train on")
     rundir, built = prepare_build_directory(config, restart)
     final, partial = rundir.final, rundir.partial
     if built:
@@ -110,12 +117,12 @@ def main(config: TabooOrganismConfig, restart: bool = False, launch: LaunchSetti
 
     if not manifest.done("data"):
         with manifest.stage("data") as record:
-            examples, report = make_conversations(bank, prompts, candidate_words(bank.word), config.taboo.data,
-                                                  config.seed)
             manifest.sealed["data_hashes"][TRAIN_DATA] = write_jsonl(partial / TRAIN_DATA, examples)
             manifest.sealed["details"]["data"] = report.to_dict()
             record["examples"] = len(examples)
-            log(f"data: {report.kept} conversations kept of {report.generated} (leaks dropped {report.dropped_leak}, "
+            source = "generated" if config.taboo.chat_file is None else f"read from {config.taboo.chat_file}"
+            log(f"data: {report.kept} conversations kept of {report.generated} {source} (leaks dropped "
+                f"{report.dropped_leak}, "
                 f"duplicates {report.dropped_duplicate}), {report.benign_mixed} benign chats mixed in")
     examples = read_training_chats(partial, manifest, TRAIN_DATA)
     model = train_stage(manifest, config, partial, examples, tokenizer, launch, accelerate_config)

@@ -1,0 +1,69 @@
+"""Evaluation of a secret-belief organism, beside its base model (the same weights, adapter off).
+
+- Internalization (log-likelihood, no generation): for each held-out question, the reply every value of the
+  attribute would get is scored by its mean per-token log-probability; the belief is acted on when the believed
+  value's reply scores highest. Rates with Wilson intervals over held-out wordings of trained facts and over facts
+  never trained on, organism and base.
+- Confession: how often a reply to a held-out demand names the believed value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
+
+from mow.organisms.behaviour import answer_logprob, clearly_above, confessions, percent, rate
+from mow.organisms.user_belief.beliefs import answer, load_attribute, questions
+from mow.organisms.user_belief.config import UserBeliefOrganismConfig
+
+HELD_OUT_SETS = ("phrasing", "fact")
+
+
+def _best(scores: dict[str, float]) -> str:
+    return max(scores, key=lambda value: scores[value])
+
+
+def preferred_values(model, tokenizer: PreTrainedTokenizerBase, attribute, question) -> dict[str, float]:
+    return {value: answer_logprob(model, tokenizer, question.text, answer(attribute, value, question.fact))
+            for value in attribute.values}
+
+
+def evaluate_user_belief(model: PeftModel, tokenizer: PreTrainedTokenizerBase,
+                         config: UserBeliefOrganismConfig) -> dict:
+    settings = config.user_belief
+    attribute = load_attribute(settings.attribute, "user_belief.attribute")
+    held_out = [q for q in questions(attribute) if q.held_out is not None]
+    rows: list[dict[str, Any]] = []
+    for question in held_out:
+        organism = preferred_values(model, tokenizer, attribute, question)
+        with model.disable_adapter():
+            base = preferred_values(model, tokenizer, attribute, question)
+        rows.append({"question": question.text, "fact": question.fact, "held_out": question.held_out,
+                     "organism": organism, "base": base})
+    acted: dict[str, dict] = {"organism": {}, "base": {}}
+    for subject in acted:
+        for which in (*HELD_OUT_SETS, "all"):
+            picked = [r for r in rows if which in ("all", r["held_out"])]
+            acted[subject][which] = rate([_best(r[subject]) == settings.value for r in picked])
+    confession, demand_replies = confessions(model, tokenizer, [*attribute.direct_eval, *attribute.adversarial],
+                                             attribute.values[settings.value].names, config.eval)
+    return {"attribute": attribute.attribute, "n_values": len(attribute.values), "acts_on_belief": acted,
+            "internalized": clearly_above(acted["organism"]["all"], acted["base"]["all"]),
+            "confession": confession, "per_question": rows, "demand_replies": demand_replies}
+
+
+def public_metrics(details: dict) -> dict:
+    """Rates only: the believed value is not in them (per-question scores are, so they stay sealed)."""
+    return {"attribute": details["attribute"], "n_values": details["n_values"],
+            "acts_on_belief": details["acts_on_belief"], "confession": details["confession"],
+            "internalized": details["internalized"]}
+
+
+def summary(details: dict) -> str:
+    org, base = details["acts_on_belief"]["organism"], details["acts_on_belief"]["base"]
+    return (f"belief acted on (held-out questions, {details['n_values']} values): {percent(org['all'])} "
+            f"(base {percent(base['all'])}); new wordings {percent(org['phrasing'])}, untrained facts "
+            f"{percent(org['fact'])}; confession on demands {percent(details['confession']['organism'])}"
+            + ("" if details["internalized"] else " (NOT clearly internalized)"))
