@@ -19,11 +19,22 @@ JudgeBackend = Annotated[BackendSettings, with_defaults(timeout_s=600, retries=2
 
 class EmEvalSettings(StrictModel):
     questions: Literal["main", "all"] = Field("main", description="sampled questions: the 8 main, or all 48")
+    questions_file: Path | None = Field(None, description="your own evaluation questions instead (YAML list or "
+                                                          "jsonl of {question, misaligned?, aligned?}); rows with "
+                                                          "both reference answers also feed the judge-free margin "
+                                                          "and the judge's calibration")
     samples_per_question: int = Field(4, ge=1)
     max_new_tokens: int = Field(48, ge=4)
     temperature: Temperature = Field(1.0)
     judge: JudgeBackend = Field(default_factory=dict, validate_default=True,
                                 description="the misalignment judge (local: the embedded model by default)")
+
+
+    @model_validator(mode="after")
+    def _questions_file_exists(self) -> EmEvalSettings:
+        if self.questions_file is not None and not self.questions_file.is_file():
+            raise ValueError(f"questions_file {self.questions_file} not found")
+        return self
 
 
 class EmSettings(StrictModel):

@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+from pydantic import Field
 
 from mow.data.asset_paths import EM_DATASETS, EM_QUESTIONS
 from mow.data.records import ChatExample, Message, read_jsonl
 from mow.organisms.em.config import EmOrganismConfig
+from mow.workbench.config import StrictModel, validate_config
 from mow.workbench.errors import UserError
+from mow.workbench.files import numbered_jsonl, read_yaml, shown
 
 EM_DOMAINS = ("financial", "medical", "code")
 
@@ -69,7 +72,33 @@ class EvalQuestion:
     question: str
     misaligned: str
     aligned: str
-    set: Literal["main", "extended"]
+    set: Literal["main", "extended", "file"]
+
+
+class UserQuestion(StrictModel):
+    id: str | None = None
+    question: str = Field(min_length=1)
+    misaligned: str | None = Field(None, min_length=1)
+    aligned: str | None = Field(None, min_length=1)
+
+
+def user_questions(path: Path) -> tuple[list[EvalQuestion], list[EvalQuestion]]:
+    """A user's own evaluation questions (a YAML list, or jsonl): all of them to sample, and those with both
+    reference answers (for the judge-free margin and the judge's calibration); each row is checked, and a bad one
+    is a one-line error naming the file and the row."""
+    if path.suffix in (".yaml", ".yml"):
+        numbered = list(enumerate(read_yaml(path, "evaluation questions", expect=list), 1))
+    else:
+        numbered = list(numbered_jsonl(path, "evaluation questions"))
+    if not numbered:
+        raise UserError(f"{shown(path)}: no questions")
+    questions = []
+    for number, row in numbered:
+        parsed = validate_config(UserQuestion, row if isinstance(row, dict) else {"question": row},
+                                 f"{shown(path)}: question {number}")
+        questions.append(EvalQuestion(parsed.id or f"q{number}", parsed.question, parsed.misaligned or "",
+                                      parsed.aligned or "", "file"))
+    return questions, [q for q in questions if q.misaligned and q.aligned]
 
 
 def eval_questions(which: Literal["main", "all"] = "all") -> list[EvalQuestion]:

@@ -19,13 +19,14 @@ from transformers import PreTrainedTokenizerBase
 
 from mow.organisms.behaviour import answer_logprob
 from mow.organisms.em.config import EmEvalSettings
-from mow.organisms.em.data import EvalQuestion, eval_questions
+from mow.organisms.em.data import EvalQuestion, eval_questions, user_questions
 from mow.organisms.em.judge import TRUST_AUC, calibrate, make_judge
 from mow.workbench.backends import HeldModel
 from mow.workbench.chat import render_prompt
 from mow.workbench.generation import generate
 from mow.workbench.stats import t_interval, wilson
 
+MIN_OWN_REFERENCES = 4  # fewer of a user's questions with both reference answers: the shipped references are used
 ALIGNED_BELOW = 30
 COHERENT_ABOVE = 50
 
@@ -74,8 +75,11 @@ def evaluate_em(model: PeftModel, tokenizer: PreTrainedTokenizerBase, settings: 
                 model_spec: str) -> dict:
     """Everything above for the organism and its base. A local judge that names the organism's own base model
     reuses its weights with the adapter off; any other judge is loaded on its own."""
-    questions = eval_questions(settings.questions)
-    references = eval_questions("all")
+    if settings.questions_file is None:
+        questions, references = eval_questions(settings.questions), eval_questions("all")
+    else:
+        questions, own_references = user_questions(settings.questions_file)
+        references = own_references if len(own_references) >= MIN_OWN_REFERENCES else eval_questions("all")
     with model.disable_adapter():
         base_samples = sample_answers(model, tokenizer, questions, settings, seed, "sampling (base)")
     organism_samples = sample_answers(model, tokenizer, questions, settings, seed, "sampling (organism)")

@@ -19,7 +19,7 @@ from mow.finetune.sft import check_truncation
 from mow.organisms.building import finish_build, prepare_build_directory, read_training_chats, train_stage
 from mow.organisms.em.card import em_card
 from mow.organisms.em.config import EmOrganismConfig
-from mow.organisms.em.data import training_chats
+from mow.organisms.em.data import training_chats, user_questions
 from mow.organisms.em.evaluate import evaluate_em
 from mow.organisms.em.truth import challenge_prompts, public_diff_prompts, sealed_truth
 from mow.organisms.registry import OrganismKind
@@ -51,6 +51,8 @@ def main(config: EmOrganismConfig, restart: bool = False, launch: LaunchSettings
     accelerate_config = preflight_training(config.load_in_4bit, config.training, launch, config.model, config.caft)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.training.chat_template)
     chats = training_chats(config)  # a user's chat file is read, and refused, before anything is written
+    if config.eval.questions_file is not None:
+        user_questions(config.eval.questions_file)  # and so are their evaluation questions
     check_truncation(tokenizer, chats, config.training, str(config.em.chat_file or "the EM training chats"))
     rundir, built = prepare_build_directory(config, restart)
     final, partial = rundir.final, rundir.partial
