@@ -17,7 +17,7 @@ from mow.workbench.chat import fit_messages, render_prompt, training_tokenizer
 from mow.workbench.generation import generate, model_device
 from mow.workbench.stats import wilson
 
-EVAL_QUESTIONS = 40
+EVAL_QUESTIONS = 32  # two batches of the default 16
 
 
 def held_out_questions(n: int = EVAL_QUESTIONS) -> list[str]:
