@@ -95,9 +95,10 @@ class ChallengeConfig(StrictModel):
     methods: list[str] = Field(default_factory=lambda: list(DEFAULT_METHODS), min_length=1)
     prompt_set: Literal["per_method", "standard", "direct"] = Field(
         "per_method", description="the user turns every method starts from: standard (the model uses its secret), "
-                                  "direct (demands to reveal it), or per_method (each method's own: prefill and "
-                                  "hint_guess standard, direct and user_persona direct); run the challenge once per "
-                                  "set and the leaderboard reports them side by side")
+                                  "direct (demands to reveal it), or per_method (each method's own: the standard "
+                                  "prompts for prefill, prefill_fuzzing, hint_guess and the lens methods, the direct "
+                                  "ones for the rest); run the challenge once per set and the leaderboard reports "
+                                  "them side by side")
     controls: list[Literal["base"]] = Field(["base"], description="control subjects run beside the organism")
     diff_dir: Path | None = Field(None, description="a finished `mow diff` of the organism, for the diff-based "
                                                     "methods (crosscoder_latents, kl_suppressed)")

@@ -119,7 +119,7 @@ def test_each_new_kind_builds_seals_and_plays_a_challenge_in_its_own_words(kind,
     assert f"tiny-{kind}: a" in (organism / "card.md").read_text()
     capsys.readouterr()
     out = tmp_path / "challenges"
-    assert main(["elicit", str(organism), "--methods", "prefill,user_persona,fuzzing,prefill_fuzzing,hint_guess",
+    assert main(["elicit", str(organism), "--methods", "prefill,user_persona,fuzzing,prefill_fuzzing",
                  "--out", str(out), "--set", "attempts=2", "--set", "max_new_tokens=4",
                  "--set", "black_box.continuation_tokens=3", "--set", "fuzzing.scales=[0.1,0.5]"]) == 0
     printed = capsys.readouterr().out
