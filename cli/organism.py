@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 from mow.cli.flags import add_run_flags, number_in
@@ -69,13 +68,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
+    from mow.finetune.lora import amplified
     from mow.organisms.store import load_organism
     from mow.workbench.chat import render_prompt
     from mow.workbench.generation import generate
 
     organism = load_organism(args.dir)
     history: list[dict[str, str]] = []
-    print(f"Talking to {organism.path.name}. /reset starts over, /base toggles the base model, /quit leaves.")
+    amplification = "" if args.amplify == 1 else f" at {args.amplify:g}x its weight change"
+    print(f"Talking to {organism.path.name}{amplification}. /reset starts over, /base toggles the base model, "
+          "/quit leaves.")
     use_base = False
     while True:
         try:
@@ -94,7 +96,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
             continue
         history.append({"role": "user", "content": line})
         prompt = render_prompt(organism.tokenizer, history)
-        with organism.model.disable_adapter() if use_base else nullcontext():
+        with organism.model.disable_adapter() if use_base else amplified(organism.model, args.amplify):
             answer = generate(organism.model, organism.tokenizer, [prompt], max_new_tokens=args.max_new_tokens,
                               temperature=args.temperature)[0]
         history.append({"role": "assistant", "content": answer})
@@ -157,6 +159,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     chat.add_argument("dir", type=Path)
     chat.add_argument("--temperature", type=number_in(float, 0, 10), default=0.0, help="0 (greedy) to 10")
     chat.add_argument("--max-new-tokens", type=number_in(int, 1, 8192), default=128)
+    chat.add_argument("--amplify", type=number_in(float, 0.01, 100), default=1.0,
+                      help="talk to the organism at ALPHA times its weight change (alpha > 1 exaggerates it)")
     chat.set_defaults(func=cmd_chat)
     listing = osub.add_parser("list", help="list organisms under a directory")
     listing.add_argument("root", nargs="?", type=Path, default=Path("runs/organisms"))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import PreTrainedModel, set_seed
 
@@ -68,3 +71,20 @@ def check_lora_against_model(settings: LoraSettings, spec: str, trust_remote_cod
                 leaves = sorted({name.rsplit(".", 1)[-1] for name in names if "layers." in name})
                 raise UserError(f"lora.target_modules: {target!r} matches no module of {spec!r} "
                                 f"(its layers have: {', '.join(leaves)})")
+
+
+@contextmanager
+def amplified(model: nn.Module, alpha: float) -> Iterator[int]:
+    """Run the model at alpha·ΔW: every active LoRA layer's scale multiplied by `alpha` while the context is open
+    (alpha > 1 exaggerates what fine-tuning changed, as in weight amplification; 1 is the organism, 0 its base).
+    Yields the number of LoRA layers scaled (0 for a model without an adapter, which is left as it is)."""
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    if alpha == 0:
+        raise ValueError("amplification 0 is the base model: use disable_adapter()")
+    for layer in layers:
+        layer.scale_layer(alpha)
+    try:
+        yield len(layers)
+    finally:
+        for layer in layers:
+            layer.unscale_layer(alpha)

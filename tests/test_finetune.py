@@ -144,3 +144,33 @@ def test_locality_term_holds_the_base_distribution_on_its_texts(tokenizer, tmp_p
     held = _kl_after_training(tokenizer, tmp_path, "held", _locality_term(tokenizer, weight=20.0))
     assert free > 0.01
     assert held < 0.5 * free
+
+
+def test_amplification_scales_each_layers_weight_change_and_restores_it():
+    """alpha·ΔW, layer by layer: at alpha 3 a LoRA layer's output is base + 3 (organism - base); leaving the
+    context gives the organism back exactly, and a model without an adapter is left alone."""
+    from peft.tuners.lora import LoraLayer
+
+    from mow.finetune.lora import amplified
+
+    model = attach_lora(load_model(TINY, seed=0), LoraSettings(r=4, alpha=8), seed=1)
+    layer = next(m for m in model.modules() if isinstance(m, LoraLayer))
+    for name, param in layer.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)  # a fresh adapter's B is zero: give it a weight change
+    x = torch.randn(2, 5, layer.in_features)
+    with torch.no_grad():
+        organism = layer(x)
+        with model.disable_adapter():
+            base = layer(x)
+        with amplified(model, 3.0) as scaled:
+            tripled = layer(x)
+        after = layer(x)
+    assert scaled > 0
+    torch.testing.assert_close(tripled, base + 3 * (organism - base), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(after, organism)
+    plain = load_model(TINY, seed=0)
+    with amplified(plain, 4.0) as scaled:
+        assert scaled == 0
+    with pytest.raises(ValueError, match="disable_adapter"), amplified(model, 0.0):
+        pass

@@ -119,7 +119,7 @@ def test_each_new_kind_builds_seals_and_plays_a_challenge_in_its_own_words(kind,
     assert f"tiny-{kind}: a" in (organism / "card.md").read_text()
     capsys.readouterr()
     out = tmp_path / "challenges"
-    assert main(["elicit", str(organism), "--methods", "prefill,user_persona,fuzzing,prefill_fuzzing",
+    assert main(["elicit", str(organism), "--methods", "prefill,user_persona,fuzzing,prefill_fuzzing,amplified_sampling",
                  "--out", str(out), "--set", "attempts=2", "--set", "max_new_tokens=4",
                  "--set", "black_box.continuation_tokens=3", "--set", "fuzzing.scales=[0.1,0.5]"]) == 0
     printed = capsys.readouterr().out
@@ -133,6 +133,8 @@ def test_each_new_kind_builds_seals_and_plays_a_challenge_in_its_own_words(kind,
     fuzzed = json.loads((run / "methods" / "prefill_fuzzing" / "organism.json").read_text())
     assert fuzzed["status"] == "ok" and len(fuzzed["attempts"]) == 4  # 2 prompts x 2 scales
     assert fuzzed["evidence"]["scales"] == [0.1, 0.5] and fuzzed["evidence"]["mean_residual_norm"] > 0
+    amplified = json.loads((run / "methods" / "amplified_sampling" / "organism.json").read_text())
+    assert len(amplified["attempts"]) == 4 and amplified["evidence"]["lora_layers_scaled"] > 0  # 2 prompts x 2 alphas
     scores = json.loads((run / "scores.json").read_text())
     assert scores["kind"] == kind and scores["n_candidates"] >= 2
 

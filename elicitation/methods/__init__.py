@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mow.elicitation.config import BASELINE, BLACK_BOX, WHITE_BOX
-from mow.elicitation.methods import blackbox, fuzzing, whitebox
+from mow.elicitation.methods import amplification, blackbox, fuzzing, whitebox
 from mow.elicitation.methods.base import MethodResult, MethodUnavailable
 from mow.workbench.errors import UserError
 
@@ -30,6 +30,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("hint_guess", BASELINE, blackbox.hint_guess),
     Method("fuzzing", WHITE_BOX, fuzzing.fuzzing),
     Method("prefill_fuzzing", WHITE_BOX, fuzzing.prefill_fuzzing),
+    Method("amplified_sampling", WHITE_BOX, amplification.amplified_sampling),
     Method("logit_lens", WHITE_BOX, whitebox.logit_lens_method),
     Method("embedding_similarity", WHITE_BOX, whitebox.embedding_similarity),
     Method("diff_lens", WHITE_BOX, whitebox.diff_lens),
