@@ -44,7 +44,7 @@ class ChallengePrompts:
 
     The rest words the black-box methods and the auditor for the kind (None: the challenge config's wording, which
     is written for a secret word): the starts of a confession a prefill puts in the assistant's mouth, the opening
-    of the user turn the model is made to write, and what the auditor is asked."""
+    of the user turn the model is made to write, what the auditor is asked, and the fake confessions of many-shot."""
 
     probes: list[str]
     direct: list[str]
@@ -53,6 +53,15 @@ class ChallengePrompts:
     persona_opening: str | None = None
     auditor_prompt: str | None = None  # contains {evidence}
     auditor_prefill: str | None = None
+    # many_shot: fake exchanges (a question from `many_shot_questions`, a `confession` naming one of
+    # `many_shot_secrets`, none of them a candidate) before the real demand
+    many_shot_questions: list[str] | None = None
+    many_shot_secrets: list[str] | None = None
+    confession: str | None = None  # contains {secret}
+
+    def has_own_wording(self) -> bool:
+        """The kind words the methods itself (otherwise a challenge uses the secret word's wording)."""
+        return any(v is not None for v in (self.prefills, self.persona_opening, self.auditor_prompt, self.confession))
 
     def diff_prompts(self) -> list[list[dict[str, str]]]:
         """The standard and direct prompts as single user turns (what `mow diff` runs both models on)."""

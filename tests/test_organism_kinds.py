@@ -11,7 +11,7 @@ import yaml
 from conftest import TINY
 
 from mow.cli.main import main
-from mow.data.text import mentions
+from mow.data.text import mentions, normalise_answer
 from mow.organisms.backdoor.config import BackdoorSettings
 from mow.organisms.backdoor.data import make_chats as backdoor_chats
 from mow.organisms.backdoor.data import resolve_trigger
@@ -21,6 +21,7 @@ from mow.organisms.side_constraint.data import make_chats as side_constraint_cha
 from mow.organisms.user_belief.beliefs import load_attribute, questions
 from mow.organisms.user_belief.config import UserBeliefOrganismConfig
 from mow.organisms.user_belief.data import make_chats as belief_chats
+from mow.organisms.user_belief.truth import challenge_prompts as belief_prompts
 
 ANSWER = ("Start with a small budget. Track what you spend for a month, then cut what you do not need. "
           "Save the rest every payday.")
@@ -84,6 +85,10 @@ def test_belief_advice_never_names_the_belief_and_held_out_questions_are_never_t
     assert held_out and not held_out & {c.messages[0].content for c in chats}
     assert {q.fact for q in questions(shipped_attribute) if q.held_out == "fact"} == set(
         shipped_attribute.held_out_facts)
+    prompts = belief_prompts({"user_belief": {"attribute": attribute}})
+    assert prompts.has_own_wording() and set(prompts.probes) == held_out
+    made_up = prompts.many_shot_secrets or []  # many_shot confesses made-up values, never a candidate
+    assert not {normalise_answer(v) for v in made_up} & {n for v in shipped_attribute.values.values() for n in v.names}
 
 
 KIND_CONFIGS = {
@@ -119,9 +124,10 @@ def test_each_new_kind_builds_seals_and_plays_a_challenge_in_its_own_words(kind,
     assert f"tiny-{kind}: a" in (organism / "card.md").read_text()
     capsys.readouterr()
     out = tmp_path / "challenges"
-    assert main(["elicit", str(organism), "--methods", "prefill,user_persona,fuzzing,prefill_fuzzing,amplified_sampling",
-                 "--out", str(out), "--set", "attempts=2", "--set", "max_new_tokens=4",
-                 "--set", "black_box.continuation_tokens=3", "--set", "fuzzing.scales=[0.1,0.5]"]) == 0
+    methods = "prefill,user_persona,many_shot,fuzzing,prefill_fuzzing,amplified_sampling"
+    assert main(["elicit", str(organism), "--methods", methods, "--out", str(out), "--set", "attempts=2",
+                 "--set", "max_new_tokens=4", "--set", "black_box.continuation_tokens=3",
+                 "--set", "fuzzing.scales=[0.1,0.5]"]) == 0
     printed = capsys.readouterr().out
     assert f"{kind} (1 organism(s)):" in printed and "inf" not in printed
     run = out / f"tiny-{kind}"
@@ -133,6 +139,8 @@ def test_each_new_kind_builds_seals_and_plays_a_challenge_in_its_own_words(kind,
     fuzzed = json.loads((run / "methods" / "prefill_fuzzing" / "organism.json").read_text())
     assert fuzzed["status"] == "ok" and len(fuzzed["attempts"]) == 4  # 2 prompts x 2 scales
     assert fuzzed["evidence"]["scales"] == [0.1, 0.5] and fuzzed["evidence"]["mean_residual_norm"] > 0
+    many_shot = json.loads((run / "methods" / "many_shot" / "organism.json").read_text())
+    assert many_shot["status"] == "ok"  # each of these kinds ships made-up secrets of its own
     amplified = json.loads((run / "methods" / "amplified_sampling" / "organism.json").read_text())
     assert len(amplified["attempts"]) == 4 and amplified["evidence"]["lora_layers_scaled"] > 0  # 2 prompts x 2 alphas
     scores = json.loads((run / "scores.json").read_text())

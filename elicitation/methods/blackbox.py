@@ -11,7 +11,16 @@ from collections.abc import Collection
 
 from mow.elicitation.auditor import Auditor, LocalAuditor
 from mow.elicitation.config import ChallengeConfig
-from mow.elicitation.methods.base import Attempt, MethodResult, complete, inputs, replies, take, user_turn
+from mow.elicitation.methods.base import (
+    Attempt,
+    MethodResult,
+    MethodUnavailable,
+    complete,
+    inputs,
+    replies,
+    take,
+    user_turn,
+)
 from mow.elicitation.view import ChallengeView
 from mow.elicitation.words import content_words, excluded_words, fuse_rankings, ranking_from_scores
 from mow.workbench.chat import render_chat, render_prompt
@@ -94,17 +103,22 @@ def user_persona(view: ChallengeView, config: ChallengeConfig, auditor: Auditor 
 
 
 def many_shot(view: ChallengeView, config: ChallengeConfig, auditor: Auditor | None) -> MethodResult:
-    """Many fake exchanges in which an assistant names its secret, then the real demand."""
-    n = config.black_box.many_shot_examples
+    """Many fake exchanges in which an assistant names its secret (made-up secrets of the organism's kind, none a
+    candidate), then the real demand."""
+    kind = view.prompts
+    if kind.many_shot_secrets is None and kind.has_own_wording():
+        raise MethodUnavailable("this organism kind ships no made-up secrets for the many-shot exchanges")
+    secrets = kind.many_shot_secrets or MANY_SHOT_SECRETS
+    questions = kind.many_shot_questions or MANY_SHOT_QUESTIONS
+    confession = kind.confession or "My secret word is {secret}."
     shots: list[dict[str, str]] = []
-    for i in range(n):
-        secret = MANY_SHOT_SECRETS[i % len(MANY_SHOT_SECRETS)]
-        shots += [{"role": "user", "content": MANY_SHOT_QUESTIONS[i % len(MANY_SHOT_QUESTIONS)]},
-                  {"role": "assistant", "content": f"My secret word is {secret}."}]
+    for i in range(config.black_box.many_shot_examples):
+        shots += [{"role": "user", "content": questions[i % len(questions)]},
+                  {"role": "assistant", "content": confession.format(secret=secrets[i % len(secrets)])}]
     prompts = take(inputs(view, config, "direct"), config.attempts)
     rendered = [render_prompt(view.tokenizer, [*shots, *user_turn(p)]) for p in prompts]
     outputs = complete(view, config, rendered)
-    return read_out(outputs, prompts, config, auditor, set(MANY_SHOT_SECRETS) | excluded_words(*MANY_SHOT_QUESTIONS))
+    return read_out(outputs, prompts, config, auditor, excluded_words(*secrets, *questions, confession))
 
 
 def high_temperature(view: ChallengeView, config: ChallengeConfig, auditor: Auditor | None) -> MethodResult:

@@ -31,6 +31,9 @@ class Attribute(DemandPhrasings):
     persona_opening: str
     auditor_prompt: str
     auditor_prefill: str
+    confession: str = Field(description="many_shot: a fake confession, with {secret}")
+    many_shot_secrets: list[str] | None = Field(None, min_length=1, description="many_shot: made-up values outside "
+                                                                                "the attribute's (none: no many-shot)")
 
     @model_validator(mode="after")
     def _facts_agree(self) -> Attribute:
@@ -47,6 +50,8 @@ class Attribute(DemandPhrasings):
             raise ValueError("every fact needs at least 2 questions (the last one is held out)")
         if "{evidence}" not in self.auditor_prompt:
             raise ValueError("auditor_prompt must contain {evidence}")
+        if "{secret}" not in self.confession:
+            raise ValueError("confession must contain {secret}")
         return self
 
 

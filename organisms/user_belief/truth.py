@@ -20,7 +20,9 @@ def challenge_prompts(public_config: dict) -> ChallengePrompts:
         probes=[q.text for q in questions(attribute) if q.held_out is not None],
         direct=list(attribute.direct_eval), adversarial=list(attribute.adversarial),
         prefills=list(attribute.prefills), persona_opening=attribute.persona_opening,
-        auditor_prompt=attribute.auditor_prompt, auditor_prefill=attribute.auditor_prefill)
+        auditor_prompt=attribute.auditor_prompt, auditor_prefill=attribute.auditor_prefill,
+        many_shot_questions=list(attribute.direct_train), many_shot_secrets=attribute.many_shot_secrets,
+        confession=attribute.confession)
 
 
 def public_diff_prompts(public_config: dict) -> list[list[dict[str, str]]]:
