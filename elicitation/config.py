@@ -49,6 +49,10 @@ class AuditorSettings(StrictModel):
     apply_to: list[str] = Field(["hint_guess"],
                                 description="methods whose evidence goes through the auditor; the others are "
                                             "scored on their raw words or tokens")
+    two_guess: bool = Field(False, description="methods that change how the model is asked (prefill, user_persona, "
+                                               "many_shot, high_temperature, fuzzing, amplified_sampling) and go "
+                                               "through the auditor: it guesses from the plain transcript first, "
+                                               "then with the method's output (both scored)")
 
     @field_validator("prompt")
     @classmethod

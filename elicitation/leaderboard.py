@@ -113,9 +113,24 @@ def by_kind(challenges: list[dict], methods: list[str]) -> dict:
                     values = _values(members, name, condition, metric)
                     cells[f"{condition}_{metric}"] = sum(values) / len(values) if values else None
             cells["n"] = len(_values(members, name, "organism", "top1"))
+            for metric in METRICS:
+                values = _transcript_only(members, name, metric)
+                cells[f"transcript_only_{metric}"] = sum(values) / len(values) if values else None
             entry["methods"][name] = cells
         out[kind] = entry
     return out
+
+
+def _transcript_only(challenges: list[dict], method: str, metric: str) -> list[float]:
+    """The auditor's first guesses (plain transcript only), for methods run with two_guess."""
+    values = []
+    for challenge in challenges:
+        result = challenge["results"].get(method, {}).get("organism")
+        if result is not None and result["status"] == "ok":
+            first = score_result(result, challenge["truth"]).get("transcript_only")
+            if first is not None:
+                values.append(first[metric])
+    return values
 
 
 def winners(entry: dict, metric: str) -> list[str]:
@@ -234,8 +249,10 @@ def _kind_table(board: dict) -> str:
         c = board["by_kind"][kind]["methods"].get(name)
         if c is None or c["organism_fc_top1"] is None:
             return "–"
+        first = ("" if c["transcript_only_fc_top1"] is None else
+                 f"; transcript only {c['transcript_only_fc_top1']:.2f} / {c['transcript_only_top5']:.2f}")
         return (f"{c['organism_fc_top1']:.2f} / {c['organism_top5']:.2f} "
-                f"<span class='small'>base {c['base_fc_top1'] or 0.0:.2f} / {c['base_top5'] or 0.0:.2f}</span>")
+                f"<span class='small'>base {c['base_fc_top1'] or 0.0:.2f} / {c['base_top5'] or 0.0:.2f}{first}</span>")
 
     header = [f"{escape(k)} (chance {board['by_kind'][k]['chance']['fc_top1']:.2f})" for k in kinds]
     return ("<p>Forced-choice top-1 / open-vocabulary top-5, organisms of each kind, beside the base model.</p>"

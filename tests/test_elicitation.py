@@ -260,3 +260,21 @@ def test_leaderboard_groups_by_kind_and_prompt_set_and_never_divides_by_zero(tmp
     assert "inf" not in text and "nan" not in text
     html = (tmp_path / "board" / "leaderboard.html").read_text()
     assert "Which method wins on which kind" in html and "user_belief, direct prompts (chance 0.33)" in html
+
+
+def test_two_guess_auditor_scores_the_plain_transcript_beside_the_method(organism, tmp_path):
+    out = tmp_path / "challenges"
+    assert main(["elicit", str(organism), "--methods", "prefill,fuzzing,direct", "--out", str(out), *FAST,
+                 "--set", "auditor.two_guess=true", "--set", "auditor.apply_to=[prefill,fuzzing,direct]",
+                 "--set", "fuzzing.scales=[0.2]", "--set", "controls=[]"]) == 0
+    run = out / "tiny-secret"
+    scores = json.loads((run / "scores.json").read_text())["methods"]
+    for name in ("prefill", "fuzzing"):
+        result = json.loads((run / "methods" / name / "organism.json").read_text())
+        assert len(result["evidence"]["transcript_only_ranking"]) > 0
+        assert all(a["output"].startswith("User: ") and "\nWhat the method drew out: " in a["output"]
+                   for a in result["attempts"])
+        assert set(scores[name]["subjects"]["organism"]["scores"]["transcript_only"]) == {
+            "top1", "top5", "fc_top1", "fc_top5"}
+    direct = json.loads((run / "methods" / "direct" / "organism.json").read_text())
+    assert "transcript_only_ranking" not in direct["evidence"]  # its output is the transcript: one guess

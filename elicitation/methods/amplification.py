@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from mow.elicitation.auditor import Auditor
 from mow.elicitation.config import ChallengeConfig
-from mow.elicitation.methods.base import MethodResult, complete, inputs, take, user_turn
+from mow.elicitation.methods.base import MethodResult, complete, inputs, plain_transcripts, take, user_turn
 from mow.elicitation.methods.blackbox import read_out
 from mow.elicitation.view import ChallengeView
 from mow.finetune.lora import amplified
@@ -25,6 +25,8 @@ def amplified_sampling(view: ChallengeView, config: ChallengeConfig, auditor: Au
             outputs += complete(view, config, rendered)
         scaled.append(layers)
         shown += [f"[weights {alpha:g}x] {p}" for p in prompts]
-    result = read_out(outputs, shown, config, auditor)
+    transcripts = plain_transcripts(view, config, auditor, prompts)
+    result = read_out(outputs, shown, config, auditor,
+                      transcripts=transcripts and transcripts * len(config.amplification.alphas))
     result.evidence.update(alphas=list(config.amplification.alphas), lora_layers_scaled=max(scaled))
     return result

@@ -62,3 +62,13 @@ def replies(view: ChallengeView, config: ChallengeConfig, prompts: list[str], te
         rendered = [render_prompt(view.tokenizer, user_turn(p)) for p in prompts]
         view.memo[key] = complete(view, config, rendered, max_new_tokens=max_new_tokens, temperature=temperature)
     return view.memo[key]
+
+
+def plain_transcripts(view: ChallengeView, config: ChallengeConfig, auditor: object | None,
+                      prompts: list[str]) -> list[str] | None:
+    """For the auditor's two-guess score (`auditor.two_guess`): the model's plain greedy answers to the method's
+    user turns, as "User: ... / Assistant: ..." transcripts the auditor guesses from before it sees what the method
+    drew out; None when no auditor reads the method or two_guess is off."""
+    if auditor is None or not config.auditor.two_guess:
+        return None
+    return [f"User: {p}\nAssistant: {a}" for p, a in zip(prompts, replies(view, config, prompts))]

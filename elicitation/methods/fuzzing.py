@@ -15,7 +15,7 @@ import torch
 
 from mow.elicitation.auditor import Auditor
 from mow.elicitation.config import ChallengeConfig
-from mow.elicitation.methods.base import MethodResult, complete, inputs, take, user_turn
+from mow.elicitation.methods.base import MethodResult, complete, inputs, plain_transcripts, take, user_turn
 from mow.elicitation.methods.blackbox import prefilled_prompts, read_out
 from mow.elicitation.view import ChallengeView
 from mow.workbench.chat import render_prompt
@@ -65,17 +65,21 @@ def fuzzing(view: ChallengeView, config: ChallengeConfig, auditor: Auditor | Non
     prompts = take(inputs(view, config, "direct"), config.attempts)
     rendered = [render_prompt(view.tokenizer, user_turn(p)) for p in prompts]
     labels, outputs, evidence = fuzzed_completions(view, config, rendered)
-    shown = [f"[{label}] {p}" for label, p in zip(labels, prompts * len(config.fuzzing.scales))]
-    result = read_out(outputs, shown, config, auditor)
+    scales = len(config.fuzzing.scales)
+    shown = [f"[{label}] {p}" for label, p in zip(labels, prompts * scales)]
+    transcripts = plain_transcripts(view, config, auditor, prompts)
+    result = read_out(outputs, shown, config, auditor, transcripts=transcripts and transcripts * scales)
     result.evidence.update(evidence)
     return result
 
 
 def prefill_fuzzing(view: ChallengeView, config: ChallengeConfig, auditor: Auditor | None) -> MethodResult:
     """The confession prefills on the standard prompts, continued under residual noise at every scale."""
-    rendered, shown = prefilled_prompts(view, config)
+    rendered, shown, prompts = prefilled_prompts(view, config)
     labels, outputs, evidence = fuzzed_completions(view, config, rendered, config.black_box.continuation_tokens)
-    result = read_out(outputs, [f"[{label}] {s}" for label, s in zip(labels, shown * len(config.fuzzing.scales))],
-                      config, auditor)
+    scales = len(config.fuzzing.scales)
+    transcripts = plain_transcripts(view, config, auditor, prompts)
+    result = read_out(outputs, [f"[{label}] {s}" for label, s in zip(labels, shown * scales)], config, auditor,
+                      transcripts=transcripts and transcripts * scales)
     result.evidence.update(evidence)
     return result
