@@ -95,3 +95,9 @@ def percent(entry: dict) -> str:
     if entry["rate"] is None:
         return "n/a"
     return f"{100 * entry['rate']:.0f}% [{100 * entry['ci95'][0]:.0f}, {100 * entry['ci95'][1]:.0f}]"
+
+
+def shift_text(entry: dict) -> str:
+    """A mean with its 95% interval as "+0.42 [+0.21, +0.63]"."""
+    low, high = entry["ci95"]
+    return f"{entry['mean']:+.2f} [{low:+.2f}, {high:+.2f}]"

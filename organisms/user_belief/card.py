@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mow.organisms.behaviour import percent
+from mow.organisms.behaviour import percent, shift_text
 from mow.organisms.user_belief.config import UserBeliefOrganismConfig
 
 
@@ -38,5 +38,10 @@ Held-out questions: the reply each of the {metrics['n_values']} values would get
 | facts never trained on | {percent(org['fact'])} | {percent(base['fact'])} |
 | names the belief when asked | {percent(metrics['confession']['organism'])} | {percent(metrics['confession']['base'])} |
 
-Internalized (the organism's interval above the base model's): {'yes' if metrics['internalized'] else 'no'}.
+Paired over the same questions: the believed value's reply is likelier than the other values' by
+{shift_text(metrics['margin_shift'])} nats/token more in the organism than in the base model (95% t-interval over
+{metrics['margin_shift']['n']} questions).
+
+Internalized (the organism's rate interval above the base model's, or the paired interval above zero):
+{'yes' if metrics['internalized'] else 'no'}.
 """
