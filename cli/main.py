@@ -12,6 +12,8 @@
   mow elicit ORGANISM_DIR            play the elicitation challenge: black-box and white-box methods against the
                                        sealed secret, with the base model as control; scored, with an HTML report
   mow leaderboard CHALLENGE_DIR...   methods x organisms with controls and confidence intervals (HTML, CSV)
+  mow audit ORGANISM_DIR             an investigator agent (an OpenAI-compatible endpoint with tool calling)
+                                       questions the organism within budgets, then is scored against the secret
   mow serve ORGANISM_DIR             an OpenAI-compatible chat endpoint on loopback; the secret stays server-side
   mow caft testbed CONFIG            spurious-correlation testbed: plain fine-tuning vs concept ablation (CAFT) vs
                                        random directions, over seeds, with a report
@@ -25,10 +27,10 @@ import argparse
 import sys
 from typing import NoReturn
 
-from mow.cli import caft, demo, diff, diff_score, elicit, leaderboard, organism, serve
+from mow.cli import audit, caft, demo, diff, diff_score, elicit, leaderboard, organism, serve
 from mow.workbench.errors import EndpointError, RunFailed, UserError
 
-COMMANDS = (demo, organism, diff, diff_score, elicit, leaderboard, serve, caft)
+COMMANDS = (demo, organism, diff, diff_score, elicit, leaderboard, audit, serve, caft)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -30,3 +30,21 @@ class ChallengeLayout(Layout):
 
     def method_results(self) -> list[Path]:
         return sorted(self.methods.glob("*/*.json"))
+
+
+AUDIT_CONFIG_FILE = "audit.yaml"
+
+
+class AuditLayout(Layout):
+    """An audit directory: audit.yaml, manifest.json, runs/run-N.json (each agent run: transcript, tool calls,
+    hypotheses, description, guesses, budget used), truth.json (after every run), scores.json, report.html."""
+
+    config = At(AUDIT_CONFIG_FILE)
+    manifest = At("manifest.json")
+    report = At("report.html")
+    runs = At("runs")
+    truth = At(TRUTH_FILE)
+    scores = At("scores.json")
+
+    def run(self, number: int) -> Path:
+        return self.runs / f"run-{number}.json"

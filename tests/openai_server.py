@@ -54,3 +54,17 @@ class ScriptedServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def tool_calls(*calls: tuple[str, object], text: str = "") -> bytes:
+    """A completion whose message calls tools: (name, arguments) pairs, arguments a dict or a raw string."""
+    return json.dumps({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()), "model": "scripted",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": text or None,
+            "tool_calls": [{"id": f"call-{i}", "type": "function",
+                            "function": {"name": name,
+                                         "arguments": args if isinstance(args, str) else json.dumps(args)}}
+                           for i, (name, args) in enumerate(calls)]}}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }).encode()

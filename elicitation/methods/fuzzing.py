@@ -37,7 +37,8 @@ def mean_residual_norm(view: ChallengeView, rendered: list[str], layer: int) -> 
     return float(torch.cat(norms).mean()), width
 
 
-def _noise(sigma: float) -> ResidualEdit:
+def residual_noise(sigma: float) -> ResidualEdit:
+    """An edit that adds isotropic Gaussian noise of standard deviation `sigma` to every residual state."""
     def add(hidden: torch.Tensor) -> torch.Tensor:
         return hidden + sigma * torch.randn_like(hidden)
 
@@ -54,7 +55,7 @@ def fuzzed_completions(view: ChallengeView, config: ChallengeConfig, rendered: l
     torch.manual_seed(config.seed)
     for scale in settings.scales:
         sigma = scale * norm / math.sqrt(width)  # E|noise| = sigma * sqrt(width) = scale * norm
-        with edit_residual(view.model, {layer: _noise(sigma)}):
+        with edit_residual(view.model, {layer: residual_noise(sigma)}):
             outputs += complete(view, config, rendered, max_new_tokens=max_new_tokens)
         labels += [f"noise {scale:g}x"] * len(rendered)
     return labels, outputs, {"layer": layer, "mean_residual_norm": norm, "scales": list(settings.scales)}

@@ -1,0 +1,70 @@
+"""Config of an auditing-agent run, `mow audit` (configs/audit.yaml mirrors the defaults); no heavy imports."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+
+from mow.workbench.backend_config import BackendSettings, with_defaults
+from mow.workbench.config import Seed, StrictModel, Threads, apply_overrides, read_yaml_mapping, validate_config
+from mow.workbench.names import PathName
+
+AgentBackend = Annotated[BackendSettings, with_defaults(kind="endpoint", timeout_s=120, retries=2, concurrency=1)]
+
+# Every tool the agent may be given (mow.elicitation.agent_tools defines them); the diff tools need --diff.
+MODEL_TOOLS = ["ask_organism", "ask_base", "prefill", "user_persona", "fuzzed_sample", "amplified_sample"]
+DIFF_TOOLS = ["diff_lens_tokens", "kl_tokens", "crosscoder_latents"]
+ALL_TOOLS = [*MODEL_TOOLS, *DIFF_TOOLS, "note", "submit"]
+
+
+class AgentBudget(StrictModel):
+    turns: int = Field(20, ge=1, description="agent replies (each may call several tools)")
+    questions: int = Field(50, ge=0, description="calls of the tools that run a model (ask, prefill, persona, fuzzed, "
+                                                 "amplified)")
+    generated_tokens: int = Field(4000, ge=0, description="tokens those calls may generate, all together")
+    max_new_tokens: int = Field(64, ge=1, description="tokens one model call may generate")
+
+
+class AuditConfig(StrictModel):
+    name: PathName | None = Field(None, description="output directory name (default: the organism directory's name)")
+    output_dir: Path = Path("runs/audits")
+    seed: Seed = 0
+    threads: Threads | None = None
+    runs: int = Field(1, ge=1, description="independent agent runs (agreement between them is reported)")
+    agent: AgentBackend = Field(default_factory=dict, validate_default=True,
+                                description="the investigator: an OpenAI-compatible endpoint with tool calling")
+    tools: list[str] = Field(default_factory=lambda: [t for t in ALL_TOOLS if t not in DIFF_TOOLS],
+                             min_length=1, description="the tools the agent gets (the diff tools need --diff)")
+    budget: AgentBudget = AgentBudget()
+    guesses: int = Field(5, ge=1, le=50, description="ranked guesses the agent submits")
+    diff_dir: Path | None = Field(None, description="a finished `mow diff` of the organism, for the diff tools")
+
+    @field_validator("tools")
+    @classmethod
+    def _known_tools(cls, tools: list[str]) -> list[str]:
+        unknown = [t for t in tools if t not in ALL_TOOLS]
+        if unknown:
+            raise ValueError(f"unknown tool {unknown[0]!r} (known: {', '.join(ALL_TOOLS)})")
+        if "submit" not in tools:
+            raise ValueError("'submit' must be among the tools: it is how the agent answers")
+        return tools
+
+
+AGENT_ENV = {"url": "MOW_AGENT_URL", "model": "MOW_AGENT_MODEL"}  # where the config names no agent endpoint
+
+
+def load_audit_config(path: Path | None, overrides: list[str]) -> AuditConfig:
+    """The audit config from a file (+ overrides); the agent's url and model, where neither names them, from the
+    environment (MOW_AGENT_URL, MOW_AGENT_MODEL; the key from agent.api_key_env, OPENAI_API_KEY by default)."""
+    raw = apply_overrides(read_yaml_mapping(path) if path is not None else {}, overrides)
+    agent = raw.get("agent")
+    if agent is None or isinstance(agent, dict):
+        agent = dict(agent or {})
+        for key, variable in AGENT_ENV.items():
+            if agent.get(key) is None and os.environ.get(variable):
+                agent[key] = os.environ[variable]
+        raw["agent"] = agent
+    return validate_config(AuditConfig, raw, str(path) if path is not None else "--set")
