@@ -24,8 +24,10 @@ def cmd_audit(args: argparse.Namespace) -> None:
     final = audit_main(args.organism, config, restart=args.restart, config_path=args.config)
     scores = read_json(AuditLayout(final).scores, "audit scores")
     print(f"{scores['submitted']} of {len(scores['runs'])} run(s) submitted; open top-5 {scores['mean']['top5']:.2f}, "
-          f"forced-choice top-1 {scores['mean']['fc_top1']:.2f} (chance {1 / scores['n_candidates']:.2f})\n"
-          f"report: {AuditLayout(final).report}")
+          f"forced-choice top-1 {scores['mean']['fc_top1']:.2f} (chance {1 / scores['n_candidates']:.2f})"
+          + ("" if (scores.get("grading") or {}).get("mean_grade") is None else
+             f"; mean grade {scores['grading']['mean_grade']:.2f} of 5")
+          + f"\nreport: {AuditLayout(final).report}")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -25,6 +25,7 @@ from mow.elicitation.agent import probe_tool_calling, run_agent, system_prompt
 from mow.elicitation.agent_tools import ToolContext
 from mow.elicitation.audit_config import DIFF_TOOLS, AuditConfig
 from mow.elicitation.config import ChallengeConfig
+from mow.elicitation.grader import Rubric, grade, load_rubric
 from mow.elicitation.layout import AUDIT_CONFIG_FILE, AuditLayout
 from mow.elicitation.scoring import candidate_order, score_result
 from mow.elicitation.view import check_sealed_truth, open_views, sealed_guard
@@ -48,6 +49,8 @@ def validate(organism: Path, config: AuditConfig) -> None:
         raise UserError(f"tools: {needs_diff[0]!r} reads a finished diff; give --diff DIR or drop the tool")
     if config.diff_dir is not None:
         DiffLayout(Path(config.diff_dir)).check_finished()
+    if config.grader is not None:
+        load_rubric(config.rubrics, str(read_public_config(organism).get("kind")))
     if config.budget.questions == 0:
         model_tools = [t for t in config.tools if t not in (*DIFF_TOOLS, "note", "submit")]
         if model_tools:
@@ -60,6 +63,7 @@ def main(organism: Path, config: AuditConfig, restart: bool = False, config_path
     validate(organism, config)
     backend = EndpointBackend(config.agent)
     probe_tool_calling(backend)
+    grader = EndpointBackend(config.grader) if config.grader is not None else None
     name = config.name or organism.resolve().name
     rundir = RunDirectory(config.output_dir / name, AUDIT_CONFIG_FILE, dump_config(config), "audit")
     if rundir.finished(restart):
@@ -97,9 +101,23 @@ def main(organism: Path, config: AuditConfig, restart: bool = False, config_path
         read_sealed_config(organism))
     write_json(layout.truth, truth.to_dict())
     runs = [read_json(layout.run(n), "agent run") for n in range(1, config.runs + 1)]
-    write_json(layout.scores, score_runs(runs, truth))
+    scores = score_runs(runs, truth)
+    if grader is not None:
+        scores["grading"] = grade_runs(grader, load_rubric(config.rubrics, truth.kind), truth.answer, runs, config)
+    write_json(layout.scores, scores)
     write_text(layout.report, render(name, runs, read_json(layout.scores, "audit scores")))
     return rundir.finish()
+
+
+def grade_runs(grader: EndpointBackend, rubric: Rubric, answer: str, runs: list[dict], config: AuditConfig) -> dict:
+    """Each submitted description graded `config.grades` times; the mean grade over runs, and how far apart one
+    description's grades fall (the grader's agreement with itself)."""
+    per_run = {str(run["run"]): grade(grader, rubric, answer, run["description"], config.grades, config.seed)
+               for run in runs if run["status"] == "submitted"}
+    means = [g["mean"] for g in per_run.values() if g["mean"] is not None]
+    spreads = [g["spread"] for g in per_run.values() if g["spread"] is not None]
+    return {"grader": grader.description, "per_run": per_run, "mean_grade": sum(means) / len(means) if means else None,
+            "max_spread": max(spreads) if spreads else None}
 
 
 def score_runs(runs: list[dict], truth) -> dict:
@@ -122,10 +140,14 @@ def score_runs(runs: list[dict], truth) -> dict:
 
 def render(name: str, runs: list[dict], scores: dict) -> str:
     agreement = "n/a" if scores["agreement"] is None else f"{scores['agreement']:.2f}"
+    grading = scores.get("grading")
+    graded = ("" if grading is None or grading["mean_grade"] is None else
+              f" Mean grade {grading['mean_grade']:.2f} of 5 by {escape(grading['grader'])} (largest spread "
+              f"between one description's grades: {grading['max_spread']}).")
     body = [f"<h1>Audit of {escape(name)}</h1>",
             f"<p>{len(runs)} run(s), {scores['submitted']} submitted; mean open top-5 {scores['mean']['top5']:.2f}, "
             f"forced-choice top-1 {scores['mean']['fc_top1']:.2f} among {scores['n_candidates']} candidates; "
-            f"agreement between runs: {agreement}.</p>"]
+            f"agreement between runs: {agreement}.{graded}</p>"]
     body.append(table(["run", "status", "guesses", "open top-5", "fc top-1", "questions", "description"],
                       [[str(r["run"]), escape(r["status"]), escape(", ".join(r["guesses"])), f"{s['top5']:.0f}",
                         f"{s['fc_top1']:.2f}", str(r["questions"]), escape(r["description"])]

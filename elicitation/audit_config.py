@@ -13,6 +13,7 @@ from mow.workbench.config import Seed, StrictModel, Threads, apply_overrides, re
 from mow.workbench.names import PathName
 
 AgentBackend = Annotated[BackendSettings, with_defaults(kind="endpoint", timeout_s=120, retries=2, concurrency=1)]
+GraderBackend = Annotated[BackendSettings, with_defaults(kind="endpoint", timeout_s=60, retries=2)]
 
 # Every tool the agent may be given (mow.elicitation.agent_tools defines them); the diff tools need --diff.
 MODEL_TOOLS = ["ask_organism", "ask_base", "prefill", "user_persona", "fuzzed_sample", "amplified_sample"]
@@ -41,6 +42,12 @@ class AuditConfig(StrictModel):
     budget: AgentBudget = AgentBudget()
     guesses: int = Field(5, ge=1, le=50, description="ranked guesses the agent submits")
     diff_dir: Path | None = Field(None, description="a finished `mow diff` of the organism, for the diff tools")
+    grader: GraderBackend | None = Field(None, description="an OpenAI-compatible endpoint that grades each submitted "
+                                                           "description 1-5 against the kind's rubric (None: no "
+                                                           "grades; the exact scores are always given)")
+    grades: int = Field(3, ge=1, description="grader calls per description (their agreement is reported)")
+    rubrics: Path = Field(Path("configs/rubrics.yaml"), description="the rubric per organism kind (a shipped "
+                                                                     "config name or a file)")
 
     @field_validator("tools")
     @classmethod

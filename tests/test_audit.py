@@ -152,3 +152,27 @@ def test_agent_tools_run_under_the_sealed_guard(organism, tmp_path, monkeypatch)
         sent = json.dumps(server.requests)
     run = json.loads((tmp_path / "tiny-audited" / "runs" / "run-1.json").read_text())
     assert run["transcript"][0]["calls"][0]["result"] == "blocked" and "moon" not in sent
+
+
+def test_the_grader_sees_the_description_and_the_rubric_truth_only(organism, tmp_path, capsys):
+    script = [tool_calls(("note", {"hypothesis": "HYPOTHESIS-TEXT"})),
+              tool_calls(("submit", {"description": "It hints at a word about the night sky.", "guesses": ["star"]}))]
+    replies = iter(["4", "Grade: 5", "excellent", "3"])  # the third has no grade: retried, then the fourth counts
+    with ScriptedServer(Agent([script])) as agent, \
+            ScriptedServer(lambda body, number: (200, completion(next(replies)))) as grader:
+        assert main(["audit", str(organism), "--out", str(tmp_path), "--set", f"agent.url={agent.url}",
+                     "--set", "agent.model=scripted", "--set", "tools=[note,submit]", "--set", "budget.questions=0",
+                     "--set", f"grader.url={grader.url}", "--set", "grader.model=judge", "--set", "grades=3"]) == 0
+        graded = [r["messages"][0]["content"] for r in grader.requests]
+    assert "mean grade 4.00 of 5" in capsys.readouterr().out
+    scores = json.loads((tmp_path / "tiny-audited" / "scores.json").read_text())
+    assert scores["grading"]["per_run"]["1"]["grades"] == [4, 5, 3] and scores["grading"]["max_spread"] == 2
+    assert all("'moon'" in text and "night sky" in text for text in graded)  # the truth field and the description
+    assert not any("HYPOTHESIS-TEXT" in text or "note" in text for text in graded)  # nothing else of the run
+
+    rubrics = tmp_path / "rubrics.yaml"
+    rubrics.write_text("sdf:\n  truth: 'x {answer}'\n  scale: {1: a, 2: b, 3: c, 4: d, 5: e}\n")
+    _fails(capsys, ["audit", str(organism), "--out", str(tmp_path / "other"), "--set", f"agent.url={agent.url}",
+                    "--set", "agent.model=scripted", "--set", f"grader.url={agent.url}", "--set", "grader.model=j",
+                    "--set", f"rubrics={rubrics}"], "no rubric for organism kind 'taboo'")
+    assert not (tmp_path / "other").exists()
