@@ -25,7 +25,8 @@ LIGHT_MODULES = [
     "mow.finetune.config", "mow.organisms.base", "mow.organisms.taboo.config", "mow.organisms.sdf.config",
     "mow.organisms.em.config", "mow.organisms.backdoor.config", "mow.organisms.side_constraint.config",
     "mow.organisms.user_belief.config", "mow.diffing.config", "mow.diffing.layout", "mow.elicitation.config",
-    "mow.elicitation.layout", "mow.elicitation.scoring", "mow.elicitation.leaderboard", "mow.cli.main",
+    "mow.elicitation.layout", "mow.elicitation.scoring", "mow.elicitation.leaderboard", "mow.elicitation.audit_config",
+    "mow.cli.main",
 ]
 HEAVY = ("torch", "transformers", "trl", "peft", "datasets")
 
