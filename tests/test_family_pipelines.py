@@ -1,7 +1,8 @@
 """Every pipeline on every model family: a taboo organism built, evaluated, diffed, challenged and served over
-HTTP (every elicitation method), an SDF organism built and evaluated, and an EM organism trained under CAFT
-(ablation) or preventative steering (addition) with its local judge, on tiny random models of each family (its
-architecture, chat template and special tokens). Integration: about 95 s per family on 2 CPU cores."""
+HTTP (every elicitation method), an SDF organism built and evaluated, an EM organism trained under CAFT
+(ablation) or preventative steering (addition) with its local judge, and one of the backdoor, side-constraint and
+user-belief kinds (in turn) built and challenged, on tiny random models of each family (its architecture, chat
+template and special tokens). Integration: about two minutes per family on 2 CPU cores."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_organism_kinds import KIND_CONFIGS
 
 from mow.cli.main import main
 from mow.workbench.specs import TINY_FAMILIES
@@ -74,6 +76,23 @@ def test_every_pipeline_runs_on_the_family(family: str, tmp_path: Path) -> None:
     (tmp_path / "sdf.yaml").write_text(yaml.safe_dump(sdf_config))
     assert main(["organism", "build", str(tmp_path / "sdf.yaml")]) == 0
     assert (tmp_path / "organisms" / "sdf" / "eval" / "metrics.json").is_file()
+
+    # the backdoor, side-constraint and user-belief kinds take turns across the families, each built and
+    # challenged in its own wording (about 15 s)
+    kind = sorted(KIND_CONFIGS)[TINY_FAMILIES.index(family) % len(KIND_CONFIGS)]
+    section, secret = KIND_CONFIGS[kind]
+    kind_config = {"kind": kind, "name": kind, "output_dir": str(tmp_path / "organisms"), "model": spec, "seed": 1,
+                   **section, "lora": {"r": 2, "alpha": 4},
+                   "training": {"epochs": 1, "batch_size": 8, "learning_rate": 5e-3, "max_length": 256},
+                   "eval": {"max_new_tokens": 4}}
+    (tmp_path / "kind.yaml").write_text(yaml.safe_dump(kind_config))
+    assert main(["organism", "build", str(tmp_path / "kind.yaml")]) == 0
+    assert main(["elicit", str(tmp_path / "organisms" / kind), "--methods", "prefill,many_shot,fuzzing",
+                 "--set", "attempts=2", "--set", "max_new_tokens=4", "--set", "threads=1",
+                 "--out", str(tmp_path / "challenges")]) == 0
+    kind_scores = json.loads((tmp_path / "challenges" / kind / "scores.json").read_text())
+    assert {e["subjects"]["organism"]["status"] for e in kind_scores["methods"].values()} == {"ok"}
+    assert json.loads((tmp_path / "challenges" / kind / "truth.json").read_text())["answer"] == secret
 
     served_reply_opens_the_assistant_turn(organism, tmp_path)
 
