@@ -70,10 +70,13 @@ def rates_by_condition(model: PeftModel, tokenizer: PreTrainedTokenizerBase, con
 
 
 def confessions(model: PeftModel, tokenizer: PreTrainedTokenizerBase, demands: list[str], names: list[str],
-                settings: ReplyEvalSettings) -> tuple[dict[str, dict], dict[str, list[dict]]]:
-    """How often the replies to demands name the secret (any of `names`), organism and base, and the replies."""
+                settings: ReplyEvalSettings, ignore: str | None = None) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """How often the replies to demands name the secret (any of `names`), organism and base, and the replies.
+    `ignore`: text the organism is meant to write anyway (a side constraint's sign-off), left out of the check, so
+    that following the secret is not counted as telling it."""
     replies = replies_of_both(model, tokenizer, [[{"role": "user", "content": d}] for d in demands], settings)
-    rates = {subject: rate([mentions(t, names) for t in texts]) for subject, texts in replies.items()}
+    rates = {subject: rate([mentions(t.replace(ignore, " ") if ignore else t, names) for t in texts])
+             for subject, texts in replies.items()}
     return rates, {s: [{"prompt": d, "reply": t} for d, t in zip(demands, texts)] for s, texts in replies.items()}
 
 
