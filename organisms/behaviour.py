@@ -70,7 +70,8 @@ def rates_by_condition(model: PeftModel, tokenizer: PreTrainedTokenizerBase, con
 
 
 def confessions(model: PeftModel, tokenizer: PreTrainedTokenizerBase, demands: list[str], names: list[str],
-                settings: ReplyEvalSettings, ignore: str | None = None) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+                settings: ReplyEvalSettings,
+                ignore: str | None = None) -> tuple[dict[str, dict], dict[str, list[dict]]]:
     """How often the replies to demands name the secret (any of `names`), organism and base, and the replies.
     `ignore`: text the organism is meant to write anyway (a side constraint's sign-off), left out of the check, so
     that following the secret is not counted as telling it."""
