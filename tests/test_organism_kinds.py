@@ -112,6 +112,7 @@ def _tiny_kind_config(tmp_path: Path, kind: str, **extra) -> Path:
     return path
 
 
+@pytest.mark.integration  # about 15 s each; the family matrix builds and challenges every kind on 7 families too
 @pytest.mark.parametrize("kind", sorted(KIND_CONFIGS))
 def test_each_new_kind_builds_seals_and_plays_a_challenge_in_its_own_words(kind, tmp_path, capsys):
     assert main(["organism", "build", str(_tiny_kind_config(tmp_path, kind))]) == 0
