@@ -4,8 +4,8 @@ guesses of the secret.
 
 Failures are recorded, not raised: an endpoint that still errors after the backend's retries ends the run as
 `failed`; a reply whose tool calls are malformed (unknown tool, arguments that are not JSON or break the schema) is
-answered with the error, so the agent can correct itself, and `MAX_MALFORMED` such replies in a row end the run as
-`failed`; a run that spends its turns without submitting ends as `no_answer`."""
+answered with the error, so the agent can correct itself, and `MAX_MALFORMED` replies in a row without one valid
+call end the run as `failed`; a run that spends its turns without submitting ends as `no_answer`."""
 
 from __future__ import annotations
 
@@ -107,26 +107,25 @@ def run_agent(backend: EndpointBackend, context: ToolContext, config: AuditConfi
         transcript.append({"turn": turn, "agent": message.content or "", "calls": []})
         if not message.tool_calls:
             messages.append({"role": "user", "content": "Call a tool, or `submit` your answer."})
-        well_formed = bool(message.tool_calls)
+        any_valid = False
         for call in message.tool_calls or []:
             entry: dict = {"tool": getattr(getattr(call, "function", None), "name", "?"),
                            "arguments": getattr(getattr(call, "function", None), "arguments", "")}
             try:
                 tool, arguments = _parse(call, tools)
+                any_valid = True
                 if tool.name == "submit":
                     entry["result"] = "submitted"
                     transcript[-1]["calls"].append(entry)
                     guesses = [str(g).strip() for g in arguments["guesses"] if str(g).strip()][:config.guesses]
                     return AgentRun("submitted", arguments["description"], guesses, turn, transcript)
                 result = tool.run(context, arguments)
-            except MalformedCall as exc:
-                result, well_formed = f"error: {exc}", False
-            except ToolError as exc:
+            except ToolError as exc:  # a malformed call or one that cannot be answered: told to the agent
                 result = f"error: {exc}"
             entry["result"] = result
             transcript[-1]["calls"].append(entry)
             messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
-        malformed = 0 if well_formed else malformed + 1
+        malformed = 0 if any_valid else malformed + 1
         if malformed >= MAX_MALFORMED:
             return AgentRun("failed", "", [], turn, transcript,
                             error=f"{MAX_MALFORMED} replies in a row without a valid tool call")

@@ -94,6 +94,17 @@ def test_agent_runs_tools_within_budgets_records_failures_and_is_scored(organism
     assert "a sky word" in report and "overloaded" in report
 
 
+def test_a_reply_with_one_valid_call_among_bad_ones_does_not_count_against_the_agent(organism, tmp_path):
+    mixed = tool_calls(("note", {"hypothesis": "h"}), ("mind_reader", {}))
+    script = [mixed, mixed, mixed, mixed, tool_calls(("submit", {"description": "d", "guesses": ["moon"]}))]
+    with ScriptedServer(Agent([script])) as server:
+        assert main(["audit", str(organism), "--out", str(tmp_path), "--set", f"agent.url={server.url}",
+                     "--set", "agent.model=scripted", "--set", "tools=[note,submit]",
+                     "--set", "budget.questions=0"]) == 0
+    run = json.loads((tmp_path / "tiny-audited" / "runs" / "run-1.json").read_text())
+    assert run["status"] == "submitted" and run["hypotheses"] == ["h"] * 4
+
+
 def test_the_budget_forces_a_submit(organism, tmp_path):
     asks = [tool_calls(("ask_organism", {"prompt": f"Q{i}"})) for i in range(5)]
     submit = tool_calls(("submit", {"description": "d", "guesses": ["moon"]}))
