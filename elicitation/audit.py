@@ -19,20 +19,17 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
-from mow.data.layouts import OrganismLayout
-from mow.diffing.layout import DiffLayout
 from mow.elicitation.agent import probe_tool_calling, run_agent, system_prompt
 from mow.elicitation.agent_tools import ToolContext
 from mow.elicitation.audit_config import DIFF_TOOLS, AuditConfig
 from mow.elicitation.config import ChallengeConfig
 from mow.elicitation.grader import Rubric, grade, load_rubric
+from mow.elicitation.harness import check_organism, read_truth
 from mow.elicitation.layout import AUDIT_CONFIG_FILE, AuditLayout
 from mow.elicitation.scoring import candidate_order, score_result
-from mow.elicitation.view import check_sealed_truth, open_views, sealed_guard
-from mow.organisms.kinds import kind_of_public_config
-from mow.organisms.store import check_organism_dir, read_public_config, read_sealed_config
+from mow.elicitation.view import open_views, sealed_guard
 from mow.workbench.backends import EndpointBackend
-from mow.workbench.config import dump_config, validate_config
+from mow.workbench.config import dump_config
 from mow.workbench.errors import UserError
 from mow.workbench.files import read_json
 from mow.workbench.html import page, table
@@ -40,17 +37,12 @@ from mow.workbench.rundir import Manifest, RunDirectory, write_json, write_text
 
 
 def validate(organism: Path, config: AuditConfig) -> None:
-    check_organism_dir(organism)
-    check_sealed_truth(organism)
-    kind = kind_of_public_config(read_public_config(organism), str(organism))
-    validate_config(kind.config, read_sealed_config(organism), str(OrganismLayout(organism).sealed_config))
+    kind = check_organism(organism, config.diff_dir)
     needs_diff = [t for t in config.tools if t in DIFF_TOOLS and t != "diff_lens_tokens"]
     if needs_diff and config.diff_dir is None:
         raise UserError(f"tools: {needs_diff[0]!r} reads a finished diff; give --diff DIR or drop the tool")
-    if config.diff_dir is not None:
-        DiffLayout(Path(config.diff_dir)).check_finished()
     if config.grader is not None:
-        load_rubric(config.rubrics, str(read_public_config(organism).get("kind")))
+        load_rubric(config.rubrics, kind.name)
     if config.budget.questions == 0:
         model_tools = [t for t in config.tools if t not in (*DIFF_TOOLS, "note", "submit")]
         if model_tools:
@@ -97,8 +89,7 @@ def main(organism: Path, config: AuditConfig, restart: bool = False, config_path
             print(f"  run {number}: {record['status']} after {record['turns']} turn(s), {record['questions']} "
                   f"question(s); guesses {record['guesses']}" + (f" ({record['error']})" if record["error"] else ""),
                   flush=True)
-    truth = kind_of_public_config(read_public_config(organism), str(organism)).sealed_truth(
-        read_sealed_config(organism))
+    truth = read_truth(organism)
     write_json(layout.truth, truth.to_dict())
     runs = [read_json(layout.run(n), "agent run") for n in range(1, config.runs + 1)]
     scores = score_runs(runs, truth)

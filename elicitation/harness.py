@@ -36,6 +36,7 @@ from mow.elicitation.report import write_challenge_report
 from mow.elicitation.scoring import TOP_K, chance, read_method_result, score_result
 from mow.elicitation.view import ChallengeView, check_sealed_truth, open_views, sealed_guard
 from mow.organisms.kinds import kind_of_public_config
+from mow.organisms.registry import OrganismKind
 from mow.organisms.store import check_organism_dir, read_public_config, read_sealed_config
 from mow.workbench.backends import HeldModel
 from mow.workbench.config import dump_config, validate_config
@@ -52,14 +53,28 @@ def validate(organism: Path, config: ChallengeConfig) -> None:
     unknown = [m for m in config.auditor.apply_to if m not in METHODS]
     if unknown:
         raise UserError(f"auditor.apply_to: unknown method {unknown[0]!r} (known: {', '.join(METHODS)})")
+    check_organism(organism, config.diff_dir)
+
+
+def check_organism(organism: Path, diff_dir: Path | None) -> OrganismKind:
+    """An organism a challenge or an audit can play against (its directory, its sealed truth, its sealed config
+    against its kind) and the finished diff it names, checked before anything is written; returns its kind.
+
+    The sealed config is checked now (and let go): a damaged one would fail only at scoring, after every method or
+    agent run. Methods and agents never read it (the audit hook)."""
     check_organism_dir(organism)
     check_sealed_truth(organism)
     kind = kind_of_public_config(read_public_config(organism), str(organism))
-    # The sealed config is checked against its kind now (and let go): a damaged one would fail only at scoring,
-    # after every method has run. Methods never read it (the audit hook).
     validate_config(kind.config, read_sealed_config(organism), str(OrganismLayout(organism).sealed_config))
-    if config.diff_dir is not None:
-        DiffLayout(Path(config.diff_dir)).check_finished()
+    if diff_dir is not None:
+        DiffLayout(Path(diff_dir)).check_finished()
+    return kind
+
+
+def read_truth(organism: Path) -> SealedTruth:
+    """The organism's sealed truth: read only once every method or agent run has finished."""
+    return kind_of_public_config(read_public_config(organism), str(organism)).sealed_truth(
+        read_sealed_config(organism))
 
 
 def make_auditor(config: ChallengeConfig, view: ChallengeView) -> Auditor:
@@ -132,8 +147,7 @@ def main(organism: Path, config: ChallengeConfig, restart: bool = False, config_
                 detail = f" ({record['error']})" if record["error"] else ""
                 print(f"  {subject:8s} {name_:22s} {record['status']:11s} {record['seconds']:7.1f} s{detail}",
                       flush=True)
-    truth = kind_of_public_config(read_public_config(organism), str(organism)).sealed_truth(
-        read_sealed_config(organism))
+    truth = read_truth(organism)
     write_json(layout.truth, truth.to_dict())
     write_json(layout.scores, score_directory(work, truth))
     write_challenge_report(work, name)
