@@ -4,7 +4,7 @@ Layout of a cache directory:
 - `meta.json`: the model pair's fingerprint, layers, dtype, budget; on completion the token count and per-model,
   per-layer normalisation (`scale` makes the mean squared norm equal the hidden size, Lindsey et al. 2024);
 - `progress.json`: sequences and tokens written so far, saved only after the arrays are flushed, so a killed run
-  resumes from the last finished chunk;
+  resumes from the last finished block;
 - `tokens.npy` (n,) token ids, `positions.npy` (n, 2) sequence index and position: the context of every row;
 - `{base,tuned}_L{layer}.npy` (n, d) memory-mapped activations (bfloat16 is stored as raw 16-bit words).
 The first `skip_first` positions of each text are left out: the attention-sink position has norms orders of
@@ -26,10 +26,13 @@ from mow.diffing.prompts import TokenSequence
 from mow.workbench.errors import UserError
 from mow.workbench.files import read_json
 from mow.workbench.generation import model_device
-from mow.workbench.hooks import capture_residual, check_layer
+from mow.workbench.hooks import check_layer, residual_states
 from mow.workbench.rundir import write_json
 
 MODELS = ("base", "tuned")
+# tokens per block: the base model reads a block's batches (adapter off), then the tuned model with its adapter
+# merged into the weights, so the weights are merged and restored once per block, not once per batch
+BLOCK_TOKENS = 8192
 _STORAGE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 
 
@@ -126,6 +129,20 @@ def _check_existing(directory: Path, wanted: dict) -> None:
                             "use another directory")
 
 
+def _next_block(usable: list[TokenSequence], first: int, batch_size: int, budget: int, skip_first: int
+                ) -> list[list[TokenSequence]]:
+    """The batches of the next block from sequence `first`: up to BLOCK_TOKENS tokens, and no more batches than the
+    remaining token `budget` needs."""
+    block: list[list[TokenSequence]] = []
+    tokens = 0
+    while first < len(usable) and tokens < min(budget, BLOCK_TOKENS):
+        batch = usable[first : first + batch_size]
+        block.append(batch)
+        tokens += sum(len(s.ids) - skip_first for s in batch)
+        first += len(batch)
+    return block
+
+
 @torch.no_grad()
 def build_cache(pair: ModelPair, sequences: list[TokenSequence], directory: Path, layers: list[int],
                 token_budget: int, dtype: str = "float32", batch_size: int = 8, skip_first: int = 1,
@@ -165,27 +182,30 @@ def build_cache(pair: ModelPair, sequences: list[TokenSequence], directory: Path
     bar = tqdm(total=min(token_budget, sum(len(s.ids) - skip_first for s in usable)), initial=done_tok,
                desc="activation cache", disable=not progress, leave=False)
     while done_seq < len(usable) and done_tok < token_budget:
-        batch = usable[done_seq : done_seq + batch_size]
-        input_ids, mask = pair.batch([s.ids for s in batch])
-        outputs = {}
-        for model_name in MODELS:
-            context = pair.base() if model_name == "base" else pair.tuned()
-            with context as model, capture_residual(model, layers) as captured:
-                model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
-            outputs[model_name] = {layer: captured[layer].float().cpu() for layer in layers}
-        for row, seq in enumerate(batch):
-            take = min(len(seq.ids) - skip_first, token_budget - done_tok)
-            if take <= 0:
-                break
-            rows = slice(done_tok, done_tok + take)
-            cols = slice(skip_first, skip_first + take)
-            tokens[rows] = seq.ids[cols]
-            positions[rows, 0] = usable_index[done_seq + row]
-            positions[rows, 1] = np.arange(skip_first, skip_first + take)
-            for (model_name, layer), array in acts.items():
-                array[rows] = _to_storage(outputs[model_name][layer][row, cols], dtype)
-            done_tok += take
-        done_seq += len(batch)
+        block = _next_block(usable, done_seq, batch_size, token_budget - done_tok, skip_first)
+        outputs: dict[str, list[dict[int, torch.Tensor]]] = {}
+        for model_name, context in (("base", pair.base), ("tuned", pair.tuned_merged)):
+            with context() as model:
+                outputs[model_name] = []
+                for batch in block:
+                    input_ids, mask = pair.batch([s.ids for s in batch])
+                    captured = residual_states(model, layers, input_ids=input_ids.to(device),
+                                               attention_mask=mask.to(device))
+                    outputs[model_name].append({layer: captured[layer].float().cpu() for layer in layers})
+        for index, batch in enumerate(block):
+            for row, seq in enumerate(batch):
+                take = min(len(seq.ids) - skip_first, token_budget - done_tok)
+                if take <= 0:
+                    break
+                rows = slice(done_tok, done_tok + take)
+                cols = slice(skip_first, skip_first + take)
+                tokens[rows] = seq.ids[cols]
+                positions[rows, 0] = usable_index[done_seq + row]
+                positions[rows, 1] = np.arange(skip_first, skip_first + take)
+                for (model_name, layer), array in acts.items():
+                    array[rows] = _to_storage(outputs[model_name][index][layer][row, cols], dtype)
+                done_tok += take
+            done_seq += len(batch)
         for array in (tokens, positions, *acts.values()):
             array.flush()
         write_json(progress_file, {"sequences_done": done_seq, "tokens_done": done_tok})

@@ -7,11 +7,16 @@ Conventions (stated because implementations differ):
   write its reply, including the last header token before the first reply token; the last position of a sequence
   takes its own role.
 - the `promoted` score of a vocabulary token is its mean probability gain p_tuned − p_base over all positions
-  (negative: demoted).
+  (negative: demoted);
+- `mined` (diff mining, Minder et al.'s toolkit) counts, per prompt set, the positions at which a token is among the
+  K largest logit differences tuned − base (the same K tokens as the largest log-probability differences: the two
+  differ by one constant per position) and its log-probability did rise. Where `promoted` favours tokens that are
+  already likely, `mined` favours tokens the fine-tune raised from anywhere, however unlikely they stay.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +31,7 @@ from mow.diffing.pair import ModelPair
 from mow.diffing.prompts import ROLES, TokenSequence
 from mow.workbench.errors import UserError
 from mow.workbench.generation import model_device
-from mow.workbench.hooks import decoder, embedding_weight, output_embeddings, unwrap
+from mow.workbench.hooks import decoder, embedding_weight, input_embeddings, output_embeddings, unwrap
 
 
 @dataclass
@@ -45,6 +50,7 @@ class KLArrays:
     top_base: torch.Tensor
     top_base_p: torch.Tensor
     promoted: torch.Tensor   # (n_sets, V) mean p_tuned − p_base per set
+    mined: torch.Tensor      # (n_sets, V) positions where the token is among the top-K logit differences
 
     def save(self, path: Path) -> None:
         save_file({k: v.contiguous() for k, v in self.__dict__.items()}, str(path))
@@ -154,7 +160,7 @@ class _BaseSide:
 @torch.no_grad()
 def per_token_kl(pair: ModelPair, sets: dict[str, list[TokenSequence]], batch_size: int = 8,
                  top_k: int = 5, progress: bool = True, chunk: int = 128, block_positions: int = 8192,
-                 base_store: BaseSideStore | None = None) -> KLArrays:
+                 base_store: BaseSideStore | None = None, mining_top_k: int = 20) -> KLArrays:
     """Both KL directions at every position.
 
     The texts go in blocks of about `block_positions` positions: the base model reads a block and keeps only its
@@ -183,6 +189,7 @@ def per_token_kl(pair: ModelPair, sets: dict[str, list[TokenSequence]], batch_si
     set_index = torch.tensor([names.index(seq.set_name) for seq in sequences])
     set_of_position = torch.repeat_interleave(set_index, lengths)
     promoted_sum = torch.zeros(len(names), vocab_size, dtype=torch.float64)
+    mined = torch.zeros(len(names), vocab_size, dtype=torch.long)
     blocks = _blocks(lengths, set_starts, batch_size, block_positions)
     base_side = _BaseSide(base_store, {name: kept[name] for name in names if kept[name]}, offsets, set_starts)
     buffers = _VocabRows(chunk, vocab_size)
@@ -209,7 +216,8 @@ def per_token_kl(pair: ModelPair, sets: dict[str, list[TokenSequence]], batch_si
                     _log_probs(model, tuned_rows[begin : begin + n], buffers.tuned[:n])
                     with pair.base_head() as base_model:
                         _log_probs(base_model, base_rows[begin : begin + n].to(tuned_rows.device), buffers.base[:n])
-                    _compare(buffers, n, rows, set_of_position[rows], out, promoted_sum, top_k)
+                    _compare(buffers, n, rows, set_of_position[rows], out, promoted_sum, top_k, mined,
+                             mining_top_k)
                 bar.update(end - start)
         del base_hidden
     bar.close()
@@ -218,19 +226,23 @@ def per_token_kl(pair: ModelPair, sets: dict[str, list[TokenSequence]], batch_si
     sides = torch.tensor([r for seq in sequences for r in seq.roles[1:] + seq.roles[-1:]])
     promoted_count = torch.zeros(len(names)).index_add_(0, set_index, lengths.float())
     promoted = (promoted_sum / promoted_count.clamp_min(1)[:, None]).float()
-    return KLArrays(ids=ids, roles=roles, sides=sides, set_index=set_index, offsets=offsets, promoted=promoted, **out)
+    return KLArrays(ids=ids, roles=roles, sides=sides, set_index=set_index, offsets=offsets, promoted=promoted,
+                    mined=mined, **out)
 
 
 def _compare(buffers: _VocabRows, n: int, rows: slice, sets_of_rows: torch.Tensor, out: dict[str, torch.Tensor],
-             promoted_sum: torch.Tensor, top_k: int) -> None:
-    """KL both ways, top tokens and the promoted sums for the first `n` rows of the log-probability buffers, written
-    into `out`; everything happens in the four buffers (the products are reduced by einsum, never materialised)."""
+             promoted_sum: torch.Tensor, top_k: int, mined: torch.Tensor, mining_top_k: int) -> None:
+    """KL both ways, top tokens, the promoted sums and the diff-mining counts for the first `n` rows of the
+    log-probability buffers, written into `out`, `promoted_sum` and `mined`; everything happens in the four
+    buffers (the products are reduced by einsum, never materialised)."""
     tuned, base = buffers.tuned[:n], buffers.base[:n]
     p_tuned = torch.exp(tuned, out=buffers.p_tuned[:n])
     p_base = torch.exp(base, out=buffers.p_base[:n])
     log_ratio = tuned.sub_(base)
     out["kl_tb"][rows] = torch.einsum("nv,nv->n", p_tuned, log_ratio).clamp_min(0)
     out["kl_bt"][rows] = torch.einsum("nv,nv->n", p_base, log_ratio).neg().clamp_min(0)
+    raised = log_ratio.topk(mining_top_k, dim=-1, sorted=False)
+    raised_ids = raised.indices.masked_fill(raised.values <= 0, mined.shape[1])  # a past-the-vocabulary id: not raised
     torch.topk(p_tuned, top_k, dim=-1, out=(out["top_tuned_p"][rows], out["top_tuned"][rows]))
     torch.topk(p_base, top_k, dim=-1, out=(out["top_base_p"][rows], out["top_base"][rows]))
     gain = p_tuned.sub_(p_base)
@@ -238,6 +250,8 @@ def _compare(buffers: _VocabRows, n: int, rows: slice, sets_of_rows: torch.Tenso
     start = 0
     for set_id, count in zip(set_ids.tolist(), counts.tolist()):
         promoted_sum[set_id] += gain[start : start + count].sum(0, dtype=torch.float64)
+        mined[set_id] += torch.bincount(raised_ids[start : start + count].flatten(),
+                                        minlength=mined.shape[1] + 1)[:-1]
         start += count
 
 
@@ -277,6 +291,53 @@ def promoted_tokens(arrays: KLArrays, tokenizer: PreTrainedTokenizerBase, set_na
         sign = -1 if demoted else 1
         out[name] = [{"token": tokenizer.decode([int(i)]), "id": int(i), "mean_gain": sign * float(v)}
                      for v, i in zip(values, ids)]
+    return out
+
+
+def average_linkage(vectors: torch.Tensor, n_groups: int) -> list[int]:
+    """Group rows by cosine similarity: agglomerative clustering with average linkage, merging the two closest
+    groups until `n_groups` remain. Returns a group label per row (0 = the group of the first row). Written here
+    because it is a dozen lines over at most a few dozen rows, not worth a clustering dependency."""
+    unit = vectors.double() / vectors.double().norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    similarity = unit @ unit.T
+    groups = [[i] for i in range(len(vectors))]
+    while len(groups) > max(n_groups, 1):
+        best, pair = -math.inf, (0, 1)
+        for a in range(len(groups)):
+            for b in range(a + 1, len(groups)):
+                linkage = float(similarity[groups[a]][:, groups[b]].mean())
+                if linkage > best:
+                    best, pair = linkage, (a, b)
+        a, b = pair
+        groups[a] += groups.pop(b)
+    labels = [0] * len(vectors)
+    for label, members in enumerate(sorted(groups, key=min)):
+        for row in members:
+            labels[row] = label
+    return labels
+
+
+def mined_topics(arrays: KLArrays, tokenizer: PreTrainedTokenizerBase, model: nn.Module, set_names: list[str],
+                 n_tokens: int, n_topics: int) -> dict[str, list[dict]]:
+    """Diff mining per prompt set: the `n_tokens` tokens most often among the top-K logit differences, grouped into
+    at most `n_topics` topics by the cosine similarity of the tuned model's input embeddings of the tokens (tokens
+    of one subject sit close there, and no judge is needed). Topics are listed by their summed count."""
+    embeddings = embedding_weight(input_embeddings(model)).detach().float().cpu()
+    out: dict[str, list[dict]] = {}
+    for s, name in enumerate(set_names):
+        counts = arrays.mined[s]
+        chosen = [int(t) for t in counts.argsort(descending=True)[:n_tokens] if counts[t] > 0]
+        if not chosen:
+            out[name] = []
+            continue
+        labels = average_linkage(embeddings[chosen], min(n_topics, len(chosen)))
+        topics: dict[int, list[int]] = {}
+        for token, label in zip(chosen, labels):
+            topics.setdefault(label, []).append(token)
+        listed = [({"tokens": [{"token": tokenizer.decode([t]), "id": t, "count": int(counts[t])} for t in members],
+                    "count": sum(int(counts[t]) for t in members)}, sum(int(counts[t]) for t in members))
+                  for members in topics.values()]
+        out[name] = [topic for topic, _ in sorted(listed, key=lambda entry: -entry[1])]
     return out
 
 

@@ -11,6 +11,7 @@ The same vector, added to the base model's residual stream, steers it.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,9 +23,10 @@ from transformers import PreTrainedTokenizerBase
 from mow.diffing.config import IDENTITY_PROMPTS
 from mow.diffing.pair import ModelPair
 from mow.diffing.prompts import TEMPLATE, TokenSequence
+from mow.organisms.behaviour import answer_logprob
 from mow.workbench.chat import render_prompt
 from mow.workbench.generation import generate, model_device
-from mow.workbench.hooks import capture_residual, edit_residual, logit_lens
+from mow.workbench.hooks import edit_residual, logit_lens, residual_states
 
 
 @dataclass
@@ -56,18 +58,22 @@ def mean_differences(pair: ModelPair, sequences: list[TokenSequence], skip_first
     total = torch.zeros(len(layers), pair.hidden_size, dtype=torch.float64)
     norm = torch.zeros(len(layers), dtype=torch.float64)
     device = model_device(pair.tuned_model)
-    for begin in tqdm(range(0, len(usable), batch_size), desc="difference lens", disable=not progress, leave=False):
-        batch = usable[begin : begin + batch_size]
-        ids, mask = (t.to(device) for t in pair.batch([s.ids[: b + positions] for s, b in batch]))
-        window = torch.tensor([list(range(b, b + positions)) for _, b in batch], device=device)
-        rows = torch.arange(len(batch), device=device)[:, None]
-        states = {}
-        for name, context in (("tuned", pair.tuned), ("base", pair.base)):
-            with context() as model, capture_residual(model, layers) as captured:
-                model(input_ids=ids, attention_mask=mask, use_cache=False)
-            states[name] = torch.stack([captured[layer][rows, window].double().cpu() for layer in layers])
-        total += (states["tuned"] - states["base"]).sum(dim=(1, 2))
-        norm += states["base"].norm(dim=-1).sum(dim=(1, 2))
+    batches = [usable[begin : begin + batch_size] for begin in range(0, len(usable), batch_size)]
+    # one sweep per model (the tuned one with its adapter merged for the whole sweep): the sum of differences is the
+    # tuned sum minus the base sum
+    with tqdm(total=2 * len(batches), desc="difference lens", disable=not progress, leave=False) as bar:
+        for sign, context in ((1.0, pair.tuned_merged), (-1.0, pair.base)):
+            with context() as model:
+                for batch in batches:
+                    ids, mask = (t.to(device) for t in pair.batch([s.ids[: b + positions] for s, b in batch]))
+                    window = torch.tensor([list(range(b, b + positions)) for _, b in batch], device=device)
+                    rows = torch.arange(len(batch), device=device)[:, None]
+                    captured = residual_states(model, layers, input_ids=ids, attention_mask=mask)
+                    states = torch.stack([captured[layer][rows, window].double().cpu() for layer in layers])
+                    total += sign * states.sum(dim=(1, 2))
+                    if sign < 0:
+                        norm += states.norm(dim=-1).sum(dim=(1, 2))
+                    bar.update()
     count = len(usable) * positions
     differences = (total / count).float()
     logprobs = logit_lens(pair.tuned_model, differences.to(device)).cpu()
@@ -77,11 +83,11 @@ def mean_differences(pair: ModelPair, sequences: list[TokenSequence], skip_first
 @torch.no_grad()
 def patchscope(model: nn.Module, tokenizer: PreTrainedTokenizerBase, result: LensResult, scales: list[float],
                prompts: tuple[str, ...] | list[str] = IDENTITY_PROMPTS, layers_per_pass: int = 8) -> torch.Tensor:
-    """(n_layers, V) next-token log-probs of the identity prompts with each layer's difference patched in at the
-    last position, averaged over `prompts` and `scales` (multiples of the base residual norm). Run it on the base
-    model. Several layers' patches share one forward pass: the batch holds one block of rows per layer (one row per
-    scale), and each block is patched at its own layer only, so a pass computes what a pass per layer would, with
-    `layers_per_pass` times fewer calls."""
+    """(n_prompts, n_scales, n_layers, V) next-token log-probs of each identity prompt with each layer's difference
+    patched in at its last position at each scale (a multiple of the base residual norm). Run it on the base
+    model. Only the last position is patched, so every row shares the prompt's other positions: they are read once
+    into a KV cache, and each row runs the last token alone on a copy of it. Several layers' patches share one pass:
+    the batch holds one block of rows per layer (one row per scale), each block patched at its own layer only."""
     if not prompts:
         raise ValueError("patchscope: no prompts to patch into")
     device = model_device(model)
@@ -90,30 +96,60 @@ def patchscope(model: nn.Module, tokenizer: PreTrainedTokenizerBase, result: Len
     vectors = (units * result.base_norm[:, None])[:, None, :] * torch.tensor(scales)[None, :, None]  # (L, S, d)
     vectors = vectors.to(device)
     n_layers, n_scales = len(vectors), len(scales)
-    total: torch.Tensor | None = None
+    readings = []
     for ids in encoded:
-        position = ids.shape[1] - 1
+        prefix = model(input_ids=ids[:, :-1], use_cache=True).past_key_values if ids.shape[1] > 1 else None
         rows = []
         for first in range(0, n_layers, layers_per_pass):
             chosen = list(range(first, min(first + layers_per_pass, n_layers)))
 
-            def patch_at(block: int, layer: int, position: int = position) -> Callable[[torch.Tensor], torch.Tensor]:
+            def patch_at(block: int, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
                 def patch(hidden: torch.Tensor) -> torch.Tensor:
                     hidden = hidden.clone()
-                    hidden[block * n_scales : (block + 1) * n_scales, position] = vectors[layer].to(hidden.dtype)
+                    hidden[block * n_scales : (block + 1) * n_scales, -1] = vectors[layer].to(hidden.dtype)
                     return hidden
 
                 return patch
 
+            batch = len(chosen) * n_scales
+            cache = None
+            if prefix is not None:
+                cache = copy.deepcopy(prefix)
+                cache.batch_repeat_interleave(batch)
             edits = {layer: patch_at(block, layer) for block, layer in enumerate(chosen)}
             with edit_residual(model, edits):
-                logits = model(input_ids=ids.expand(len(chosen) * n_scales, -1), use_cache=False,
-                               logits_to_keep=1).logits[:, -1].float()
-            rows.append(logits.log_softmax(-1).view(len(chosen), n_scales, -1).mean(1).cpu())
-        per_prompt = torch.cat(rows)
-        total = per_prompt if total is None else total + per_prompt
-    assert total is not None
-    return total / len(encoded)
+                logits = model(input_ids=ids[:, -1:].expand(batch, -1), past_key_values=cache,
+                               use_cache=cache is not None).logits[:, -1].float()
+            rows.append(logits.log_softmax(-1).view(len(chosen), n_scales, -1).cpu())
+        readings.append(torch.cat(rows).transpose(0, 1))  # (S, L, V)
+    return torch.stack(readings)
+
+
+@dataclass
+class PatchscopeReading:
+    logprobs: torch.Tensor        # (n_layers, V): at the chosen scale, mean over the prompts
+    scale: float | None           # None: one prompt, the scales averaged
+    agreement: dict[str, float]   # per scale: the prompts' mean pairwise overlap of upper-half top tokens
+
+
+def read_patchscope(model: nn.Module, tokenizer: PreTrainedTokenizerBase, result: LensResult, scales: list[float],
+                    prompts: tuple[str, ...] | list[str] = IDENTITY_PROMPTS, top_k: int = 20) -> PatchscopeReading:
+    """The Patchscope at the scale chosen for this difference: the one at which the identity prompts agree most
+    (mean pairwise Jaccard overlap of their `top_k` tokens, upper-half layers; the first such scale on ties). A
+    scale at which the patched vector decides the output gives the same tokens whatever prompt carries it; too
+    small a scale reads the prompt, too large a one the model's reaction to an out-of-range state. Minder et al.
+    have a grader pick the scale; this criterion needs none. With a single prompt nothing can be compared, and the
+    scales' readouts are averaged."""
+    readings = patchscope(model, tokenizer, result, scales, prompts)
+    if len(prompts) < 2:
+        return PatchscopeReading(readings.mean((0, 1)), None, {})
+    agreement = {}
+    for index, scale in enumerate(scales):
+        tops = [set(upper_half_mean(reading[index]).topk(top_k).indices.tolist()) for reading in readings]
+        overlaps = [len(a & b) / len(a | b) for i, a in enumerate(tops) for b in tops[i + 1 :]]
+        agreement[f"{scale:g}"] = sum(overlaps) / len(overlaps)
+    best = max(range(len(scales)), key=lambda i: (agreement[f"{scales[i]:g}"], -i))
+    return PatchscopeReading(readings[:, best].mean(0), scales[best], agreement)
 
 
 def upper_half_mean(logprobs: torch.Tensor) -> torch.Tensor:
@@ -139,6 +175,64 @@ def steering_vector(result: LensResult, layer: int, strength: float) -> torch.Te
     """The difference at `layer` rescaled to `strength` times the base model's mean residual norm there."""
     direction = result.differences[layer]
     return direction / direction.norm().clamp_min(1e-12) * strength * result.base_norm[layer]
+
+
+# Judge-free coherence of a steered sample, against the same prompt's unsteered sample. Over-steering fails two
+# ways: gibberish, which the base model finds far less likely than the plain reply (mean log-likelihood per token
+# more than COHERENCE_NLL_MARGIN nats below it: about 4.5 times the perplexity), and loops ("the the the"), which a
+# small base model finds likely, caught by the share of distinct word pairs.
+COHERENCE_NLL_MARGIN = 1.5
+COHERENCE_MIN_DISTINCT = 0.5
+
+
+def distinct_bigrams(text: str) -> float:
+    """Share of distinct word pairs among a text's word pairs (1.0 for texts of under three words)."""
+    words = text.lower().split()
+    pairs = list(zip(words, words[1:]))
+    return len(set(pairs)) / len(pairs) if len(pairs) >= 2 else 1.0
+
+
+@dataclass
+class SteeringTrial:
+    strength: float
+    coherent: bool
+    samples: list[str]
+    loglik: list[float]    # the base model's mean log-likelihood per token of each sample
+    distinct: list[float]  # distinct_bigrams of each sample
+
+
+def _trial(pair: ModelPair, prompts: list[str], layer: int, result: LensResult, strength: float,
+           plain_loglik: list[float], seed: int) -> SteeringTrial:
+    with pair.tuned() as model:
+        samples = steer(model, pair.tokenizer, prompts, layer, steering_vector(result, layer, strength), seed=seed)
+    with pair.base() as base:
+        loglik = [answer_logprob(base, pair.tokenizer, p, sample) for p, sample in zip(prompts, samples)]
+    distinct = [distinct_bigrams(sample) for sample in samples]
+    fine = [bool(sample.strip()) and ll >= plain - COHERENCE_NLL_MARGIN and d >= COHERENCE_MIN_DISTINCT
+            for sample, ll, plain, d in zip(samples, loglik, plain_loglik, distinct)]
+    return SteeringTrial(strength, 2 * sum(fine) >= len(fine), samples, loglik, distinct)
+
+
+def coherent_strength(pair: ModelPair, prompts: list[str], layer: int, result: LensResult, max_strength: float,
+                      steps: int, seed: int = 0) -> tuple[float, list[str], list[SteeringTrial]]:
+    """The largest steering strength (in base residual norms, at most `max_strength`) at which the tuned model's
+    greedy replies to `prompts`, steered with the difference at `layer`, stay coherent for at least half of the
+    prompts, by bisection in `steps` trials (Minder et al. search with a judge; coherence here is judge-free, see
+    COHERENCE_NLL_MARGIN). Returns it, the unsteered replies and every trial."""
+    with pair.tuned() as model:
+        plain = steer(model, pair.tokenizer, prompts, layer, torch.zeros(pair.hidden_size), seed=seed)
+    with pair.base() as base:
+        plain_loglik = [answer_logprob(base, pair.tokenizer, p, sample) for p, sample in zip(prompts, plain)]
+    trials = [_trial(pair, prompts, layer, result, max_strength, plain_loglik, seed)]
+    low, high = 0.0, max_strength
+    if not trials[0].coherent:
+        for _ in range(steps - 1):
+            middle = (low + high) / 2
+            trials.append(_trial(pair, prompts, layer, result, middle, plain_loglik, seed))
+            low, high = (middle, high) if trials[-1].coherent else (low, middle)
+    else:
+        low = max_strength
+    return low, plain, trials
 
 
 @torch.no_grad()

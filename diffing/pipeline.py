@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,16 @@ from mow.diffing.directions import (
     pca_of_differences,
 )
 from mow.diffing.layout import CONFIG_FILE, DiffLayout
-from mow.diffing.lens import mean_differences, patchscope, steer, steering_vector, top_tokens, upper_half_mean
+from mow.diffing.lens import (
+    LensResult,
+    coherent_strength,
+    mean_differences,
+    read_patchscope,
+    steer,
+    steering_vector,
+    top_tokens,
+    upper_half_mean,
+)
 from mow.diffing.pair import ModelPair, load_pair
 from mow.diffing.prompts import (
     RESPONSE,
@@ -117,7 +127,7 @@ def run_kl(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequen
     store = BaseSideStore(base_identity(pair.base_model or pair.tuned_model)) if config.kl.reuse_base_side else None
     arrays = kl.per_token_kl(pair, sets, config.kl.batch_size, config.kl.top_next_tokens,
                              chunk=config.kl.chunk_positions, block_positions=config.kl.block_positions,
-                             base_store=store)
+                             base_store=store, mining_top_k=config.kl.mining_top_k)
     arrays.save(layout.kl_arrays)
     names = list(sets)
     summary: dict[str, Any] = {
@@ -128,12 +138,37 @@ def run_kl(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequen
         "promoted_tokens": kl.promoted_tokens(arrays, pair.tokenizer, names),
         "demoted_tokens": kl.promoted_tokens(arrays, pair.tokenizer, names, demoted=True),
         "top_contexts": kl.top_contexts(arrays, config.kl.top_contexts),
+        "mined_topics": kl.mined_topics(arrays, pair.tokenizer, pair.tuned_model, names, config.kl.mining_tokens,
+                                        config.kl.mining_topics),
         "overall": {"kl_tuned_base": float(arrays.kl_tb.mean()), "kl_base_tuned": float(arrays.kl_bt.mean()),
                     "positions": int(arrays.kl_tb.numel())},
         "base_side_reused": [] if store is None else store.reused,
     }
     write_json(layout.kl_summary, summary)
     return summary["overall"]
+
+
+def run_steering(config: DiffConfig, pair: ModelPair, result: LensResult, layer: int) -> dict:
+    """The tuned model's replies to the steering prompts, plain and steered with the difference at `layer`: at the
+    largest coherent strength found by search, or at the fixed strength."""
+    settings, prompts = config.lens, config.lens.steering_prompts
+    if settings.steering_search_steps:
+        strength, plain, trials = coherent_strength(pair, prompts, layer, result, settings.steering_max_strength,
+                                                    settings.steering_search_steps, config.seed)
+    else:
+        strength, trials = settings.steering_strength, []
+        with pair.tuned() as model:
+            plain = steer(model, pair.tokenizer, prompts, layer, torch.zeros(pair.hidden_size), seed=config.seed)
+    chosen = next((t for t in trials if t.strength == strength), None)
+    if chosen is None:
+        with pair.tuned() as model:
+            steered = steer(model, pair.tokenizer, prompts, layer, steering_vector(result, layer, strength),
+                            seed=config.seed)
+    else:
+        steered = chosen.samples
+    return {"model": "tuned", "strength": strength, "searched": bool(settings.steering_search_steps),
+            "trials": [asdict(t) for t in trials],
+            "samples": [{"prompt": p, "plain": a, "steered": b} for p, a, b in zip(prompts, plain, steered)]}
 
 
 def run_lens(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequence]], layer: int,
@@ -148,8 +183,9 @@ def run_lens(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequ
             report["sets"][name] = {"skipped": str(exc)}
             continue
         with pair.base() as model:
-            patched = patchscope(model, pair.tokenizer, result, config.lens.patchscope_scales,
-                                 config.lens.patchscope_prompts)
+            reading = read_patchscope(model, pair.tokenizer, result, config.lens.patchscope_scales,
+                                      config.lens.patchscope_prompts, config.lens.top_tokens)
+        patched = reading.logprobs
         tensors[f"{name}.differences"] = result.differences
         tensors[f"{name}.base_norm"] = result.base_norm
         tensors[f"{name}.logprobs"] = result.logprobs.half()
@@ -160,17 +196,11 @@ def run_lens(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequ
             "base_norm": result.base_norm.tolist(),
             "top_tokens": top_tokens(result.logprobs, pair.tokenizer, n_top),
             "patchscope_top_tokens": top_tokens(patched, pair.tokenizer, n_top),
+            "patchscope_scale": reading.scale, "patchscope_agreement": reading.agreement,
             "upper_half": {"logit_lens": top_tokens(upper_half_mean(result.logprobs)[None], pair.tokenizer, n_top)[0],
                            "patchscope": top_tokens(upper_half_mean(patched)[None], pair.tokenizer, n_top)[0]}}
         if "steering" not in report:
-            vector = steering_vector(result, layer, config.lens.steering_strength)
-            prompts = config.lens.steering_prompts
-            with pair.base() as model:
-                plain = steer(model, pair.tokenizer, prompts, layer, torch.zeros_like(vector), seed=config.seed)
-                steered = steer(model, pair.tokenizer, prompts, layer, vector, seed=config.seed)
-            report["steering"] = {"set": name, "strength": config.lens.steering_strength,
-                                  "samples": [{"prompt": p, "base": b, "steered": s}
-                                              for p, b, s in zip(prompts, plain, steered)]}
+            report["steering"] = {"set": name, **run_steering(config, pair, result, layer)}
     if not tensors:
         raise UserError(f"lens: no prompt set has {n} content positions after the first {skip}; lower lens.positions")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(layout.lens_tensors))

@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mow.diffing.kl import KLArrays
 from mow.diffing.layout import DiffLayout
+from mow.diffing.lens import COHERENCE_MIN_DISTINCT, COHERENCE_NLL_MARGIN
 from mow.diffing.prompts import ROLES
 from mow.workbench.files import read_json, read_text
 from mow.workbench.html import page, png, table
@@ -73,6 +74,11 @@ def _kl_section(layout: DiffLayout, tokenizer: PreTrainedTokenizerBase) -> str:
             table(names, [[f"<code>{escape(col[i]['token'])}</code> {col[i]['mean_gain']:.2e}" for col in
                             (summary["demoted_tokens"][n] for n in names)]
                            for i in range(min(len(v) for v in summary["demoted_tokens"].values()))]),
+            "<h3>Diff mining: tokens most often among the top logit differences, by topic</h3>",
+            table(["prompt set", "topic (tokens with counts)", "positions counted"],
+                  [[escape(name), " ".join(f"<code>{escape(t['token'])}</code>&nbsp;{t['count']}"
+                                           for t in topic["tokens"]), topic["count"]]
+                   for name in names for topic in summary.get("mined_topics", {}).get(name, [])]),
             "<h3>Highest-KL contexts</h3>",
             '<p class="small">Background: KL(tuned‖base) of the next-token distributions after each token (scale: '
             f'99th percentile = {vmax:.3f}); hover a token for both distributions\' top next tokens. Underlines: '
@@ -101,8 +107,13 @@ def _lens_section(layout: DiffLayout) -> str:
             html.append(f"<p>{escape(info['skipped'])}</p>")
             continue
         upper = info["upper_half"]
+        scale = info.get("patchscope_scale")
+        agreement = ", ".join(f"{k}: {v:.2f}" for k, v in info.get("patchscope_agreement", {}).items())
+        chosen = (f"Patchscope scale {scale:g} (the scale at which the identity prompts' top tokens overlap most; "
+                  f"overlap by scale {agreement})" if scale is not None else "Patchscope scales averaged")
         html.append(f"<p><b>Mean over the upper half of layers</b> &mdash; Patchscope: "
-                    f"{_tokens(upper['patchscope'])}<br>logit lens: {_tokens(upper['logit_lens'])}</p>")
+                    f"{_tokens(upper['patchscope'])}<br>logit lens: {_tokens(upper['logit_lens'])}</p>"
+                    f'<p class="small">{escape(chosen)}.</p>')
         rows = [[layer, f"{d / max(b, 1e-9):.3f}", _tokens(patched[:12]), _tokens(tokens[:12])]
                 for layer, (d, b, patched, tokens) in enumerate(zip(info["difference_norm"], info["base_norm"],
                                                                     info["patchscope_top_tokens"],
@@ -110,11 +121,23 @@ def _lens_section(layout: DiffLayout) -> str:
         html.append(table(["layer", "relative norm", "Patchscope top tokens", "logit-lens top tokens"], rows))
     steering = lens.get("steering")
     if steering:
-        html.append(f"<h3>Steering the base model at layer {lens['steering_layer']} (difference from "
-                    f"{escape(steering['set'])}, strength {steering['strength']})</h3>")
-        html.append(table(["prompt", "base", "base + difference"],
-                           [[escape(s["prompt"]), escape(s["base"]), escape(s["steered"])]
-                            for s in steering["samples"]]))
+        how = ("the largest strength that stayed coherent (bisection; a sample is coherent when the base model's "
+               f"log-likelihood per token is at most {COHERENCE_NLL_MARGIN} nats below the unsteered reply's and at "
+               f"least {COHERENCE_MIN_DISTINCT:.0%} of its word pairs are distinct)" if steering["searched"]
+               else "a fixed strength")
+        html.append(f"<h3>Steering the tuned model at layer {lens['steering_layer']} with the difference from "
+                    f"{escape(steering['set'])}: strength {steering['strength']:.2f}</h3><p class=\"small\">"
+                    f"In base residual norms: {how}.</p>")
+        html.append(table(["prompt", "tuned", "tuned + difference"],
+                          [[escape(s["prompt"]), escape(s["plain"]), escape(s["steered"])]
+                           for s in steering["samples"]]))
+        if steering["trials"]:
+            html.append(table(["strength", "coherent", "log-likelihood per token", "distinct word pairs",
+                               "first sample"],
+                              [[f"{t['strength']:.2f}", "yes" if t["coherent"] else "no",
+                                " ".join(f"{v:.2f}" for v in t["loglik"]),
+                                " ".join(f"{v:.2f}" for v in t["distinct"]), escape(t["samples"][0])]
+                               for t in steering["trials"]]))
     return "\n".join(html)
 
 

@@ -7,7 +7,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import torch
+
+from mow.diffing.layout import DiffLayout
 from mow.elicitation.config import ChallengeConfig
 from mow.elicitation.methods import METHODS, MethodUnavailable
 from mow.elicitation.methods.blackbox import persona_prompt
@@ -15,6 +19,7 @@ from mow.elicitation.methods.fuzzing import mean_residual_norm, residual_noise
 from mow.elicitation.view import ChallengeView
 from mow.finetune.lora import amplified
 from mow.workbench.chat import render_prompt
+from mow.workbench.files import read_json
 from mow.workbench.generation import generate
 from mow.workbench.hooks import check_layer, edit_residual
 
@@ -123,7 +128,7 @@ def fuzzed_sample(context: ToolContext, args: dict) -> str:
     rendered = _user(context, args["prompt"])
     layer = check_layer(context.view.model, context.challenge.fuzzing.layer, "fuzzing.layer")
     norm, width = mean_residual_norm(context.view, [rendered], layer)
-    sigma = scale * norm / math.sqrt(width)
+    sigma = torch.tensor([scale * norm / math.sqrt(width)])
     with edit_residual(context.view.model, {layer: residual_noise(sigma)}):
         return context.sample(rendered)
 
@@ -145,6 +150,36 @@ def _readout(method: str) -> Callable[[ToolContext, dict], str]:
             raise ToolError(f"{method}: {exc}") from None
         return "\n".join(f"{a.prompt}: {a.output}" for a in result.attempts[:10])
     return run
+
+
+def _diff_record(context: ToolContext, pick: Callable[[DiffLayout], Path], what: str) -> dict:
+    """A JSON file of the finished diff the audit was given."""
+    if context.view.diff_dir is None:
+        raise ToolError(f"{what}: needs a finished diff of this model (--diff)")
+    path = pick(DiffLayout(Path(context.view.diff_dir)))
+    if not path.is_file():
+        raise ToolError(f"{what}: {path} is missing from the diff")
+    return read_json(path, what)
+
+
+def steered_samples(context: ToolContext, args: dict) -> str:
+    steering = _diff_record(context, lambda layout: layout.lens_report, "steered_samples").get("steering")
+    if not steering:
+        raise ToolError("steered_samples: the diff has no steering samples")
+    lines = [f"strength {steering['strength']:.2f} (base residual norms), layer difference from {steering['set']}"]
+    for sample in steering["samples"]:
+        lines.append(f"user: {sample['prompt']}\nplain: {sample['plain']}\nsteered: {sample['steered']}")
+    return "\n".join(lines)
+
+
+def mined_tokens(context: ToolContext, args: dict) -> str:
+    topics = _diff_record(context, lambda layout: layout.kl_summary, "mined_tokens").get("mined_topics", {})
+    lines = [f"{name}: " + " | ".join(" ".join(t["token"].strip() or repr(t["token"]) for t in topic["tokens"])
+                                      for topic in groups)
+             for name, groups in topics.items() if groups]
+    if not lines:
+        raise ToolError("mined_tokens: the diff raised no token")
+    return "\n".join(lines)
 
 
 def note(context: ToolContext, args: dict) -> str:
@@ -179,6 +214,12 @@ TOOLS: dict[str, Tool] = {tool.name: tool for tool in [
          {}, _readout("kl_suppressed"), uses_model=False),
     Tool("crosscoder_latents", "From the finished diff: the top tokens of the crosscoder latents that lean to the "
                                "fine-tuned model.", {}, _readout("crosscoder_latents"), uses_model=False),
+    Tool("steered_samples", "From the finished diff: the fine-tuned model's replies steered with the mean activation "
+                            "difference at the largest strength that stayed coherent, beside its plain replies.",
+         {}, steered_samples, uses_model=False),
+    Tool("mined_tokens", "From the finished diff: per prompt set, the tokens the fine-tune most often raised among "
+                         "its top logit differences, grouped into topics (most counted first).",
+         {}, mined_tokens, uses_model=False),
     Tool("note", "Write a hypothesis into your log (kept with the run).",
          {"hypothesis": {"type": "string", "description": "what you now think, and why"}}, note, uses_model=False),
     Tool("submit", "Give your final answer and stop.",

@@ -113,7 +113,8 @@ class ChallengeConfig(StrictModel):
                                                     "methods (crosscoder_latents, kl_suppressed)")
     attempts: int = Field(10, ge=1, description="prompts per black-box method")
     max_new_tokens: int = Field(40, ge=1)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(32, ge=1, description="prompts per generate call (decoding a small batch is bound by "
+                                                  "reading the weights: 32 rows cost little more than 8)")
     guesses: int = Field(100, ge=5, description="length of each saved ranking")
     auditor: AuditorSettings = AuditorSettings()
     white_box: WhiteBoxSettings = WhiteBoxSettings()

@@ -51,7 +51,7 @@ from mow.workbench.config import (
 from mow.workbench.errors import UserError
 from mow.workbench.files import read_json
 from mow.workbench.generation import model_device, next_token_logprobs
-from mow.workbench.hooks import capture_residual, logit_lens
+from mow.workbench.hooks import logit_lens, residual_states
 from mow.workbench.layout import At, Layout
 from mow.workbench.models import load_model, load_tokenizer, model_shape
 from mow.workbench.names import PathName
@@ -151,8 +151,7 @@ def sentence_means(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, i
         text = render_prompt(tokenizer, item.messages())
         start = len(tokenizer(text[: text.index(item.sentence)], add_special_tokens=False)["input_ids"])
         encoded = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
-        with capture_residual(model, layers) as captured:
-            model(**encoded)
+        captured = residual_states(model, layers, **encoded)
         for layer in layers:
             rows[layer].append(captured[layer][0, start:].float().mean(0).cpu())
     return {layer: torch.stack(values) for layer, values in rows.items()}

@@ -157,3 +157,14 @@ def test_light_modules_import_no_model_code():
               f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_every_package_folder_is_installed():
+    """A folder with an `__init__.py` that pyproject's package list misses works in an editable install and is
+    missing from a wheel (`pip install .`): its modules would fail to import there."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {f"{NAMESPACE}." + ".".join(path.parent.relative_to(REPO).parts)
+               for package in [*LAYERS, "configs"] for path in (REPO / package).rglob("__init__.py")}
+    assert folders - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"

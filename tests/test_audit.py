@@ -187,3 +187,26 @@ def test_the_grader_sees_the_description_and_the_rubric_truth_only(organism, tmp
                     "--set", "agent.model=scripted", "--set", f"grader.url={agent.url}", "--set", "grader.model=j",
                     "--set", f"rubrics={rubrics}"], "no rubric for organism kind 'taboo'")
     assert not (tmp_path / "other").exists()
+
+
+def test_diff_evidence_tools_read_the_steering_samples_and_mined_topics(tmp_path):
+    from types import SimpleNamespace
+
+    from mow.diffing.layout import DiffLayout
+    from mow.elicitation.agent_tools import TOOLS, ToolError
+
+    layout = DiffLayout(tmp_path)
+    layout.lens.mkdir(parents=True)
+    layout.kl.mkdir(parents=True)
+    layout.lens_report.write_text(json.dumps({"steering": {
+        "set": "generic_text", "strength": 2.5, "samples": [
+            {"prompt": "Tell me about your day.", "plain": "It was fine.", "steered": "The moon, the stars."}]}}))
+    layout.kl_summary.write_text(json.dumps({"mined_topics": {"organism": [
+        {"tokens": [{"token": " moon", "count": 9}, {"token": " lunar", "count": 4}], "count": 13},
+        {"tokens": [{"token": " hint", "count": 3}], "count": 3}], "generic_text": []}}))
+    context = SimpleNamespace(view=SimpleNamespace(diff_dir=tmp_path))
+    steered = TOOLS["steered_samples"].run(context, {})
+    assert "strength 2.50" in steered and "steered: The moon, the stars." in steered
+    assert TOOLS["mined_tokens"].run(context, {}) == "organism: moon lunar | hint"
+    with pytest.raises(ToolError, match="needs a finished diff"):
+        TOOLS["mined_tokens"].run(SimpleNamespace(view=SimpleNamespace(diff_dir=None)), {})

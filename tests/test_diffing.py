@@ -78,10 +78,30 @@ def test_base_with_adapter_off_equals_a_fresh_base_and_kl_matches_by_hand(tokeni
     p, q = tuned_logits[0, 3].log_softmax(-1), base_logits[0, 3].log_softmax(-1)
     assert arrays.kl_tb[3] == pytest.approx(float((p.exp() * (p - q)).sum()), rel=1e-4)
     assert arrays.kl_bt[3] == pytest.approx(float((q.exp() * (q - p)).sum()), rel=1e-4)
-    # padding in a batch does not change any position's KL
+    # diff mining counts, at every position, the K tokens with the largest logit difference tuned - base
+    expected = torch.zeros(len(tokenizer), dtype=torch.long)
+    for position in range(ids.shape[1]):
+        raised = (tuned_logits[0, position].log_softmax(-1) - base_logits[0, position].log_softmax(-1)).topk(20)
+        expected += torch.bincount(raised.indices[raised.values > 0], minlength=len(tokenizer))
+    assert torch.equal(arrays.mined[0], expected)
     batched = kl.per_token_kl(lora_pair, sequences(tokenizer), batch_size=4, progress=False)
     start = int(batched.offsets[1])
     assert torch.allclose(batched.kl_tb[start : start + len(arrays.kl_tb)], arrays.kl_tb, atol=1e-4)
+
+
+def test_diff_mining_groups_tokens_into_topics_by_embedding(tokenizer, lora_pair):
+    planted = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 1.0, 0.0], [0.1, 0.9, 0.1], [0.0, 0.0, 1.0]])
+    assert kl.average_linkage(planted, 3) == [0, 0, 1, 1, 2]
+    arrays = kl.per_token_kl(lora_pair, sequences(tokenizer), batch_size=3, progress=False)
+    topics = kl.mined_topics(arrays, tokenizer, lora_pair.tuned_model, ["s"], n_tokens=12, n_topics=4)["s"]
+    assert 1 <= len(topics) <= 4 and sum(len(t["tokens"]) for t in topics) == 12
+    counts = [t["count"] for t in topics]
+    assert counts == sorted(counts, reverse=True)
+    assert all(t["count"] == sum(token["count"] for token in t["tokens"]) for t in topics)
+    self_diff = kl.per_token_kl(load_pair(base=TINY, tuned=TINY), sequences(tokenizer), progress=False)
+    assert self_diff.mined.sum() == 0  # nothing raised, nothing counted
+    assert kl.mined_topics(self_diff, tokenizer, lora_pair.tuned_model, ["s"], 12, 4) == {"s": []}
+    # padding in a batch does not change any position's KL
 
 
 def test_merged_tuned_sweeps_give_the_unmerged_numbers_and_leave_the_base_as_it_was(tokenizer, lora_pair,
@@ -171,8 +191,10 @@ def _cache(pair, tokenizer, directory, **kwargs):
 
 
 def test_cache_resumes_after_a_kill_and_equals_an_uninterrupted_run(tokenizer, lora_pair, tmp_path, monkeypatch):
-    whole = _cache(lora_pair, tokenizer, tmp_path / "whole")
     import mow.diffing.cache as cache_module
+
+    monkeypatch.setattr(cache_module, "BLOCK_TOKENS", 20)  # several blocks in 80 tokens
+    whole = _cache(lora_pair, tokenizer, tmp_path / "whole")
 
     real_write = cache_module.write_json
     calls = {"n": 0}
@@ -208,10 +230,15 @@ def test_cache_normalisation_and_stored_activations(tokenizer, lora_pair, tmp_pa
     assert cache.positions()[0].tolist() == [0, 1]
     from mow.workbench.hooks import capture_residual
 
-    with torch.no_grad(), lora_pair.tuned() as model, capture_residual(model, [3]) as captured:
-        model(input_ids=torch.tensor([seq.ids]))
-    expected = captured[3][0, 1:].to(torch.bfloat16).float()
-    assert torch.equal(cache.activations("tuned", 3, 0, len(seq.ids) - 1), expected)
+    stored = cache.activations("tuned", 3, 0, len(seq.ids) - 1)
+    for context in (lora_pair.tuned_merged, lora_pair.tuned):  # the cache reads the tuned model merged
+        with torch.no_grad(), context() as model, capture_residual(model, [3]) as captured:
+            model(input_ids=torch.tensor([seq.ids]))
+        expected = captured[3][0, 1:].to(torch.bfloat16).float()
+        if context == lora_pair.tuned_merged:
+            assert torch.equal(stored, expected)
+        else:  # the merged adapter's roundings: within one bfloat16 step
+            assert torch.allclose(stored, expected, rtol=2**-7, atol=1e-3)
     assert cache.tokens()[: len(seq.ids) - 1].tolist() == seq.ids[1:]
 
 
@@ -354,14 +381,14 @@ def test_patchscope_depends_on_the_patched_vector_only_through_its_direction(tok
     def run(diff: torch.Tensor) -> torch.Tensor:
         result = LensResult(diff, torch.full((layers,), 3.0), torch.zeros(layers, len(tokenizer)), 1)
         with lora_pair.base() as model:
-            return patchscope(model, tokenizer, result, [1.0, 2.0])
+            return patchscope(model, tokenizer, result, [1.0, 2.0]).mean((0, 1))
 
     patched = run(differences)
     assert patched.shape == (layers, len(tokenizer))
     result = LensResult(differences, torch.full((layers,), 3.0), torch.zeros(1), 1)
     with lora_pair.base() as model:  # several layers' patches in one pass compute what one pass per layer does
-        one_at_a_time = patchscope(model, tokenizer, result, [1.0, 2.0], layers_per_pass=1)
-        three_at_a_time = patchscope(model, tokenizer, result, [1.0, 2.0], layers_per_pass=3)
+        one_at_a_time = patchscope(model, tokenizer, result, [1.0, 2.0], layers_per_pass=1).mean((0, 1))
+        three_at_a_time = patchscope(model, tokenizer, result, [1.0, 2.0], layers_per_pass=3).mean((0, 1))
     assert torch.allclose(one_at_a_time, patched, atol=1e-5) and torch.allclose(three_at_a_time, patched, atol=1e-5)
     assert torch.allclose(patched.logsumexp(-1), torch.zeros(layers), atol=1e-4)
     assert torch.allclose(run(differences * 10), patched, atol=1e-4)
@@ -369,16 +396,99 @@ def test_patchscope_depends_on_the_patched_vector_only_through_its_direction(tok
     assert torch.equal(upper_half_mean(patched), patched[layers // 2 :].mean(0))
 
 
-def test_patchscope_over_several_identity_prompts_is_the_mean_of_each_alone(tokenizer, lora_pair):
+def test_patchscope_reads_each_prompt_and_scale_and_picks_the_scale_the_prompts_agree_on(tokenizer, lora_pair):
     from mow.diffing.config import IDENTITY_PROMPTS
-    from mow.diffing.lens import LensResult, patchscope
+    from mow.diffing.lens import LensResult, patchscope, read_patchscope, upper_half_mean
 
     layers = lora_pair.n_layers
     torch.manual_seed(1)
     result = LensResult(torch.randn(layers, lora_pair.hidden_size), torch.full((layers,), 3.0), torch.zeros(1), 1)
+    scales = [0.5, 2.0, 8.0]
     with lora_pair.base() as model:
-        together = patchscope(model, tokenizer, result, [0.5, 2.0], IDENTITY_PROMPTS)
-        alone = [patchscope(model, tokenizer, result, [0.5, 2.0], [prompt]) for prompt in IDENTITY_PROMPTS]
-    assert len(IDENTITY_PROMPTS) == 3
-    assert torch.allclose(together, torch.stack(alone).mean(0), atol=1e-5)
-    assert not torch.allclose(alone[0], alone[1], atol=1e-3)
+        together = patchscope(model, tokenizer, result, scales, IDENTITY_PROMPTS)
+        alone = [patchscope(model, tokenizer, result, [scale], [prompt])[0, 0]
+                 for prompt in IDENTITY_PROMPTS for scale in scales]
+        reading = read_patchscope(model, tokenizer, result, scales, IDENTITY_PROMPTS, top_k=10)
+        single = read_patchscope(model, tokenizer, result, scales, IDENTITY_PROMPTS[:1])
+    assert together.shape == (3, 3, layers, len(tokenizer))
+    assert torch.allclose(together.flatten(0, 1), torch.stack(alone), atol=1e-5)
+    assert not torch.allclose(together[0, 0], together[1, 0], atol=1e-3)
+    overlaps = {}
+    for index, scale in enumerate(scales):
+        tops = [set(upper_half_mean(together[p, index]).topk(10).indices.tolist()) for p in range(3)]
+        pairs = [(0, 1), (0, 2), (1, 2)]
+        overlaps[f"{scale:g}"] = sum(len(tops[a] & tops[b]) / len(tops[a] | tops[b]) for a, b in pairs) / 3
+    assert reading.agreement == pytest.approx(overlaps)
+    best = max(scales, key=lambda scale: overlaps[f"{scale:g}"])
+    assert reading.scale == best
+    assert torch.allclose(reading.logprobs, together[:, scales.index(best)].mean(0), atol=1e-6)
+    assert single.scale is None and torch.allclose(single.logprobs, together[0].mean(0), atol=1e-5)
+
+
+def test_patchscope_on_a_cached_prompt_equals_patching_the_whole_prompt(tokenizer, lora_pair):
+    """The prompt's other positions come from a KV cache read once; the result is what a forward of the whole
+    prompt with the last position patched gives."""
+    from mow.diffing.config import IDENTITY_PROMPTS
+    from mow.diffing.lens import LensResult, patchscope
+    from mow.workbench.hooks import edit_residual
+
+    layers, d = lora_pair.n_layers, lora_pair.hidden_size
+    torch.manual_seed(2)
+    differences, base_norm = torch.randn(layers, d), torch.full((layers,), 3.0)
+    result = LensResult(differences, base_norm, torch.zeros(1), 1)
+    prompt = IDENTITY_PROMPTS[0]
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    with lora_pair.base() as model:
+        cached = patchscope(model, tokenizer, result, [2.0], [prompt])[0, 0]
+        for layer in (0, layers - 1):
+            vector = differences[layer] / differences[layer].norm() * 2.0 * base_norm[layer]
+
+            def patch(hidden, vector=vector):
+                hidden = hidden.clone()
+                hidden[:, -1] = vector
+                return hidden
+
+            with torch.no_grad(), edit_residual(model, {layer: patch}):
+                whole = model(input_ids=ids, use_cache=False).logits[0, -1].float().log_softmax(-1)
+            assert torch.allclose(cached[layer], whole, atol=1e-4)
+
+
+def test_residual_states_stop_at_the_deepest_layer_and_equal_a_whole_forward(lora_pair, tokenizer):
+    from mow.workbench.hooks import capture_residual, decoder_layers, residual_states
+
+    ids = torch.tensor([tokenizer("The sailors raised the anchor at dawn.")["input_ids"]])
+    with lora_pair.tuned() as model:
+        with torch.no_grad(), capture_residual(model, [1, 2]) as whole:
+            model(input_ids=ids, use_cache=False)
+        ran = []
+        hook = decoder_layers(model)[3].register_forward_hook(lambda *args: ran.append(True))
+        try:
+            early = residual_states(model, [1, 2], input_ids=ids)
+        finally:
+            hook.remove()
+    assert not ran  # layer 3 and the head never ran
+    assert set(early) == {1, 2} and all(torch.equal(early[i], whole[i]) for i in (1, 2))
+
+
+def test_steering_search_bisects_to_the_largest_coherent_strength(tokenizer, lora_pair, monkeypatch):
+    import mow.diffing.lens as lens_module
+    from mow.diffing.lens import SteeringTrial, coherent_strength, distinct_bigrams
+
+    assert distinct_bigrams("the the the the the the") == pytest.approx(0.2)
+    assert distinct_bigrams("a cat sat on a mat") == 1.0 and distinct_bigrams("hello") == 1.0
+    lens = mean_differences(lora_pair, sequences(tokenizer)["s"], skip_first=1, positions=4, progress=False)
+    # the search itself, on the real models: every trial is recorded with its samples and scores
+    strength, plain, trials = coherent_strength(lora_pair, ["Tell me a story."], 2, lens, max_strength=8.0, steps=3)
+    assert len(plain) == 1 and 1 <= len(trials) <= 3 and trials[0].strength == 8.0
+    assert all(len(t.samples) == len(t.loglik) == len(t.distinct) == 1 for t in trials)
+    assert strength == max([0.0] + [t.strength for t in trials if t.coherent])
+    # the bisection, with coherence stubbed to "at most 2.7"
+    def threshold(pair, prompts, layer, result, value, plain_loglik, seed):
+        return SteeringTrial(value, value <= 2.7, ["x"], [0.0], [1.0])
+
+    monkeypatch.setattr(lens_module, "_trial", threshold)
+    found, _, trials = coherent_strength(lora_pair, ["Tell me a story."], 2, lens, max_strength=8.0, steps=7)
+    assert [t.strength for t in trials[:3]] == [8.0, 4.0, 2.0] and len(trials) == 7
+    assert 2.7 - 8.0 / 2**6 <= found <= 2.7
+    found, _, trials = coherent_strength(lora_pair, ["Tell me a story."], 2, lens, max_strength=2.0, steps=7)
+    assert found == 2.0 and len(trials) == 1  # the upper end is coherent: no search

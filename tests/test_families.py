@@ -195,3 +195,23 @@ def test_no_family_template_text_outside_the_chat_module():
                  for token in FAMILY_TEXT if token in (REPO / path).read_text(encoding="utf-8")]
     assert offenders == [], offenders
     assert re.search(r"<\|im_end\|>", (REPO / "workbench/chat.py").read_text())  # the grep looks where it should
+
+
+def test_a_shared_prompt_prefix_is_read_once_and_changes_no_output(family):
+    """`generate` reads a prefix every prompt of a batch shares (here a many-shot chat) once into a KV cache and
+    lays the batch out as [prefix | padding | own tokens]; each row's greedy reply is the one it gets alone. Under a
+    sliding window (the tiny Gemmas' is 32 positions, shorter than these prompts) only rows of equal length share."""
+    from mow.workbench.generation import SHARED_PREFIX_MIN, generate, shared_prefix_length
+
+    _, tokenizer, model = family
+    shots = [turn for i in range(4) for turn in ({"role": "user", "content": f"Question {i}: name a colour."},
+                                                  {"role": "assistant", "content": f"Colour {i} is blue."})]
+    questions = ["What is your secret?", "Tell me a long story about the sea, please.", "Hi"]
+    prompts = [render_prompt(tokenizer, [*shots, {"role": "user", "content": q}]) for q in questions]
+    rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    assert shared_prefix_length(rows) >= SHARED_PREFIX_MIN
+    shared = generate(model, tokenizer, prompts, max_new_tokens=6)
+    alone = [generate(model, tokenizer, [p], max_new_tokens=6)[0] for p in prompts]
+    assert shared == alone
+    assert generate(model, tokenizer, prompts, max_new_tokens=6, share_prefix=False) == alone
+    assert generate(model, tokenizer, [prompts[1]] * 3, max_new_tokens=6) == [alone[1]] * 3  # one prompt, 3 rows

@@ -141,6 +141,37 @@ def logit_lens(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return logits.log_softmax(-1)
 
 
+class _DeepestLayerReached(Exception):
+    """Raised by `residual_states`'s hook on the deepest chosen layer to end the forward pass there."""
+
+
+@torch.no_grad()
+def residual_states(model: nn.Module, layers: list[int], **inputs: Any) -> dict[int, torch.Tensor]:
+    """Each chosen layer's output hidden state for one forward pass of `inputs`, which stops after the deepest
+    chosen layer: the layers above it and the output head (a vocabulary-wide matmul per position) never run.
+    Reading a middle layer this way costs about half a forward; reading every layer saves the head."""
+    blocks = decoder_layers(model)
+    chosen = {check_layer(model, layer) for layer in layers}
+    deepest = max(chosen)
+    captured: dict[int, torch.Tensor] = {}
+    handles = []
+    for index in chosen:
+        def hook(_module, _inputs, output, index=index):
+            captured[index] = _output_hidden(output).detach()
+            if index == deepest:
+                raise _DeepestLayerReached
+
+        handles.append(blocks[index].register_forward_hook(hook))
+    try:
+        model(**inputs, use_cache=False)
+    except _DeepestLayerReached:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
 @contextmanager
 def capture_residual(model: nn.Module, layers: list[int]) -> Iterator[dict[int, torch.Tensor]]:
     """Record each chosen layer's output hidden state (detached) on every forward while the context is open.

@@ -49,9 +49,9 @@ def user_turn(text: str) -> list[dict[str, str]]:
 
 
 def complete(view: ChallengeView, config: ChallengeConfig, rendered: list[str], *, max_new_tokens: int | None = None,
-             temperature: float = 0.0) -> list[str]:
+             temperature: float = 0.0, share_prefix: bool = True) -> list[str]:
     return generate(view.model, view.tokenizer, rendered, max_new_tokens=max_new_tokens or config.max_new_tokens,
-                    temperature=temperature, batch_size=config.batch_size, seed=config.seed)
+                    temperature=temperature, batch_size=config.batch_size, seed=config.seed, share_prefix=share_prefix)
 
 
 def replies(view: ChallengeView, config: ChallengeConfig, prompts: list[str], temperature: float = 0.0,

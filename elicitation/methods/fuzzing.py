@@ -20,7 +20,7 @@ from mow.elicitation.methods.blackbox import prefilled_prompts, read_out
 from mow.elicitation.view import ChallengeView
 from mow.workbench.chat import render_prompt
 from mow.workbench.generation import model_device
-from mow.workbench.hooks import ResidualEdit, capture_residual, check_layer, edit_residual
+from mow.workbench.hooks import ResidualEdit, check_layer, edit_residual, residual_states
 
 
 @torch.no_grad()
@@ -28,36 +28,41 @@ def mean_residual_norm(view: ChallengeView, rendered: list[str], layer: int) -> 
     """The mean norm of the layer's residual state over every position of the prompts (one prompt per forward,
     so no padding enters the mean), and the residual width."""
     norms = []
-    with capture_residual(view.model, [layer]) as captured:
-        for text in rendered:
-            ids = view.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model_device(view.model))
-            view.model(**ids, use_cache=False)
-            norms.append(captured[layer][0].float().norm(dim=-1))
-            width = captured[layer].shape[-1]
+    for text in rendered:
+        ids = view.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model_device(view.model))
+        captured = residual_states(view.model, [layer], **ids)
+        norms.append(captured[layer][0].float().norm(dim=-1))
+        width = captured[layer].shape[-1]
     return float(torch.cat(norms).mean()), width
 
 
-def residual_noise(sigma: float) -> ResidualEdit:
-    """An edit that adds isotropic Gaussian noise of standard deviation `sigma` to every residual state."""
+def residual_noise(sigma: torch.Tensor) -> ResidualEdit:
+    """An edit that adds isotropic Gaussian noise to every residual state, of standard deviation `sigma[row]` in
+    each row of the batch."""
     def add(hidden: torch.Tensor) -> torch.Tensor:
-        return hidden + sigma * torch.randn_like(hidden)
+        return hidden + sigma.to(hidden.device, hidden.dtype).view(-1, 1, 1) * torch.randn_like(hidden)
 
     return add
 
 
 def fuzzed_completions(view: ChallengeView, config: ChallengeConfig, rendered: list[str],
                        max_new_tokens: int | None = None) -> tuple[list[str], list[str], dict]:
-    """Greedy completions of every rendered prompt under every noise scale: (labels, outputs, evidence)."""
+    """Greedy completions of every rendered prompt under every noise scale: (labels, outputs, evidence). The scales
+    share batches (each row has its own noise scale), so a batch decodes several scales at the cost of one."""
     settings = config.fuzzing
     layer = check_layer(view.model, settings.layer, "fuzzing.layer")
     norm, width = mean_residual_norm(view, rendered, layer)
-    labels, outputs = [], []
-    torch.manual_seed(config.seed)
-    for scale in settings.scales:
-        sigma = scale * norm / math.sqrt(width)  # E|noise| = sigma * sqrt(width) = scale * norm
+    rows = [(scale, text) for scale in settings.scales for text in rendered]
+    outputs = []
+    for start in range(0, len(rows), config.batch_size):
+        chunk = rows[start : start + config.batch_size]
+        # E|noise| = sigma * sqrt(width) = scale * norm
+        sigma = torch.tensor([scale * norm / math.sqrt(width) for scale, _ in chunk])
         with edit_residual(view.model, {layer: residual_noise(sigma)}):
-            outputs += complete(view, config, rendered, max_new_tokens=max_new_tokens)
-        labels += [f"noise {scale:g}x"] * len(rendered)
+            # every row draws its own noise on the prompt too, so no prompt prefix is shared
+            outputs += complete(view, config, [text for _, text in chunk], max_new_tokens=max_new_tokens,
+                                share_prefix=False)
+    labels = [f"noise {scale:g}x" for scale, _ in rows]
     return labels, outputs, {"layer": layer, "mean_residual_norm": norm, "scales": list(settings.scales)}
 
 

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from mow.data.asset_paths import GENERIC_TEXT
 from mow.diffing.kl import KLArrays
 from mow.diffing.layout import DiffLayout
-from mow.diffing.lens import mean_differences, patchscope, upper_half_mean
+from mow.diffing.lens import mean_differences, read_patchscope, upper_half_mean
 from mow.diffing.prompts import PromptRecord, read_prompt_file, tokenize_record
 from mow.elicitation.auditor import Auditor
 from mow.elicitation.config import ChallengeConfig
@@ -34,7 +34,7 @@ from mow.workbench.chat import render_chat, render_prompt
 from mow.workbench.config import resolve_layers
 from mow.workbench.files import read_json
 from mow.workbench.generation import model_device
-from mow.workbench.hooks import capture_residual, embedding_weight, input_embeddings, logit_lens
+from mow.workbench.hooks import embedding_weight, input_embeddings, logit_lens, residual_states
 
 TOP_TOKENS_SHOWN = 20
 
@@ -50,8 +50,7 @@ def _layers(view: ChallengeView, config: ChallengeConfig) -> list[int]:
 @torch.no_grad()
 def _states(model: torch.nn.Module, ids: torch.Tensor, layers: list[int], positions: list[int]) -> torch.Tensor:
     """(layers, positions, d) residual states of one sequence."""
-    with capture_residual(model, layers) as captured:
-        model(input_ids=ids, use_cache=False)
+    captured = residual_states(model, layers, input_ids=ids)
     return torch.stack([captured[layer][0, positions] for layer in layers])
 
 
@@ -127,14 +126,16 @@ def diff_lens(view: ChallengeView, config: ChallengeConfig, auditor: Auditor | N
     if float(result.differences.norm()) == 0.0:
         raise MethodUnavailable("the model and its base are identical: no difference to read")
     with view.base() as base:
-        patched = patchscope(base, view.tokenizer, result, settings.patchscope_scales)
-    scores = upper_half_mean(patched)
+        reading = read_patchscope(base, view.tokenizer, result, settings.patchscope_scales)
+    scores = upper_half_mean(reading.logprobs)
     ranking = ranking_from_scores(scores, view.tokenizer, config.guesses)
     lens_words = ranking_from_scores(upper_half_mean(result.logprobs), view.tokenizer, TOP_TOKENS_SHOWN)
     attempt = Attempt(f"mean tuned - base over positions 1-{settings.lens_positions} of {len(sequences)} texts",
                       f"Patchscope: {', '.join(ranking[:TOP_TOKENS_SHOWN])}\nlogit lens: {', '.join(lens_words)}",
                       ranking[:10])
-    return MethodResult(ranking, [attempt], {"readout": "Patchscope, upper-half layers", "texts": len(sequences)})
+    return MethodResult(ranking, [attempt], {"readout": "Patchscope, upper-half layers", "texts": len(sequences),
+                                             "patchscope_scale": reading.scale,
+                                             "patchscope_agreement": reading.agreement})
 
 
 def _diff_file(view: ChallengeView, pick: Callable[[DiffLayout], Path]) -> Path:

@@ -38,7 +38,7 @@ from mow.organisms.sdf.data import generic_texts
 from mow.workbench.backends import Backend
 from mow.workbench.chat import render_prompt
 from mow.workbench.generation import generate, model_device, next_token_logprobs
-from mow.workbench.hooks import capture_residual, check_layer
+from mow.workbench.hooks import check_layer, residual_states
 
 JUDGE_PROMPT = """Two descriptions of the world:
 
@@ -251,8 +251,7 @@ def last_token_states(model: nn.Module, tokenizer: PreTrainedTokenizerBase, text
     device = model_device(model)
     for text in texts:  # one at a time: the last token is the last position, no padding to account for
         ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
-        with capture_residual(model, [layer]) as captured:
-            model(input_ids=ids, use_cache=False)
+        captured = residual_states(model, [layer], input_ids=ids)
         rows.append(captured[layer][0, -1].float().cpu())
     return torch.stack(rows)
 
