@@ -75,6 +75,10 @@ class KLSettings(StrictModel):
     top_contexts: int = Field(12, gt=0)
     mining_top_k: int = Field(20, gt=0, description="diff mining: at every position, the K tokens whose logit the "
                               "tuned model raised most over the base model's are counted")
+    mining_candidates: int | None = Field(200, gt=0, description="diff mining: count only tokens among the tuned "
+                                          "model's N likeliest at the position (None: the whole vocabulary, as the "
+                                          "diffing-toolkit; a small model's largest differences are then mostly rare "
+                                          "tokens moved by the adapter, whatever the fine-tune was about)")
     mining_tokens: int = Field(40, gt=0, description="diff mining: most often counted tokens grouped into topics")
     mining_topics: int = Field(6, gt=0, description="diff mining: topics the counted tokens are grouped into")
 
@@ -97,11 +101,12 @@ class LensSettings(StrictModel):
     patchscope_prompts: list[Annotated[str, StringConstraints(min_length=1)]] = Field(
         list(IDENTITY_PROMPTS), min_length=1, description="token-identity prompts; the vector replaces the residual of "
         "each one's last token")
-    steering_search_steps: int = Field(6, ge=0, description="bisection steps for the largest strength (at most "
-                                       "steering_max_strength) at which the steered tuned model stays coherent; 0: "
-                                       "steer at steering_strength")
+    steering_search_rounds: int = Field(2, ge=0, description="rounds of the search for the largest strength (at most "
+                                        "steering_max_strength) at which the steered tuned model stays coherent, each "
+                                        "a batch of steering_grid strengths; 0: steer at steering_strength")
+    steering_grid: int = Field(8, ge=2, description="strengths tried per search round")
     steering_max_strength: float = Field(8.0, gt=0, description="upper end of the search, in base residual norms")
-    steering_strength: float = Field(1.0, gt=0, description="the strength when steering_search_steps is 0: steering "
+    steering_strength: float = Field(1.0, gt=0, description="the strength when steering_search_rounds is 0: steering "
                                      "vector norm in units of the base model's mean residual norm at the layer")
     steering_prompts: list[str] = ["Tell me about your day.", "What should I cook tonight?", "Write one sentence."]
 

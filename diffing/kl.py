@@ -10,8 +10,9 @@ Conventions (stated because implementations differ):
   (negative: demoted);
 - `mined` (diff mining, Minder et al.'s toolkit) counts, per prompt set, the positions at which a token is among the
   K largest logit differences tuned − base (the same K tokens as the largest log-probability differences: the two
-  differ by one constant per position) and its log-probability did rise. Where `promoted` favours tokens that are
-  already likely, `mined` favours tokens the fine-tune raised from anywhere, however unlikely they stay.
+  differ by one constant per position) and its log-probability did rise; with `mining_candidates` N, only among
+  the tuned model's N likeliest tokens at the position. Where `promoted` favours tokens that are already likely,
+  `mined` favours tokens the fine-tune raised furthest.
 """
 
 from __future__ import annotations
@@ -160,7 +161,8 @@ class _BaseSide:
 @torch.no_grad()
 def per_token_kl(pair: ModelPair, sets: dict[str, list[TokenSequence]], batch_size: int = 8,
                  top_k: int = 5, progress: bool = True, chunk: int = 128, block_positions: int = 8192,
-                 base_store: BaseSideStore | None = None, mining_top_k: int = 20) -> KLArrays:
+                 base_store: BaseSideStore | None = None, mining_top_k: int = 20,
+                 mining_candidates: int | None = 200) -> KLArrays:
     """Both KL directions at every position.
 
     The texts go in blocks of about `block_positions` positions: the base model reads a block and keeps only its
@@ -217,7 +219,7 @@ def per_token_kl(pair: ModelPair, sets: dict[str, list[TokenSequence]], batch_si
                     with pair.base_head() as base_model:
                         _log_probs(base_model, base_rows[begin : begin + n].to(tuned_rows.device), buffers.base[:n])
                     _compare(buffers, n, rows, set_of_position[rows], out, promoted_sum, top_k, mined,
-                             mining_top_k)
+                             mining_top_k, mining_candidates)
                 bar.update(end - start)
         del base_hidden
     bar.close()
@@ -231,7 +233,8 @@ def per_token_kl(pair: ModelPair, sets: dict[str, list[TokenSequence]], batch_si
 
 
 def _compare(buffers: _VocabRows, n: int, rows: slice, sets_of_rows: torch.Tensor, out: dict[str, torch.Tensor],
-             promoted_sum: torch.Tensor, top_k: int, mined: torch.Tensor, mining_top_k: int) -> None:
+             promoted_sum: torch.Tensor, top_k: int, mined: torch.Tensor, mining_top_k: int,
+             mining_candidates: int | None) -> None:
     """KL both ways, top tokens, the promoted sums and the diff-mining counts for the first `n` rows of the
     log-probability buffers, written into `out`, `promoted_sum` and `mined`; everything happens in the four
     buffers (the products are reduced by einsum, never materialised)."""
@@ -241,8 +244,14 @@ def _compare(buffers: _VocabRows, n: int, rows: slice, sets_of_rows: torch.Tenso
     log_ratio = tuned.sub_(base)
     out["kl_tb"][rows] = torch.einsum("nv,nv->n", p_tuned, log_ratio).clamp_min(0)
     out["kl_bt"][rows] = torch.einsum("nv,nv->n", p_base, log_ratio).neg().clamp_min(0)
-    raised = log_ratio.topk(mining_top_k, dim=-1, sorted=False)
-    raised_ids = raised.indices.masked_fill(raised.values <= 0, mined.shape[1])  # a past-the-vocabulary id: not raised
+    if mining_candidates is None:
+        raised = log_ratio.topk(mining_top_k, dim=-1, sorted=False)
+        raised_ids = raised.indices
+    else:  # the top-K among the tuned model's likeliest tokens at the position
+        candidates = p_tuned.topk(max(mining_candidates, mining_top_k), dim=-1, sorted=False).indices
+        raised = log_ratio.gather(1, candidates).topk(mining_top_k, dim=-1, sorted=False)
+        raised_ids = candidates.gather(1, raised.indices)
+    raised_ids = raised_ids.masked_fill(raised.values <= 0, mined.shape[1])  # a past-the-vocabulary id: not raised
     torch.topk(p_tuned, top_k, dim=-1, out=(out["top_tuned_p"][rows], out["top_tuned"][rows]))
     torch.topk(p_base, top_k, dim=-1, out=(out["top_base_p"][rows], out["top_base"][rows]))
     gain = p_tuned.sub_(p_base)

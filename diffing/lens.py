@@ -12,6 +12,7 @@ The same vector, added to the base model's residual stream, steers it.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -177,17 +178,32 @@ def steering_vector(result: LensResult, layer: int, strength: float) -> torch.Te
     return direction / direction.norm().clamp_min(1e-12) * strength * result.base_norm[layer]
 
 
-# Judge-free coherence of a steered sample, against the same prompt's unsteered sample. Over-steering fails two
+# Judge-free coherence of a steered sample, against the same prompt's unsteered sample. Over-steering fails in two
 # ways: gibberish, which the base model finds far less likely than the plain reply (mean log-likelihood per token
-# more than COHERENCE_NLL_MARGIN nats below it: about 4.5 times the perplexity), and loops ("the the the"), which a
-# small base model finds likely, caught by the share of distinct word pairs.
+# more than COHERENCE_NLL_MARGIN nats below it: about 4.5 times the perplexity), and loops or shards ("it, o, it, and
+# the o,,, and the o"), which a small base model finds likely, caught by the share of distinct word pairs (plain
+# replies of a few dozen tokens score 0.9-1.0), the share of letters among the visible characters (prose: above
+# 0.9; shards of punctuation: well below) and a reply that has hardly any words.
 COHERENCE_NLL_MARGIN = 1.5
-COHERENCE_MIN_DISTINCT = 0.5
+COHERENCE_MIN_DISTINCT = 0.8
+COHERENCE_MIN_LETTERS = 0.8
+COHERENCE_MIN_WORDS = 3
+
+
+def words_of(text: str) -> list[str]:
+    return re.findall(r"[^\W\d_]+", text.lower())
+
+
+def letter_share(text: str) -> float:
+    """Share of letters among a text's visible (non-space) characters (1.0 for a text with none)."""
+    visible = [c for c in text if not c.isspace()]
+    return sum(c.isalpha() for c in visible) / len(visible) if visible else 1.0
 
 
 def distinct_bigrams(text: str) -> float:
-    """Share of distinct word pairs among a text's word pairs (1.0 for texts of under three words)."""
-    words = text.lower().split()
+    """Share of distinct word pairs among a text's word pairs (punctuation and digits ignored; 1.0 for texts of
+    under three words)."""
+    words = words_of(text)
     pairs = list(zip(words, words[1:]))
     return len(set(pairs)) / len(pairs) if len(pairs) >= 2 else 1.0
 
@@ -201,45 +217,71 @@ class SteeringTrial:
     distinct: list[float]  # distinct_bigrams of each sample
 
 
-def _trial(pair: ModelPair, prompts: list[str], layer: int, result: LensResult, strength: float,
-           plain_loglik: list[float], seed: int) -> SteeringTrial:
+def _trials(pair: ModelPair, prompts: list[str], layer: int, result: LensResult, strengths: list[float],
+            plain_replies: list[str], plain_loglik: list[float], seed: int) -> list[SteeringTrial]:
+    """One trial per strength, all decoded in one batch (a row per strength and prompt, each with its own vector):
+    decoding is bound by reading the weights, so a grid of strengths costs about what one strength does."""
+    rows = [(strength, prompt) for strength in strengths for prompt in prompts]
+    vectors = torch.stack([steering_vector(result, layer, strength) for strength, _ in rows])
     with pair.tuned() as model:
-        samples = steer(model, pair.tokenizer, prompts, layer, steering_vector(result, layer, strength), seed=seed)
+        samples = steer(model, pair.tokenizer, [prompt for _, prompt in rows], layer, vectors, seed=seed)
     with pair.base() as base:
-        loglik = [answer_logprob(base, pair.tokenizer, p, sample) for p, sample in zip(prompts, samples)]
-    distinct = [distinct_bigrams(sample) for sample in samples]
-    fine = [bool(sample.strip()) and ll >= plain - COHERENCE_NLL_MARGIN and d >= COHERENCE_MIN_DISTINCT
-            for sample, ll, plain, d in zip(samples, loglik, plain_loglik, distinct)]
-    return SteeringTrial(strength, 2 * sum(fine) >= len(fine), samples, loglik, distinct)
+        loglik = [answer_logprob(base, pair.tokenizer, prompt, sample) for (_, prompt), sample in zip(rows, samples)]
+    trials = []
+    for index, strength in enumerate(strengths):
+        chosen = slice(index * len(prompts), (index + 1) * len(prompts))
+        own, scores = samples[chosen], loglik[chosen]
+        distinct = [distinct_bigrams(sample) for sample in own]
+        fine = [len(words_of(sample)) >= min(COHERENCE_MIN_WORDS, len(words_of(reply)))
+                and ll >= plain - COHERENCE_NLL_MARGIN and d >= COHERENCE_MIN_DISTINCT
+                and letter_share(sample) >= min(COHERENCE_MIN_LETTERS, letter_share(reply))
+                for sample, reply, ll, plain, d in zip(own, plain_replies, scores, plain_loglik, distinct)]
+        trials.append(SteeringTrial(strength, 2 * sum(fine) >= len(fine), own, scores, distinct))
+    return trials
 
 
 def coherent_strength(pair: ModelPair, prompts: list[str], layer: int, result: LensResult, max_strength: float,
-                      steps: int, seed: int = 0) -> tuple[float, list[str], list[SteeringTrial]]:
+                      rounds: int, grid: int = 8, seed: int = 0) -> tuple[float, list[str], list[SteeringTrial]]:
     """The largest steering strength (in base residual norms, at most `max_strength`) at which the tuned model's
     greedy replies to `prompts`, steered with the difference at `layer`, stay coherent for at least half of the
-    prompts, by bisection in `steps` trials (Minder et al. search with a judge; coherence here is judge-free, see
-    COHERENCE_NLL_MARGIN). Returns it, the unsteered replies and every trial."""
+    prompts (Minder et al. search with a judge; coherence here is judge-free, see COHERENCE_NLL_MARGIN). Each round
+    tries `grid` evenly spaced strengths up to the current upper end in one batch and keeps the interval between
+    the last coherent one before the first incoherent one and that incoherent one, so `rounds` rounds resolve the
+    strength to max_strength / grid**rounds. Returns it, the unsteered replies and every trial."""
     with pair.tuned() as model:
         plain = steer(model, pair.tokenizer, prompts, layer, torch.zeros(pair.hidden_size), seed=seed)
     with pair.base() as base:
         plain_loglik = [answer_logprob(base, pair.tokenizer, p, sample) for p, sample in zip(prompts, plain)]
-    trials = [_trial(pair, prompts, layer, result, max_strength, plain_loglik, seed)]
     low, high = 0.0, max_strength
-    if not trials[0].coherent:
-        for _ in range(steps - 1):
-            middle = (low + high) / 2
-            trials.append(_trial(pair, prompts, layer, result, middle, plain_loglik, seed))
-            low, high = (middle, high) if trials[-1].coherent else (low, middle)
-    else:
-        low = max_strength
+    trials: list[SteeringTrial] = []
+    for _ in range(rounds):
+        strengths = [low + (high - low) * (step + 1) / grid for step in range(grid)]
+        batch = _trials(pair, prompts, layer, result, strengths, plain, plain_loglik, seed)
+        trials += batch
+        failed = next((trial for trial in batch if not trial.coherent), None)
+        if failed is None:
+            return high, plain, trials
+        passed = [trial.strength for trial in batch if trial.strength < failed.strength]
+        low, high = (passed[-1] if passed else low), failed.strength
     return low, plain, trials
 
 
 @torch.no_grad()
 def steer(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], layer: int,
-          vector: torch.Tensor, max_new_tokens: int = 32, seed: int = 0) -> list[str]:
-    """Greedy replies with `vector` added to the residual stream after `layer` at every position."""
+          vector: torch.Tensor, max_new_tokens: int = 32, seed: int = 0, batch_size: int = 32) -> list[str]:
+    """Greedy replies with `vector` added to the residual stream after `layer` at every position: one (d,) vector
+    for every prompt, or a (n_prompts, d) row per prompt."""
     rendered = [render_prompt(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
     vector = vector.to(model_device(model))
-    with edit_residual(model, {layer: lambda hidden: hidden + vector.to(hidden.dtype)}):
-        return generate(model, tokenizer, rendered, max_new_tokens=max_new_tokens, seed=seed)
+    if vector.ndim == 1:
+        with edit_residual(model, {layer: lambda hidden: hidden + vector.to(hidden.dtype)}):
+            return generate(model, tokenizer, rendered, max_new_tokens=max_new_tokens, seed=seed,
+                            batch_size=batch_size)
+    replies = []
+    for start in range(0, len(rendered), batch_size):
+        rows = vector[start : start + batch_size, None, :]
+        with edit_residual(model, {layer: lambda hidden, rows=rows: hidden + rows.to(hidden.dtype)}):
+            # each row its own vector, over the prompt too: no prompt prefix is shared
+            replies += generate(model, tokenizer, rendered[start : start + batch_size], max_new_tokens=max_new_tokens,
+                                seed=seed, batch_size=batch_size, share_prefix=False)
+    return replies

@@ -127,7 +127,8 @@ def run_kl(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequen
     store = BaseSideStore(base_identity(pair.base_model or pair.tuned_model)) if config.kl.reuse_base_side else None
     arrays = kl.per_token_kl(pair, sets, config.kl.batch_size, config.kl.top_next_tokens,
                              chunk=config.kl.chunk_positions, block_positions=config.kl.block_positions,
-                             base_store=store, mining_top_k=config.kl.mining_top_k)
+                             base_store=store, mining_top_k=config.kl.mining_top_k,
+                             mining_candidates=config.kl.mining_candidates)
     arrays.save(layout.kl_arrays)
     names = list(sets)
     summary: dict[str, Any] = {
@@ -152,9 +153,10 @@ def run_steering(config: DiffConfig, pair: ModelPair, result: LensResult, layer:
     """The tuned model's replies to the steering prompts, plain and steered with the difference at `layer`: at the
     largest coherent strength found by search, or at the fixed strength."""
     settings, prompts = config.lens, config.lens.steering_prompts
-    if settings.steering_search_steps:
+    if settings.steering_search_rounds:
         strength, plain, trials = coherent_strength(pair, prompts, layer, result, settings.steering_max_strength,
-                                                    settings.steering_search_steps, config.seed)
+                                                    settings.steering_search_rounds, settings.steering_grid,
+                                                    config.seed)
     else:
         strength, trials = settings.steering_strength, []
         with pair.tuned() as model:
@@ -166,7 +168,7 @@ def run_steering(config: DiffConfig, pair: ModelPair, result: LensResult, layer:
                             seed=config.seed)
     else:
         steered = chosen.samples
-    return {"model": "tuned", "strength": strength, "searched": bool(settings.steering_search_steps),
+    return {"model": "tuned", "strength": strength, "searched": bool(settings.steering_search_rounds),
             "trials": [asdict(t) for t in trials],
             "samples": [{"prompt": p, "plain": a, "steered": b} for p, a, b in zip(prompts, plain, steered)]}
 

@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mow.diffing.kl import KLArrays
 from mow.diffing.layout import DiffLayout
-from mow.diffing.lens import COHERENCE_MIN_DISTINCT, COHERENCE_NLL_MARGIN
+from mow.diffing.lens import COHERENCE_MIN_DISTINCT, COHERENCE_MIN_LETTERS, COHERENCE_NLL_MARGIN
 from mow.diffing.prompts import ROLES
 from mow.workbench.files import read_json, read_text
 from mow.workbench.html import page, png, table
@@ -121,10 +121,11 @@ def _lens_section(layout: DiffLayout) -> str:
         html.append(table(["layer", "relative norm", "Patchscope top tokens", "logit-lens top tokens"], rows))
     steering = lens.get("steering")
     if steering:
-        how = ("the largest strength that stayed coherent (bisection; a sample is coherent when the base model's "
-               f"log-likelihood per token is at most {COHERENCE_NLL_MARGIN} nats below the unsteered reply's and at "
-               f"least {COHERENCE_MIN_DISTINCT:.0%} of its word pairs are distinct)" if steering["searched"]
-               else "a fixed strength")
+        how = ("the largest strength that stayed coherent for at least half of the prompts (grid search; a sample is "
+               "coherent when the base model's log-likelihood per token is at most "
+               f"{COHERENCE_NLL_MARGIN} nats below the unsteered reply's, at least {COHERENCE_MIN_DISTINCT:.0%} of "
+               f"its word pairs are distinct, at least {COHERENCE_MIN_LETTERS:.0%} of its visible characters are "
+               "letters and it has words)" if steering["searched"] else "a fixed strength")
         html.append(f"<h3>Steering the tuned model at layer {lens['steering_layer']} with the difference from "
                     f"{escape(steering['set'])}: strength {steering['strength']:.2f}</h3><p class=\"small\">"
                     f"In base residual norms: {how}.</p>")

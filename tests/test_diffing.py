@@ -78,12 +78,18 @@ def test_base_with_adapter_off_equals_a_fresh_base_and_kl_matches_by_hand(tokeni
     p, q = tuned_logits[0, 3].log_softmax(-1), base_logits[0, 3].log_softmax(-1)
     assert arrays.kl_tb[3] == pytest.approx(float((p.exp() * (p - q)).sum()), rel=1e-4)
     assert arrays.kl_bt[3] == pytest.approx(float((q.exp() * (q - p)).sum()), rel=1e-4)
-    # diff mining counts, at every position, the K tokens with the largest logit difference tuned - base
-    expected = torch.zeros(len(tokenizer), dtype=torch.long)
-    for position in range(ids.shape[1]):
-        raised = (tuned_logits[0, position].log_softmax(-1) - base_logits[0, position].log_softmax(-1)).topk(20)
-        expected += torch.bincount(raised.indices[raised.values > 0], minlength=len(tokenizer))
-    assert torch.equal(arrays.mined[0], expected)
+    # diff mining counts, at every position, the K tokens with the largest logit difference tuned - base whose
+    # probability rose: among the tuned model's 200 likeliest tokens there (the default), or over the vocabulary
+    whole = kl.per_token_kl(lora_pair, {"s": sequences(tokenizer)["s"][1:2]}, progress=False, mining_candidates=None)
+    for counted, candidates in ((arrays, 200), (whole, None)):
+        expected = torch.zeros(len(tokenizer), dtype=torch.long)
+        for position in range(ids.shape[1]):
+            tuned_lp, base_lp = tuned_logits[0, position].log_softmax(-1), base_logits[0, position].log_softmax(-1)
+            pool = tuned_lp.topk(candidates).indices if candidates else torch.arange(len(tokenizer))
+            raised = (tuned_lp - base_lp)[pool].topk(20)
+            expected += torch.bincount(pool[raised.indices[raised.values > 0]], minlength=len(tokenizer))
+        assert torch.equal(counted.mined[0], expected)
+    assert not torch.equal(arrays.mined, whole.mined)
     batched = kl.per_token_kl(lora_pair, sequences(tokenizer), batch_size=4, progress=False)
     start = int(batched.offsets[1])
     assert torch.allclose(batched.kl_tb[start : start + len(arrays.kl_tb)], arrays.kl_tb, atol=1e-4)
@@ -472,23 +478,31 @@ def test_residual_states_stop_at_the_deepest_layer_and_equal_a_whole_forward(lor
 
 def test_steering_search_bisects_to_the_largest_coherent_strength(tokenizer, lora_pair, monkeypatch):
     import mow.diffing.lens as lens_module
-    from mow.diffing.lens import SteeringTrial, coherent_strength, distinct_bigrams
+    from mow.diffing.lens import SteeringTrial, coherent_strength, distinct_bigrams, letter_share
 
     assert distinct_bigrams("the the the the the the") == pytest.approx(0.2)
     assert distinct_bigrams("a cat sat on a mat") == 1.0 and distinct_bigrams("hello") == 1.0
+    assert distinct_bigrams("it, o, it, and the o,,, and the o,,, and it,,, and it") == pytest.approx(7 / 12)
+    assert letter_share("it, the one, the\xa0\xa0, the\xa0,\xa0 and\xa0,") == pytest.approx(17 / 22)
+    assert letter_share("It's a fun one, but it's not a walk.") == pytest.approx(24 / 28)
     lens = mean_differences(lora_pair, sequences(tokenizer)["s"], skip_first=1, positions=4, progress=False)
     # the search itself, on the real models: every trial is recorded with its samples and scores
-    strength, plain, trials = coherent_strength(lora_pair, ["Tell me a story."], 2, lens, max_strength=8.0, steps=3)
-    assert len(plain) == 1 and 1 <= len(trials) <= 3 and trials[0].strength == 8.0
-    assert all(len(t.samples) == len(t.loglik) == len(t.distinct) == 1 for t in trials)
-    assert strength == max([0.0] + [t.strength for t in trials if t.coherent])
-    # the bisection, with coherence stubbed to "at most 2.7"
-    def threshold(pair, prompts, layer, result, value, plain_loglik, seed):
-        return SteeringTrial(value, value <= 2.7, ["x"], [0.0], [1.0])
+    strength, plain, trials = coherent_strength(lora_pair, ["Tell me a story.", "Hi"], 2, lens, max_strength=8.0,
+                                                rounds=2, grid=4)
+    assert len(plain) == 2 and [t.strength for t in trials[:4]] == [2.0, 4.0, 6.0, 8.0] and len(trials) in (4, 8)
+    assert all(len(t.samples) == len(t.loglik) == len(t.distinct) == 2 for t in trials)
+    with lora_pair.tuned() as model:  # a row's vector steers that row only
+        alone = steer(model, tokenizer, ["Hi"], 2, steering_vector(lens, 2, 6.0))
+    assert trials[2].samples[1] == alone[0]
 
-    monkeypatch.setattr(lens_module, "_trial", threshold)
-    found, _, trials = coherent_strength(lora_pair, ["Tell me a story."], 2, lens, max_strength=8.0, steps=7)
-    assert [t.strength for t in trials[:3]] == [8.0, 4.0, 2.0] and len(trials) == 7
-    assert 2.7 - 8.0 / 2**6 <= found <= 2.7
-    found, _, trials = coherent_strength(lora_pair, ["Tell me a story."], 2, lens, max_strength=2.0, steps=7)
-    assert found == 2.0 and len(trials) == 1  # the upper end is coherent: no search
+    # the grid rounds, with coherence stubbed to "at most 2.7"
+    def threshold(pair, prompts, layer, result, strengths, plain_replies, plain_loglik, seed):
+        return [SteeringTrial(value, value <= 2.7, ["x"], [0.0], [1.0]) for value in strengths]
+
+    monkeypatch.setattr(lens_module, "_trials", threshold)
+    found, _, trials = coherent_strength(lora_pair, ["Tell me a story."], 2, lens, max_strength=8.0, rounds=2, grid=8)
+    assert [t.strength for t in trials[:8]] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    assert [t.strength for t in trials[8:]] == [2.125, 2.25, 2.375, 2.5, 2.625, 2.75, 2.875, 3.0]
+    assert found == 2.625
+    found, _, trials = coherent_strength(lora_pair, ["Tell me a story."], 2, lens, max_strength=2.0, rounds=2, grid=8)
+    assert found == 2.0 and len(trials) == 8  # every strength of the first round is coherent: no second round
