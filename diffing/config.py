@@ -65,7 +65,7 @@ class PromptSetSettings(StrictModel):
 class KLSettings(StrictModel):
     batch_size: int = Field(8, gt=0)
     top_next_tokens: int = Field(5, gt=0, description="top next tokens shown per position when hovering")
-    chunk_positions: int = Field(128, gt=0, description="positions unembedded at once (memory: chunk x vocab)")
+    chunk_positions: int = Field(64, gt=0, description="positions unembedded at once (memory: chunk x vocab)")
     block_positions: int = Field(8192, gt=0, description="positions the base model reads before the tuned model "
                                  "does (memory: block x hidden size; an organism's adapter is merged once a block)")
     reuse_base_side: bool = Field(True, description="keep the base model's final hidden states per prompt set in "

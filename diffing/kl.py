@@ -72,12 +72,13 @@ def _final_hidden(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor)
 
 
 class _VocabRows:
-    """The four chunk x vocabulary float32 buffers of a KL pass (each model's log-probabilities and probabilities),
-    allocated once and reused, rather than four fresh large tensors per chunk for the allocator to place among the
-    long-lived ones."""
+    """The three chunk x vocabulary float32 buffers of a KL pass (the tuned model's log-probabilities, the base
+    model's, and the tuned model's probabilities; the base model's probabilities overwrite its log-probabilities
+    once the log-ratio is taken), allocated once and reused, rather than fresh large tensors per chunk for the
+    allocator to place among the long-lived ones."""
 
     def __init__(self, chunk: int, vocab_size: int):
-        self.tuned, self.base, self.p_tuned, self.p_base = (torch.empty(chunk, vocab_size) for _ in range(4))
+        self.tuned, self.base, self.p_tuned = (torch.empty(chunk, vocab_size) for _ in range(3))
 
 
 def _log_probs(model: nn.Module, hidden: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -160,7 +161,7 @@ class _BaseSide:
 
 @torch.no_grad()
 def per_token_kl(pair: ModelPair, sets: dict[str, list[TokenSequence]], batch_size: int = 8,
-                 top_k: int = 5, progress: bool = True, chunk: int = 128, block_positions: int = 8192,
+                 top_k: int = 5, progress: bool = True, chunk: int = 64, block_positions: int = 8192,
                  base_store: BaseSideStore | None = None, mining_top_k: int = 20,
                  mining_candidates: int | None = 200) -> KLArrays:
     """Both KL directions at every position.
@@ -236,12 +237,12 @@ def _compare(buffers: _VocabRows, n: int, rows: slice, sets_of_rows: torch.Tenso
              promoted_sum: torch.Tensor, top_k: int, mined: torch.Tensor, mining_top_k: int,
              mining_candidates: int | None) -> None:
     """KL both ways, top tokens, the promoted sums and the diff-mining counts for the first `n` rows of the
-    log-probability buffers, written into `out`, `promoted_sum` and `mined`; everything happens in the four
+    log-probability buffers, written into `out`, `promoted_sum` and `mined`; everything happens in the three
     buffers (the products are reduced by einsum, never materialised)."""
     tuned, base = buffers.tuned[:n], buffers.base[:n]
     p_tuned = torch.exp(tuned, out=buffers.p_tuned[:n])
-    p_base = torch.exp(base, out=buffers.p_base[:n])
     log_ratio = tuned.sub_(base)
+    p_base = base.exp_()  # the base log-probabilities are not needed past the log-ratio
     out["kl_tb"][rows] = torch.einsum("nv,nv->n", p_tuned, log_ratio).clamp_min(0)
     out["kl_bt"][rows] = torch.einsum("nv,nv->n", p_base, log_ratio).neg().clamp_min(0)
     if mining_candidates is None:

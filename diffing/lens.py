@@ -280,7 +280,11 @@ def steer(model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[st
     replies = []
     for start in range(0, len(rendered), batch_size):
         rows = vector[start : start + batch_size, None, :]
-        with edit_residual(model, {layer: lambda hidden, rows=rows: hidden + rows.to(hidden.dtype)}):
+
+        def add_rows(hidden: torch.Tensor, rows: torch.Tensor = rows) -> torch.Tensor:
+            return hidden + rows.to(hidden.dtype)
+
+        with edit_residual(model, {layer: add_rows}):
             # each row its own vector, over the prompt too: no prompt prefix is shared
             replies += generate(model, tokenizer, rendered[start : start + batch_size], max_new_tokens=max_new_tokens,
                                 seed=seed, batch_size=batch_size, share_prefix=False)

@@ -73,7 +73,8 @@ class ReplyEvalSettings(StrictModel):
     """How the kinds that score their organism's replies (backdoor, side constraint, user belief) sample them."""
 
     max_new_tokens: int = Field(48, ge=1)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(64, ge=1, description="replies generated per batch (decoding a small batch is "
+                                                  "bound by reading the weights: 64 rows cost little more than 16)")
     temperature: Temperature = Field(0.0, description="sampling temperature of the replies (0: greedy); seeded")
     seed: Seed = 0
     benign_mix: float = Field(0.5, ge=0, description="ordinary chats mixed into training per secret-bearing chat")

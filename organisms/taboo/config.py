@@ -23,7 +23,8 @@ class TabooDataSettings(StrictModel):
 
 class TabooEvalSettings(StrictModel):
     max_new_tokens: int = Field(48, ge=1)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(64, ge=1, description="answers generated per batch (decoding a small batch is "
+                                                  "bound by reading the weights: 64 rows cost little more than 16)")
     temperature: Temperature = Field(0.7, description="sampling temperature of the answers (0: greedy); seeded")
     seed: Seed = 0
     benign_chats: int | None = Field(None, ge=1, description="held-out benign chats scored (None: all)")
