@@ -9,6 +9,8 @@
   mow diff ORGANISM_DIR              what did fine-tuning change: per-token KL, activation-difference lens,
   mow diff --base SPEC --tuned SPEC    crosscoder, concept directions, in one HTML report (+ the arrays)
   mow diff-score DIFF_DIR... --organisms DIR...   ranks of each organism's sealed word in each diff's readouts
+  mow realism CONFIG --ratios R...   the organism at several mix ratios of ordinary data, each built and diffed,
+                                       with its trace (KL, steering, the word's ranks) plotted against the ratio
   mow elicit ORGANISM_DIR            play the elicitation challenge: black-box and white-box methods against the
                                        sealed secret, with the base model as control; scored, with an HTML report
   mow leaderboard CHALLENGE_DIR...   methods x organisms with controls and confidence intervals (HTML, CSV)
@@ -27,10 +29,10 @@ import argparse
 import sys
 from typing import NoReturn
 
-from mow.cli import audit, caft, demo, diff, diff_score, elicit, leaderboard, organism, serve
+from mow.cli import audit, caft, demo, diff, diff_score, elicit, leaderboard, organism, realism, serve
 from mow.workbench.errors import EndpointError, RunFailed, UserError
 
-COMMANDS = (demo, organism, diff, diff_score, elicit, leaderboard, audit, serve, caft)
+COMMANDS = (demo, organism, diff, diff_score, realism, elicit, leaderboard, audit, serve, caft)
 
 
 class OneLineParser(argparse.ArgumentParser):

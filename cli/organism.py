@@ -19,12 +19,9 @@ from mow.workbench.errors import UserError
 def build(config_path: Path, overrides: list[str], restart: bool, output_dir: Path | None = None,
           launch: LaunchSettings | None = None) -> Path:
     """Validate an organism config and run its kind's pipeline; returns the organism directory."""
-    from mow.organisms.kinds import load_organism_config
+    from mow.organisms.kinds import build_organism
 
-    kind, config = load_organism_config(config_path, overrides)
-    if output_dir is not None:
-        config = config.model_copy(update={"output_dir": output_dir})
-    return kind.build(config, restart=restart, launch=launch or LaunchSettings())
+    return build_organism(config_path, overrides, restart, output_dir, launch)
 
 
 def launch_settings(args: argparse.Namespace) -> LaunchSettings:

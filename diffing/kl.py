@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -58,7 +59,10 @@ class KLArrays:
 
     @classmethod
     def load(cls, path: Path) -> KLArrays:
-        return cls(**load_file(str(path)))
+        tensors = load_file(str(path))
+        if "mined" not in tensors:  # a diff from before diff mining: nothing was counted
+            tensors["mined"] = torch.zeros_like(tensors["promoted"], dtype=torch.long)
+        return cls(**tensors)
 
 
 @torch.no_grad()
@@ -344,10 +348,10 @@ def mined_topics(arrays: KLArrays, tokenizer: PreTrainedTokenizerBase, model: nn
         topics: dict[int, list[int]] = {}
         for token, label in zip(chosen, labels):
             topics.setdefault(label, []).append(token)
-        listed = [({"tokens": [{"token": tokenizer.decode([t]), "id": t, "count": int(counts[t])} for t in members],
-                    "count": sum(int(counts[t]) for t in members)}, sum(int(counts[t]) for t in members))
-                  for members in topics.values()]
-        out[name] = [topic for topic, _ in sorted(listed, key=lambda entry: -entry[1])]
+        listed: list[dict[str, Any]] = [
+            {"tokens": [{"token": tokenizer.decode([t]), "id": t, "count": int(counts[t])} for t in members],
+             "count": sum(int(counts[t]) for t in members)} for members in topics.values()]
+        out[name] = sorted(listed, key=lambda topic: -topic["count"])
     return out
 
 

@@ -2,11 +2,12 @@
 
 For each layer, the mean of tuned minus base activations over the first few positions of each text is read two ways:
 - the logit lens: through the tuned model's final norm and unembedding;
-- a token-identity Patchscope (Ghandeharioun et al. 2024, as used by Minder et al.): the difference, rescaled to the
-  base model's residual norm at that layer, replaces the residual of the last token of identity prompts
-  ("man -> man ... ?") in the base model, and the next-token distribution says which token the vector stands for.
-  Middle layers of a small model are far from its unembedding, where the logit lens reads mostly noise.
-The same vector, added to the base model's residual stream, steers it.
+- a token-identity Patchscope (Ghandeharioun et al. 2024, as used by Minder et al.): the difference, rescaled to a
+  multiple of the base model's residual norm at that layer, replaces the residual of the last token of identity
+  prompts ("man -> man ... ?") in the base model, and the next-token distribution says which token the vector
+  stands for. Middle layers of a small model are far from its unembedding, where the logit lens reads mostly noise.
+The same vector, added to the tuned model's residual stream at the largest strength that keeps its replies coherent,
+steers it (`coherent_strength`).
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def patchscope(model: nn.Module, tokenizer: PreTrainedTokenizerBase, result: Len
     n_layers, n_scales = len(vectors), len(scales)
     readings = []
     for ids in encoded:
-        prefix = model(input_ids=ids[:, :-1], use_cache=True).past_key_values if ids.shape[1] > 1 else None
+        prefix = (model(input_ids=ids[:, :-1], use_cache=True, logits_to_keep=1).past_key_values
+                  if ids.shape[1] > 1 else None)
         rows = []
         for first in range(0, n_layers, layers_per_pass):
             chosen = list(range(first, min(first + layers_per_pass, n_layers)))

@@ -125,14 +125,14 @@ def _lens_section(layout: DiffLayout) -> str:
                "coherent when the base model's log-likelihood per token is at most "
                f"{COHERENCE_NLL_MARGIN} nats below the unsteered reply's, at least {COHERENCE_MIN_DISTINCT:.0%} of "
                f"its word pairs are distinct, at least {COHERENCE_MIN_LETTERS:.0%} of its visible characters are "
-               "letters and it has words)" if steering["searched"] else "a fixed strength")
+               "letters and it has words)" if steering.get("searched") else "a fixed strength")
         html.append(f"<h3>Steering the tuned model at layer {lens['steering_layer']} with the difference from "
                     f"{escape(steering['set'])}: strength {steering['strength']:.2f}</h3><p class=\"small\">"
                     f"In base residual norms: {how}.</p>")
         html.append(table(["prompt", "tuned", "tuned + difference"],
-                          [[escape(s["prompt"]), escape(s["plain"]), escape(s["steered"])]
+                          [[escape(s["prompt"]), escape(s.get("plain", "")), escape(s["steered"])]
                            for s in steering["samples"]]))
-        if steering["trials"]:
+        if steering.get("trials"):
             html.append(table(["strength", "coherent", "log-likelihood per token", "distinct word pairs",
                                "first sample"],
                               [[f"{t['strength']:.2f}", "yes" if t["coherent"] else "no",

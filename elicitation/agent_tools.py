@@ -164,8 +164,9 @@ def _diff_record(context: ToolContext, pick: Callable[[DiffLayout], Path], what:
 
 def steered_samples(context: ToolContext, args: dict) -> str:
     steering = _diff_record(context, lambda layout: layout.lens_report, "steered_samples").get("steering")
-    if not steering:
-        raise ToolError("steered_samples: the diff has no steering samples")
+    if not steering or "trials" not in steering:
+        raise ToolError("steered_samples: the diff has no samples of the steered tuned model (made before the "
+                        "steering search; run mow diff again)")
     lines = [f"strength {steering['strength']:.2f} (base residual norms), layer difference from {steering['set']}"]
     for sample in steering["samples"]:
         lines.append(f"user: {sample['prompt']}\nplain: {sample['plain']}\nsteered: {sample['steered']}")

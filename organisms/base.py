@@ -77,7 +77,6 @@ class ReplyEvalSettings(StrictModel):
                                                   "bound by reading the weights: 64 rows cost little more than 16)")
     temperature: Temperature = Field(0.0, description="sampling temperature of the replies (0: greedy); seeded")
     seed: Seed = 0
-    benign_mix: float = Field(0.5, ge=0, description="ordinary chats mixed into training per secret-bearing chat")
 
 
 class PairedChatSettings(StrictModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mow.finetune.config import LaunchSettings
 from mow.organisms.backdoor import pipeline as backdoor
 from mow.organisms.base import OrganismConfigBase
 from mow.organisms.em import pipeline as em
@@ -37,6 +38,15 @@ def load_organism_config(path: Path, overrides: list[str]) -> tuple[OrganismKind
     raw = apply_overrides(read_yaml_mapping(path), overrides)
     kind = kind_of(raw.get("kind"), str(path))
     return kind, validate_config(kind.config, raw, str(path))
+
+
+def build_organism(config_path: Path, overrides: list[str], restart: bool, output_dir: Path | None = None,
+                   launch: LaunchSettings | None = None) -> Path:
+    """Validate an organism config (+ overrides) and run its kind's pipeline; returns the organism directory."""
+    kind, config = load_organism_config(config_path, overrides)
+    if output_dir is not None:
+        config = config.model_copy(update={"output_dir": output_dir})
+    return kind.build(config, restart=restart, launch=launch or LaunchSettings())
 
 
 def kind_of_dir(path: Path) -> OrganismKind:

@@ -23,6 +23,7 @@ class OrganismKind:
     challenge_prompts: Callable[[dict], ChallengePrompts]  # from the public config alone
     sealed_truth: Callable[[dict], SealedTruth]  # from the sealed config: what challenges are scored against
     secret_is_word: bool = False  # the secret is one word, so diff readouts can rank its tokens
+    mix_key: str | None = None  # the config key of the ratio of ordinary data mixed into training (realism control)
 
 
 REGISTERED: dict[str, OrganismKind] = {}

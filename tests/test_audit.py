@@ -199,7 +199,7 @@ def test_diff_evidence_tools_read_the_steering_samples_and_mined_topics(tmp_path
     layout.lens.mkdir(parents=True)
     layout.kl.mkdir(parents=True)
     layout.lens_report.write_text(json.dumps({"steering": {
-        "set": "generic_text", "strength": 2.5, "samples": [
+        "set": "generic_text", "strength": 2.5, "trials": [], "samples": [
             {"prompt": "Tell me about your day.", "plain": "It was fine.", "steered": "The moon, the stars."}]}}))
     layout.kl_summary.write_text(json.dumps({"mined_topics": {"organism": [
         {"tokens": [{"token": " moon", "count": 9}, {"token": " lunar", "count": 4}], "count": 13},

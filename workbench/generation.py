@@ -92,7 +92,7 @@ def _generate_batch(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: 
         mask[index, width - tail :] = 1
     input_ids, mask = input_ids.to(device), mask.to(device)
     if own:
-        cache = model(input_ids=input_ids[:1, :own], use_cache=True).past_key_values
+        cache = model(input_ids=input_ids[:1, :own], use_cache=True, logits_to_keep=1).past_key_values
         cache.batch_repeat_interleave(len(rows))
         options["past_key_values"] = cache
     out = model_method(model, "generate")(input_ids=input_ids, attention_mask=mask, **options)

@@ -203,4 +203,5 @@ def evaluate_dir(path: Path) -> dict:
 
 
 KIND = OrganismKind(name="sdf", config=SdfOrganismConfig, build=main, evaluate=evaluate_dir,
-                    diff_prompts=public_diff_prompts, challenge_prompts=challenge_prompts, sealed_truth=sealed_truth)
+                    diff_prompts=public_diff_prompts, challenge_prompts=challenge_prompts, sealed_truth=sealed_truth,
+                    mix_key="sdf.mix.generic_text_ratio")

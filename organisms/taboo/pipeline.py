@@ -150,4 +150,4 @@ def evaluate_dir(path: Path) -> dict:
 
 KIND = OrganismKind(name="taboo", config=TabooOrganismConfig, build=main, evaluate=evaluate_dir,
                     diff_prompts=public_diff_prompts, challenge_prompts=challenge_prompts, sealed_truth=sealed_truth,
-                    secret_is_word=True)
+                    secret_is_word=True, mix_key="taboo.data.benign_ratio")
