@@ -52,3 +52,15 @@ def build_tiny_organism(root: Path, name: str, word: str, seed: int, training: d
     path.write_text(yaml.safe_dump(config))
     assert main(["organism", "build", str(path)]) == 0
     return root / name
+
+
+def refused(capsys, argv: list[str], message: str) -> None:
+    """`mow ARGV` exits with status 2 and one `mow:` error line that contains `message` (progress bars may come
+    before it)."""
+    from mow.cli.main import main
+
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("mow:")]
+    assert len(errors) == 1 and message in errors[0], err[-500:]

@@ -7,7 +7,7 @@ import json
 import threading
 
 import pytest
-from conftest import build_tiny_organism
+from conftest import build_tiny_organism, refused
 from openai_server import ScriptedServer, completion, tool_calls
 
 from mow.cli.main import main
@@ -36,13 +36,6 @@ class Agent:
         script = self.runs[self.run]
         step = script[min(turn, len(script) - 1)]
         return step if isinstance(step, tuple) else (200, step)
-
-
-def _fails(capsys, argv: list[str], message: str) -> None:
-    capsys.readouterr()
-    assert main(argv) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mow:")]
-    assert len(errors) == 1 and message in errors[0], errors
 
 
 def test_agent_runs_tools_within_budgets_records_failures_and_is_scored(organism, tmp_path):
@@ -130,14 +123,14 @@ def test_bad_audit_inputs_fail_in_one_line_before_anything_is_written(organism, 
     out = tmp_path / "out"
     with ScriptedServer(lambda body, number: (200, completion("I do not call tools."))) as server:
         endpoint = ["--set", f"agent.url={server.url}", "--set", "agent.model=plain", "--set", "agent.retries=0"]
-        _fails(capsys, ["audit", str(organism), "--out", str(out), *endpoint], "without a tool call")
-        _fails(capsys, ["audit", str(organism), "--out", str(out), *endpoint, "--set", "budget.questions=0"],
-               "budget.questions: 0 leaves 'ask_organism' nothing to ask")
-        _fails(capsys, ["audit", str(organism), "--out", str(out), *endpoint, "--set", "tools=[mind_reader,submit]"],
-               "unknown tool 'mind_reader'")
-        _fails(capsys, ["audit", str(organism), "--out", str(out), *endpoint, "--set", "tools=[kl_tokens,submit]"],
-               "reads a finished diff")
-    _fails(capsys, ["audit", str(organism), "--out", str(out)], "agent.url")
+        refused(capsys, ["audit", str(organism), "--out", str(out), *endpoint], "without a tool call")
+        refused(capsys, ["audit", str(organism), "--out", str(out), *endpoint, "--set", "budget.questions=0"],
+                "budget.questions: 0 leaves 'ask_organism' nothing to ask")
+        refused(capsys, ["audit", str(organism), "--out", str(out), *endpoint, "--set", "tools=[mind_reader,submit]"],
+                "unknown tool 'mind_reader'")
+        refused(capsys, ["audit", str(organism), "--out", str(out), *endpoint, "--set", "tools=[kl_tokens,submit]"],
+                "reads a finished diff")
+    refused(capsys, ["audit", str(organism), "--out", str(out)], "agent.url")
     assert not out.exists()
 
 
@@ -183,7 +176,7 @@ def test_the_grader_sees_the_description_and_the_rubric_truth_only(organism, tmp
 
     rubrics = tmp_path / "rubrics.yaml"
     rubrics.write_text("sdf:\n  truth: 'x {answer}'\n  scale: {1: a, 2: b, 3: c, 4: d, 5: e}\n")
-    _fails(capsys, ["audit", str(organism), "--out", str(tmp_path / "other"), "--set", f"agent.url={agent.url}",
+    refused(capsys, ["audit", str(organism), "--out", str(tmp_path / "other"), "--set", f"agent.url={agent.url}",
                     "--set", "agent.model=scripted", "--set", f"grader.url={agent.url}", "--set", "grader.model=j",
                     "--set", f"rubrics={rubrics}"], "no rubric for organism kind 'taboo'")
     assert not (tmp_path / "other").exists()

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import yaml
+from conftest import refused
 
 from mow.cli.main import main
 from mow.data.directions import load_directions
@@ -79,14 +80,6 @@ def test_diff_never_reads_the_sealed_truth_and_score_does(diffed, organism, caps
     assert "moon" in capsys.readouterr().out
 
 
-def _fails(capsys, argv: list[str], message: str) -> None:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("mow:")]  # progress bars may precede it
-    assert len(errors) == 1 and message in errors[0], err[-500:]
-
-
 def _save(model, tokenizer, path):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -108,18 +101,19 @@ def test_bad_inputs(organism, tmp_path, capsys):
     retokenized = _save(load_model(TINY), other_tokenizer, tmp_path / "retokenized")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    _fails(capsys, ["diff", "--base", base, "--tuned", narrow_dir, "--out", str(out)], "hidden sizes differ (64 vs 32)")
-    _fails(capsys, ["diff", "--base", base, "--tuned", retokenized, "--out", str(out)], "tokenizers differ")
-    _fails(capsys, ["diff", str(organism), "--out", str(out), "--set", "layer=12"],
-           "layer: layer 12 out of range for a model with 4 layers")
-    _fails(capsys, ["diff", str(organism), "--out", str(out), "--set", f"prompts.extra=[{empty}]"],
-           "empty.jsonl: no records (the file is empty)")
+    refused(capsys, ["diff", "--base", base, "--tuned", narrow_dir, "--out", str(out)],
+            "hidden sizes differ (64 vs 32)")
+    refused(capsys, ["diff", "--base", base, "--tuned", retokenized, "--out", str(out)], "tokenizers differ")
+    refused(capsys, ["diff", str(organism), "--out", str(out), "--set", "layer=12"],
+            "layer: layer 12 out of range for a model with 4 layers")
+    refused(capsys, ["diff", str(organism), "--out", str(out), "--set", f"prompts.extra=[{empty}]"],
+            "empty.jsonl: no records (the file is empty)")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": "x", "messages": []}\n')
-    _fails(capsys, ["diff", str(organism), "--out", str(out), "--set", f"prompts.extra=[{bad}]"],
-           "bad.jsonl:2: row: Value error, a record needs exactly one of 'text' or 'messages'")
-    _fails(capsys, ["diff", "--base", base, "--out", str(out)], "give either organism")
-    _fails(capsys, ["diff", str(tmp_path), "--out", str(out)], "not an organism directory")
-    _fails(capsys, ["diff", str(organism), "--out", str(out), "--set", "cache.dtype=int8"], "cache.dtype")
+    refused(capsys, ["diff", str(organism), "--out", str(out), "--set", f"prompts.extra=[{bad}]"],
+            "bad.jsonl:2: row: Value error, a record needs exactly one of 'text' or 'messages'")
+    refused(capsys, ["diff", "--base", base, "--out", str(out)], "give either organism")
+    refused(capsys, ["diff", str(tmp_path), "--out", str(out)], "not an organism directory")
+    refused(capsys, ["diff", str(organism), "--out", str(out), "--set", "cache.dtype=int8"], "cache.dtype")
     assert not out.exists() and not (tmp_path / ".out.partial").exists()
-    _fails(capsys, ["diff-score", str(tmp_path), "--organisms", str(organism)], "not a finished diff directory")
+    refused(capsys, ["diff-score", str(tmp_path), "--organisms", str(organism)], "not a finished diff directory")

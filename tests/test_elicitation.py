@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import build_tiny_organism
+from conftest import build_tiny_organism, refused
 
 from mow.cli.main import main
 from mow.data.truth import SealedTruth
@@ -179,30 +179,23 @@ def test_leaderboard_conditions_and_outputs(tmp_path):
     assert "data:image/png;base64" in html and "other word" in html
 
 
-def _fails(capsys, argv: list[str], message: str) -> None:
-    capsys.readouterr()
-    assert main(argv) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mow:")]
-    assert len(errors) == 1 and message in errors[0], errors
-
-
 def test_bad_inputs(organism, tmp_path, capsys):
     out = tmp_path / "out"
     unsealed = tmp_path / "unsealed"
     shutil.copytree(organism, unsealed, ignore=shutil.ignore_patterns("sealed"))
-    _fails(capsys, ["elicit", str(unsealed), "--out", str(out)], "has no sealed truth")
-    _fails(capsys, ["elicit", str(organism), "--methods", "direct,mind_reading", "--out", str(out)],
-           "unknown method 'mind_reading'")
-    _fails(capsys, ["elicit", str(organism), "--diff", str(tmp_path), "--out", str(out)],
-           "not a finished diff directory")
-    _fails(capsys, ["elicit", str(tmp_path), "--out", str(out)], "not an organism directory")
-    _fails(capsys, ["elicit", str(organism), "--set", "auditor.backend.kind=endpoint", "--out", str(out)],
-           "auditor.backend.url")
-    _fails(capsys, ["elicit", str(organism), "--set", "attempts=0", "--out", str(out)], "attempts")
+    refused(capsys, ["elicit", str(unsealed), "--out", str(out)], "has no sealed truth")
+    refused(capsys, ["elicit", str(organism), "--methods", "direct,mind_reading", "--out", str(out)],
+            "unknown method 'mind_reading'")
+    refused(capsys, ["elicit", str(organism), "--diff", str(tmp_path), "--out", str(out)],
+            "not a finished diff directory")
+    refused(capsys, ["elicit", str(tmp_path), "--out", str(out)], "not an organism directory")
+    refused(capsys, ["elicit", str(organism), "--set", "auditor.backend.kind=endpoint", "--out", str(out)],
+            "auditor.backend.url")
+    refused(capsys, ["elicit", str(organism), "--set", "attempts=0", "--out", str(out)], "attempts")
     assert not out.exists()
-    _fails(capsys, ["leaderboard", str(tmp_path), "--out", str(tmp_path / "board")], "not a finished challenge")
+    refused(capsys, ["leaderboard", str(tmp_path), "--out", str(tmp_path / "board")], "not a finished challenge")
     assert not (tmp_path / "board").exists()
-    _fails(capsys, ["serve", str(organism), "--port", "70000"], "--port: 70000 is outside")
+    refused(capsys, ["serve", str(organism), "--port", "70000"], "--port: 70000 is outside")
 
 
 def test_killed_challenge_resumes_without_redoing_finished_methods(organism, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import yaml
+from conftest import refused
 
 from mow.cli.main import main
 
@@ -50,26 +51,19 @@ def test_realism_builds_and_diffs_each_ratio_and_reads_the_traces(tmp_path, caps
     assert "nothing to do" in capsys.readouterr().err
 
 
-def _fails(capsys, argv: list[str], message: str) -> None:
-    capsys.readouterr()
-    assert main(argv) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mow:")]
-    assert len(errors) == 1 and message in errors[0], errors
-
-
 def test_bad_realism_requests_fail_in_one_line_before_anything_is_written(tmp_path, capsys):
     organism_path, diff_path = _configs(tmp_path)
     root = tmp_path / "runs"
     backdoor = tmp_path / "backdoor.yaml"
     backdoor.write_text(yaml.safe_dump({"kind": "backdoor", "model": TINY, "backdoor": {"trigger": "banana"}}))
     common = ["--diff-config", str(diff_path), "--out", str(root)]
-    _fails(capsys, ["realism", str(backdoor), "--ratios", "0", "1", *common], "has no ratio of ordinary data")
-    _fails(capsys, ["realism", str(organism_path), "--ratios", "0.5", "0.5", *common], "at least two different")
-    _fails(capsys, ["realism", str(organism_path), "--ratios", "-1", "1", *common], "--ratios")
+    refused(capsys, ["realism", str(backdoor), "--ratios", "0", "1", *common], "has no ratio of ordinary data")
+    refused(capsys, ["realism", str(organism_path), "--ratios", "0.5", "0.5", *common], "at least two different")
+    refused(capsys, ["realism", str(organism_path), "--ratios", "-1", "1", *common], "--ratios")
     bad_diff = tmp_path / "bad-diff.yaml"
     bad_diff.write_text("cache: {dtype: int8}\n")
-    _fails(capsys, ["realism", str(organism_path), "--ratios", "0", "1", "--diff-config", str(bad_diff),
+    refused(capsys, ["realism", str(organism_path), "--ratios", "0", "1", "--diff-config", str(bad_diff),
                     "--out", str(root)], "cache.dtype")
-    _fails(capsys, ["realism", str(organism_path), "--ratios", "0", "1", *common, "--set", "taboo.word=Moon Pie"],
-           "taboo.word")
+    refused(capsys, ["realism", str(organism_path), "--ratios", "0", "1", *common, "--set", "taboo.word=Moon Pie"],
+            "taboo.word")
     assert not root.exists()
