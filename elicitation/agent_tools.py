@@ -16,6 +16,7 @@ from mow.elicitation.config import ChallengeConfig
 from mow.elicitation.methods import METHODS, MethodUnavailable
 from mow.elicitation.methods.blackbox import persona_prompt
 from mow.elicitation.methods.fuzzing import mean_residual_norm, residual_noise
+from mow.elicitation.methods.whitebox import diff_file
 from mow.elicitation.view import ChallengeView
 from mow.finetune.lora import amplified
 from mow.workbench.chat import render_prompt
@@ -153,13 +154,11 @@ def _readout(method: str) -> Callable[[ToolContext, dict], str]:
 
 
 def _diff_record(context: ToolContext, pick: Callable[[DiffLayout], Path], what: str) -> dict:
-    """A JSON file of the finished diff the audit was given."""
-    if context.view.diff_dir is None:
-        raise ToolError(f"{what}: needs a finished diff of this model (--diff)")
-    path = pick(DiffLayout(Path(context.view.diff_dir)))
-    if not path.is_file():
-        raise ToolError(f"{what}: {path} is missing from the diff")
-    return read_json(path, what)
+    """A JSON file of the finished diff the audit was given (found as the diff-reading methods find theirs)."""
+    try:
+        return read_json(diff_file(context.view, pick), what)
+    except MethodUnavailable as exc:
+        raise ToolError(f"{what}: {exc}") from None
 
 
 def steered_samples(context: ToolContext, args: dict) -> str:

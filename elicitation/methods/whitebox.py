@@ -138,7 +138,7 @@ def diff_lens(view: ChallengeView, config: ChallengeConfig, auditor: Auditor | N
                                              "patchscope_agreement": reading.agreement})
 
 
-def _diff_file(view: ChallengeView, pick: Callable[[DiffLayout], Path]) -> Path:
+def diff_file(view: ChallengeView, pick: Callable[[DiffLayout], Path]) -> Path:
     """One file of the finished diff the challenge names (`pick` chooses it from the diff's layout)."""
     if view.diff_dir is None:
         raise MethodUnavailable("needs a finished diff of this model (challenge.diff_dir, from `mow diff`)")
@@ -150,7 +150,7 @@ def _diff_file(view: ChallengeView, pick: Callable[[DiffLayout], Path]) -> Path:
 
 
 def crosscoder_latents(view: ChallengeView, config: ChallengeConfig, auditor: Auditor | None) -> MethodResult:
-    latents = load_file(str(_diff_file(view, lambda d: d.crosscoder_latents)))
+    latents = load_file(str(diff_file(view, lambda d: d.crosscoder_latents)))
     logprobs = latents["tuned_leaning_logprobs"].float()
     if not len(logprobs):
         raise MethodUnavailable("the crosscoder has no tuned-leaning latents")
@@ -162,8 +162,8 @@ def crosscoder_latents(view: ChallengeView, config: ChallengeConfig, auditor: Au
 
 
 def kl_suppressed(view: ChallengeView, config: ChallengeConfig, auditor: Auditor | None) -> MethodResult:
-    arrays = KLArrays.load(_diff_file(view, lambda d: d.kl_arrays))
-    names = read_json(_diff_file(view, lambda d: d.kl_summary), "KL summary")["set_names"]
+    arrays = KLArrays.load(diff_file(view, lambda d: d.kl_arrays))
+    names = read_json(diff_file(view, lambda d: d.kl_summary), "KL summary")["set_names"]
     index = names.index("organism") if "organism" in names else 0
     ranking = ranking_from_scores(-arrays.promoted[index], view.tokenizer, config.guesses)
     promoted = ranking_from_scores(arrays.promoted[index], view.tokenizer, TOP_TOKENS_SHOWN)
