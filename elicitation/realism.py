@@ -64,8 +64,9 @@ def check_request(config_path: Path, overrides: list[str], ratios: list[float]) 
     return kind, variants
 
 
-def _set_kl(diff_dir: Path, name: str) -> float | None:
-    table = read_json(DiffLayout(diff_dir).kl_summary, "KL summary")["by_set_and_side"].get(name)
+def _set_kl(summary: dict, name: str) -> float | None:
+    """Mean KL(tuned‖base) over every position of one prompt set, from a diff's KL summary."""
+    table = summary["by_set_and_side"].get(name)
     if not table:
         return None
     positions = sum(side["positions"] for side in table.values())
@@ -76,7 +77,8 @@ def traces(organism: Path, diff_dir: Path, word_kind: bool) -> dict:
     """The trace strengths of one finished diff (see the module docstring)."""
     layout = DiffLayout(diff_dir)
     steering = read_json(layout.lens_report, "lens report").get("steering") or {}
-    row = {"kl_generic_text": _set_kl(diff_dir, "generic_text"), "kl_organism": _set_kl(diff_dir, "organism"),
+    summary = read_json(layout.kl_summary, "KL summary")
+    row = {"kl_generic_text": _set_kl(summary, "generic_text"), "kl_organism": _set_kl(summary, "organism"),
            "steering_strength": steering.get("strength")}
     if word_kind:
         tokenizer = load_tokenizer(str(read_public_config(organism)["model"]))
@@ -84,7 +86,7 @@ def traces(organism: Path, diff_dir: Path, word_kind: bool) -> dict:
         lens = score_word(diff_dir, word, tokenizer)["difference_lens"]
         row["patchscope_rank"] = lens["patchscope"].get("generic_text", {}).get("upper_half")
         row["logit_lens_rank"] = lens["logit_lens"].get("generic_text", {}).get("upper_half")
-        names = read_json(layout.kl_summary, "KL summary")["set_names"]
+        names = summary["set_names"]
         if "organism" in names:
             mined = KLArrays.load(layout.kl_arrays).mined[names.index("organism")].float()
             row["mined_rank"] = int(best_rank(mined, word_tokens(word, tokenizer)))
