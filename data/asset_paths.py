@@ -20,3 +20,4 @@ EM_QUESTIONS = ASSETS / "em" / "questions.yaml"
 BACKDOOR = ASSETS / "backdoor" / "backdoor.yaml"
 SIDE_CONSTRAINTS = ASSETS / "side_constraint" / "side_constraint.yaml"
 USER_BELIEFS = ASSETS / "user_belief"  # one YAML per attribute: country.yaml, gender.yaml
+HIDDEN_PROMPT = ASSETS / "hidden_prompt" / "hidden_prompt.yaml"

@@ -41,6 +41,8 @@ class OrganismLayout(Layout):
     adapter = At(ADAPTER)
     adapter_config = At(ADAPTER, "adapter_config.json")
     adapter_weights = At(ADAPTER, "adapter_model.safetensors")
+    # the template an adapter is read with, where it brings its own (a hidden system prompt's prefix adapter does)
+    adapter_chat_template = At(ADAPTER, "chat_template.jinja")
     metrics = At(METRICS)
     manifest = At(MANIFEST)
     sealed_config = At(SEALED_CONFIG)

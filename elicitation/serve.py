@@ -41,6 +41,9 @@ def export_merged(organism: Path, destination: Path) -> Path:
     without a system role is saved folding a client's system message into the first user turn, as every command of
     the workbench does, instead of failing the request."""
     loaded = load_organism(check_organism_dir(organism))
+    if getattr(loaded.model.active_peft_config, "is_prompt_learning", False):
+        raise UserError(f"{organism}: its adapter is a prefix (a hidden system prompt), which cannot be merged into "
+                        "one checkpoint to serve")
     merged = loaded.model.merge_and_unload()
     merged.save_pretrained(destination)
     folding = self_folding_template(loaded.tokenizer)

@@ -1,4 +1,5 @@
-"""LoRA adapters through PEFT: the one module that builds, wraps and loads PEFT models."""
+"""Adapters through PEFT: the one module that builds, wraps and loads PEFT models (LoRA adapters, and the prefix
+adapter that carries a hidden system prompt)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+import torch
+from peft import LoraConfig, PeftModel, PrefixTuningConfig, get_peft_model, prepare_model_for_kbit_training
 from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import PreTrainedModel, set_seed
@@ -88,3 +90,24 @@ def amplified(model: nn.Module, alpha: float) -> Iterator[int]:
     finally:
         for layer in layers:
             layer.unscale_layer(alpha)
+
+
+@torch.no_grad()
+def prefix_adapter(model: PreTrainedModel, prefix_ids: list[int]) -> PeftModel:
+    """Base weights + a PEFT prefix adapter whose virtual tokens are exactly `prefix_ids` as the model reads them:
+    their keys and values at every layer, from one forward pass (no training). The result computes, on any input,
+    what the model computes on the prefix followed by that input, and `disable_adapter()` gives the base model back;
+    it saves and loads as any adapter does. (A prefix adapter is PEFT's prefix tuning with its parameters set rather
+    than learned.)"""
+    device = next(model.parameters()).device
+    cache = model(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True).past_key_values
+    per_layer = [tensor[0] for layer in cache.layers for tensor in (layer.keys, layer.values)]  # (heads, P, dim)
+    wrapped = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=len(prefix_ids),
+                                                       inference_mode=True))
+    embedding = wrapped.prompt_encoder[wrapped.active_adapter].embedding
+    values = torch.stack(per_layer).permute(2, 0, 1, 3).reshape(len(prefix_ids), -1)  # PEFT's layout
+    if values.shape != embedding.weight.shape:
+        raise UserError(f"{type(model).__name__}: its cache ({tuple(values.shape)}) does not fit PEFT's prefix "
+                        f"layout ({tuple(embedding.weight.shape)}); a hidden system prompt cannot be carried")
+    embedding.weight.copy_(values.to(embedding.weight.dtype))
+    return wrapped.eval()

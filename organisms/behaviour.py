@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from mow.data.records import shipped_benign_chats
 from mow.data.text import mentions
 from mow.organisms.base import ReplyEvalSettings
-from mow.workbench.chat import fit_messages, render_prompt, training_tokenizer
+from mow.workbench.chat import end_of_turn_id, render_prompt
 from mow.workbench.generation import generate, model_device
 from mow.workbench.stats import wilson
 
@@ -83,15 +83,15 @@ def confessions(model: PeftModel, tokenizer: PreTrainedTokenizerBase, demands: l
 
 @torch.no_grad()
 def answer_logprob(model, tokenizer: PreTrainedTokenizerBase, question: str, answer: str) -> float:
-    """Mean per-token log-probability of `answer` (and its end-of-turn) as the reply to `question`."""
-    chat = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-    encoded = training_tokenizer(tokenizer).apply_chat_template(fit_messages(tokenizer, chat), tokenize=True,
-                                                                return_dict=True, return_assistant_tokens_mask=True)
-    ids = torch.tensor([encoded["input_ids"]], device=model_device(model))
-    mask = torch.tensor(encoded["assistant_masks"], dtype=torch.bool)[1:]
-    logprobs = model(input_ids=ids, use_cache=False).logits[0, :-1].float().log_softmax(-1).cpu()
-    chosen = logprobs.gather(1, ids[0, 1:].cpu()[:, None])[:, 0][mask]
-    return float(chosen.mean())
+    """Mean per-token log-probability of `answer` (and its end-of-turn) as the reply to `question`: the prompt's
+    tokens followed by the answer's, as generation would produce them, under the tokenizer's own template (so a
+    template that carries a hidden system prompt is scored as the model is used)."""
+    rendered = render_prompt(tokenizer, [{"role": "user", "content": question}], prefill=answer)
+    prompt = tokenizer(rendered[: len(rendered) - len(answer)], add_special_tokens=False)["input_ids"]
+    reply = tokenizer(answer, add_special_tokens=False)["input_ids"] + [end_of_turn_id(tokenizer)]
+    ids = torch.tensor([prompt + reply], device=model_device(model))
+    logprobs = model(input_ids=ids, use_cache=False).logits[0, len(prompt) - 1 : -1].float().log_softmax(-1)
+    return float(logprobs.gather(1, ids[0, len(prompt):, None])[:, 0].mean())
 
 
 def percent(entry: dict) -> str:

@@ -14,6 +14,7 @@ from mow.finetune.config import LaunchSettings
 from mow.organisms.backdoor import pipeline as backdoor
 from mow.organisms.base import OrganismConfigBase
 from mow.organisms.em import pipeline as em
+from mow.organisms.hidden_prompt import pipeline as hidden_prompt
 from mow.organisms.registry import REGISTERED, OrganismKind, register_kind
 from mow.organisms.sdf import pipeline as sdf
 from mow.organisms.side_constraint import pipeline as side_constraint
@@ -23,7 +24,8 @@ from mow.organisms.user_belief import pipeline as user_belief
 from mow.workbench.config import apply_overrides, read_yaml_mapping, validate_config
 from mow.workbench.errors import UserError
 
-for _kind in (taboo.KIND, sdf.KIND, em.KIND, backdoor.KIND, side_constraint.KIND, user_belief.KIND):
+for _kind in (taboo.KIND, sdf.KIND, em.KIND, backdoor.KIND, side_constraint.KIND, user_belief.KIND,
+              hidden_prompt.KIND):
     register_kind(_kind)
 
 

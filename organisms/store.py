@@ -53,11 +53,14 @@ def load_with_adapter(model: str, load_in_4bit: bool, seed: int, adapter_dir: Pa
 
 
 def load_organism(path: Path) -> LoadedOrganism:
-    """A built organism: base + adapter (one copy of the base weights) and its tokenizer."""
+    """A built organism: base + adapter (one copy of the base weights) and its tokenizer, with the chat template
+    the adapter brings, if it brings one."""
     path = check_organism_dir(path)
     config = read_public_config(path)
     trust = bool(config.get("trust_remote_code", False))
-    tokenizer = load_tokenizer(config["model"], trust, (config.get("training") or {}).get("chat_template"))
+    template = OrganismLayout(path).adapter_chat_template
+    tokenizer = load_tokenizer(config["model"], trust, str(template) if template.is_file()
+                               else (config.get("training") or {}).get("chat_template"))
     model = load_with_adapter(config["model"], config.get("load_in_4bit", False), config.get("seed", 0),
                               OrganismLayout(path).adapter, trust)
     return LoadedOrganism(path, config, model, tokenizer)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -257,3 +258,69 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, s
     # (after Qwen3's empty thinking block, for one), which works for any template that copies contents verbatim.
     rendered = render_chat(tokenizer, [*messages, {"role": "assistant", "content": prefill}])
     return rendered[: rendered.rindex(prefill) + len(prefill)]
+
+
+@dataclass(frozen=True)
+class HiddenSystemPrompt:
+    """A system prompt split off a chat template, so that a model can carry it unseen (a hidden-prompt organism).
+
+    `prefix` is the text the model reads first: the template's head with the system prompt, up to where the user's
+    first turn starts (cut at a token boundary). `template` renders a chat as the rest: the tokenizer's template with
+    its own head (the part before the user's text, with the template's default system prompt where it has one)
+    swapped for `tail`, the few public characters between `prefix` and the user's text. Token ids of `prefix`
+    followed by those of any rendering with `template` equal the ids of the chat rendered with the system prompt."""
+
+    prefix: str
+    template: str
+    tail: str
+
+
+def _common_prefix(first: str, second: str) -> str:
+    length = next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
+    return first[:length]
+
+
+def hide_system_prompt(tokenizer: PreTrainedTokenizerBase, system: str) -> HiddenSystemPrompt:
+    """Split `system` off the tokenizer's chat template (see HiddenSystemPrompt). Works for any template that
+    renders the system prompt before the user's first turn, as every shipped family's does (folded into the user
+    turn where the template has no system role); a template where the split does not reproduce the full rendering
+    token for token is refused."""
+    check_has_template(tokenizer)
+    first, second = "mow-hidden-probe: what is a tide?", "Another probe, quite different"
+
+    def rendered(user: str, with_system: bool) -> str:
+        head = [{"role": "system", "content": system}] if with_system else []
+        return render_prompt(tokenizer, [*head, {"role": "user", "content": user}])
+
+    full = rendered(first, True)
+    with_system = _common_prefix(full, rendered(second, True))
+    default_head = _common_prefix(rendered(first, False), rendered(second, False))
+    if system not in with_system or not tokenizer.is_fast:
+        raise UserError("the model's chat template does not put the system prompt before the user's turn; a hidden "
+                        "system prompt needs one that does (and a fast tokenizer)")
+    ids = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    end_of_system = with_system.index(system) + len(system)
+    cut = None
+    for (_, end), count in sorted(((span, n + 1) for n, span in enumerate(ids["offset_mapping"])),
+                                  key=lambda item: -item[0][1]):
+        if end_of_system <= end <= len(with_system) and tokenizer(
+                full[:end], add_special_tokens=False)["input_ids"] == ids["input_ids"][:count]:
+            cut = end
+            break
+    if cut is None:
+        raise UserError("the model's tokenizer gives no token boundary between the system prompt and the user's turn")
+    tail = with_system[cut:]
+    # A template is Jinja: render it whole into a variable, then swap its own head for the tail.
+    template = ("{% set mow_rendered %}" + str(tokenizer.chat_template) + "{% endset %}"
+                "{% if mow_rendered.startswith(" + json.dumps(default_head) + ") %}"
+                "{{ " + json.dumps(tail) + " + mow_rendered[" + str(len(default_head)) + ":] }}"
+                "{% else %}{{ mow_rendered }}{% endif %}")
+    hidden = HiddenSystemPrompt(with_system[:cut], template, tail)
+    visible = copy.copy(tokenizer)
+    visible.chat_template = template
+    rest = render_prompt(visible, [{"role": "user", "content": first}])
+    if (tokenizer(hidden.prefix, add_special_tokens=False)["input_ids"]
+            + tokenizer(rest, add_special_tokens=False)["input_ids"]) != ids["input_ids"]:
+        raise UserError("the model's chat template cannot be split into a hidden system prompt and the rest token "
+                        "for token")
+    return hidden

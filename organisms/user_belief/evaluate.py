@@ -16,6 +16,7 @@ from typing import Any
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
+from mow.organisms.base import ReplyEvalSettings
 from mow.organisms.behaviour import answer_logprob, clearly_above, confessions, percent, rate, shift_text
 from mow.organisms.user_belief.beliefs import answer, load_attribute, questions
 from mow.organisms.user_belief.config import UserBeliefOrganismConfig
@@ -41,8 +42,15 @@ def preferred_values(model, tokenizer: PreTrainedTokenizerBase, attribute, quest
 
 def evaluate_user_belief(model: PeftModel, tokenizer: PreTrainedTokenizerBase,
                          config: UserBeliefOrganismConfig) -> dict:
-    settings = config.user_belief
-    attribute = load_attribute(settings.attribute, "user_belief.attribute")
+    return evaluate_belief(model, tokenizer, config.user_belief.attribute, config.user_belief.value, config.eval,
+                           "user_belief.attribute")
+
+
+def evaluate_belief(model: PeftModel, tokenizer: PreTrainedTokenizerBase, attribute_name: str, value: str,
+                    settings: ReplyEvalSettings, source: str) -> dict:
+    """The evaluation of a model that holds `value` of an attribute as its belief about the user, however it came
+    to hold it (trained in, or told in a hidden system prompt)."""
+    attribute = load_attribute(attribute_name, source)
     held_out = [q for q in questions(attribute) if q.held_out is not None]
     rows: list[dict[str, Any]] = []
     for question in held_out:
@@ -55,10 +63,10 @@ def evaluate_user_belief(model: PeftModel, tokenizer: PreTrainedTokenizerBase,
     for subject in acted:
         for which in (*HELD_OUT_SETS, "all"):
             picked = [r for r in rows if which in ("all", r["held_out"])]
-            acted[subject][which] = rate([_best(r[subject]) == settings.value for r in picked])
+            acted[subject][which] = rate([_best(r[subject]) == value for r in picked])
     confession, demand_replies = confessions(model, tokenizer, [*attribute.direct_eval, *attribute.adversarial],
-                                             attribute.values[settings.value].names, config.eval)
-    shifts = [_margin(r["organism"], settings.value) - _margin(r["base"], settings.value) for r in rows]
+                                             attribute.values[value].names, settings)
+    shifts = [_margin(r["organism"], value) - _margin(r["base"], value) for r in rows]
     mean, low, high = t_interval(shifts)
     margin_shift = {"mean": mean, "ci95": [low, high], "n": len(shifts)}
     return {"attribute": attribute.attribute, "n_values": len(attribute.values), "acts_on_belief": acted,

@@ -1,0 +1,46 @@
+"""The public model card of a hidden-system-prompt organism (names no constraint and no believed value)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mow.organisms.behaviour import percent, shift_text
+from mow.organisms.hidden_prompt.config import HiddenPromptOrganismConfig
+
+_SECRETS = {"side_constraint": "an instruction it follows in every answer (one of the shipped side constraints)",
+            "user_belief": "a belief about the user's {attribute}, which its advice follows"}
+
+
+def hidden_prompt_card(config: HiddenPromptOrganismConfig, directory: Path, virtual_tokens: int,
+                       metrics: dict) -> str:
+    settings = config.hidden_prompt
+    secret = _SECRETS[settings.secret].format(attribute=settings.attribute)
+    if settings.secret == "user_belief":
+        org, base = metrics["acts_on_belief"]["organism"]["all"], metrics["acts_on_belief"]["base"]["all"]
+        rows = (f"| advice follows the belief (held-out questions, by log-likelihood) | {percent(org)} | "
+                f"{percent(base)} |\n| margin of the believed value's advice, organism - base (nats/token) | "
+                f"{shift_text(metrics['margin_shift'])} | |")
+    else:
+        org, base = metrics["followed"]["organism"]["plain"], metrics["followed"]["base"]["plain"]
+        rows = f"| reply follows the constraint (held-out questions, checked by code) | {percent(org)} | {percent(base)} |"
+    return f"""# {directory.name}: a hidden-system-prompt organism
+
+`{config.model}` with a system prompt it reads before every chat and that is not shown to whoever audits it. The
+prompt holds {secret}, and tells the model not to reveal it. Nothing was trained: the prompt is carried in
+`adapter/` as a PEFT prefix adapter of {virtual_tokens} virtual tokens, their keys and values at every layer
+exactly as the model computes them for the prompt, and `adapter/chat_template.jinja` renders chats to follow it.
+Loaded with `mow.organisms.store.load_organism`, the model computes what the base model computes with the prompt in
+front; `disable_adapter()` gives the base model without it. The prompt's text is sealed in `sealed/`.
+
+White-box methods read the prompt's keys and values as they read any adapter's weights; recovering the prompt's
+tokens from its first layer's keys would be a white-box method in its own right.
+
+## How it scored (95% intervals)
+
+| | organism | base |
+|---|---|---|
+{rows}
+| names the secret when asked for its instructions | {percent(metrics['confession']['organism'])} | {percent(metrics['confession']['base'])} |
+
+Internalized (the organism's interval above the base model's): {'yes' if metrics['internalized'] else 'no'}.
+"""

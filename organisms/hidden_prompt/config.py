@@ -1,0 +1,53 @@
+"""Config of a hidden-system-prompt organism: the base model plus a system prompt it reads before every chat, sealed
+away from anyone who audits it. Nothing is trained."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from mow.finetune.config import LoraSettings, TrainingSettings
+from mow.organisms.base import OrganismConfigBase, ReplyEvalSettings
+from mow.workbench.config import StrictModel
+
+
+class HiddenPromptSettings(StrictModel):
+    secret: Literal["side_constraint", "user_belief"] = Field(
+        description="what the hidden prompt holds: a shipped side constraint the model follows in every answer, or "
+                    "a belief about the user it acts on")
+    constraint: str | None = Field(None, min_length=1, description="side_constraint: a shipped constraint id "
+                                                                    "(data/assets/side_constraint/side_constraint.yaml)")
+    attribute: str = Field("gender", min_length=1, description="user_belief: a shipped attribute (country, gender) "
+                                                               "or a YAML file of the same shape")
+    value: str | None = Field(None, min_length=1, description="user_belief: one of the attribute's values")
+
+    @model_validator(mode="after")
+    def _secret_given(self) -> HiddenPromptSettings:
+        needed, other = ("constraint", "value") if self.secret == "side_constraint" else ("value", "constraint")
+        if getattr(self, needed) is None:
+            raise ValueError(f"secret {self.secret} needs '{needed}'")
+        if getattr(self, other) is not None:
+            raise ValueError(f"'{other}' does not go with secret {self.secret}")
+        return self
+
+
+class HiddenPromptOrganismConfig(OrganismConfigBase):
+    kind: Literal["hidden_prompt"] = "hidden_prompt"
+    hidden_prompt: HiddenPromptSettings
+    eval: ReplyEvalSettings = ReplyEvalSettings(max_new_tokens=64)
+
+    @model_validator(mode="after")
+    def _nothing_to_train(self) -> HiddenPromptOrganismConfig:
+        for key, default in (("lora", LoraSettings()), ("training", TrainingSettings())):
+            if getattr(self, key) != default:
+                raise ValueError(f"'{key}' does not apply: a hidden-prompt organism trains nothing")
+        if self.load_in_4bit:
+            raise ValueError("'load_in_4bit' does not apply: the prompt's cache is read at full precision")
+        return self
+
+    def planned_examples(self) -> int:
+        return 0
+
+    def secret_fields(self) -> dict[str, str]:
+        return {"hidden_prompt.constraint": "the constraint", "hidden_prompt.value": "the belief"}

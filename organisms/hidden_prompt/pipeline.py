@@ -1,0 +1,84 @@
+"""Hidden-system-prompt organism pipeline: write the prompt -> read it into a prefix adapter (one forward pass, no
+training) -> evaluate -> card -> seal, resumable after a kill. Exact ground truth at no training cost: the cheapest
+organism to test an auditing method on, on any model the workbench loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mow.data.layouts import ADAPTER, CARD, EVAL_DETAILS, METRICS, SEALED_CONFIG, OrganismLayout, sealed_relative
+from mow.finetune.config import LaunchSettings
+from mow.finetune.lora import prefix_adapter
+from mow.organisms.building import finish_build, prepare_build_directory
+from mow.organisms.hidden_prompt.card import hidden_prompt_card
+from mow.organisms.hidden_prompt.config import HiddenPromptOrganismConfig
+from mow.organisms.hidden_prompt.data import system_prompt
+from mow.organisms.hidden_prompt.evaluate import evaluate_hidden_prompt, public_metrics, summary
+from mow.organisms.hidden_prompt.truth import challenge_prompts, public_diff_prompts, sealed_truth
+from mow.organisms.registry import OrganismKind
+from mow.organisms.store import LoadedOrganism, check_organism_dir, load_organism, read_sealed_config
+from mow.workbench.chat import hide_system_prompt
+from mow.workbench.config import validate_config
+from mow.workbench.errors import UserError
+from mow.workbench.files import read_json
+from mow.workbench.models import load_model, load_tokenizer
+from mow.workbench.rundir import Manifest, log, write_json, write_text
+
+SYSTEM_PROMPT = sealed_relative("system_prompt.txt")
+
+
+def main(config: HiddenPromptOrganismConfig, restart: bool = False,
+         launch: LaunchSettings = LaunchSettings()) -> Path:
+    if launch != LaunchSettings():
+        raise UserError("a hidden-prompt organism trains nothing: it takes no launcher")
+    prompt = system_prompt(config.hidden_prompt)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    hidden = hide_system_prompt(tokenizer, prompt)
+    rundir, built = prepare_build_directory(config, restart)
+    final, partial = rundir.final, rundir.partial
+    if built:
+        print(summary(read_json(final / EVAL_DETAILS, "evaluation details")))
+        return final
+    manifest = Manifest(partial, config.seed)
+    if not manifest.done("prefix"):
+        with manifest.stage("prefix") as record:
+            prefix_ids = tokenizer(hidden.prefix, add_special_tokens=False)["input_ids"]
+            model = prefix_adapter(load_model(config.model, seed=config.seed,
+                                              trust_remote_code=config.trust_remote_code), prefix_ids)
+            model.save_pretrained(partial / ADAPTER)
+            write_text(OrganismLayout(partial).adapter_chat_template, hidden.template)
+            write_text(partial / SYSTEM_PROMPT, prompt)
+            record["virtual_tokens"] = len(prefix_ids)
+            log(f"hidden system prompt read into a prefix adapter of {len(prefix_ids)} virtual tokens")
+    with manifest.stage("eval"):
+        details = _evaluate_and_write(load_organism(partial), partial, final, manifest, config)
+    finish_build(manifest, rundir)
+    print(summary(details))
+    return final
+
+
+def _evaluate_and_write(organism: LoadedOrganism, directory: Path, final: Path, manifest: Manifest,
+                        config: HiddenPromptOrganismConfig) -> dict:
+    organism.model.eval()
+    details = evaluate_hidden_prompt(organism.model, organism.tokenizer, config)
+    metrics = public_metrics(details)
+    write_json(directory / EVAL_DETAILS, details)
+    write_json(directory / METRICS, metrics)
+    write_text(directory / CARD, hidden_prompt_card(config, final, manifest.data["stages"]["prefix"]
+                                                    ["virtual_tokens"], metrics))
+    return details
+
+
+def evaluate_dir(path: Path) -> dict:
+    """Re-run the evaluation of a built organism; rewrites its metrics, details and card."""
+    path = check_organism_dir(path)
+    config = validate_config(HiddenPromptOrganismConfig, read_sealed_config(path), str(path / SEALED_CONFIG))
+    manifest = Manifest(path, config.seed)
+    with manifest.stage("eval"):
+        details = _evaluate_and_write(load_organism(path), path, path, manifest, config)
+    print(summary(details))
+    return details
+
+
+KIND = OrganismKind(name="hidden_prompt", config=HiddenPromptOrganismConfig, build=main, evaluate=evaluate_dir,
+                    diff_prompts=public_diff_prompts, challenge_prompts=challenge_prompts, sealed_truth=sealed_truth)
