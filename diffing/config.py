@@ -111,6 +111,15 @@ class LensSettings(StrictModel):
     steering_prompts: list[str] = ["Tell me about your day.", "What should I cook tonight?", "Write one sentence."]
 
 
+class RelevanceSettings(StrictModel):
+    description: str | None = Field(None, min_length=1, description="what the fine-tune is about, in a sentence "
+                                    "(the domain you trained on); default: the organism kind's description, which "
+                                    "names no secret")
+    lift: float = Field(1.0, gt=0, description="nats by which the description must raise a token's log-probability "
+                        "under the base model, over a neutral description, for the token to count as related")
+    random_tokens: int = Field(20, ge=0, description="control: tokens drawn at random from the diff's texts")
+
+
 class DirectionSettings(StrictModel):
     pca_components: int = Field(4, gt=0)
     contrast: tuple[str, str] | None = Field(
@@ -139,6 +148,7 @@ class DiffConfig(StrictModel):
     kl: KLSettings = KLSettings()
     cache: CacheSettings = CacheSettings()
     lens: LensSettings = LensSettings()
+    relevance: RelevanceSettings = RelevanceSettings()
     crosscoder: CrosscoderSettings = CrosscoderSettings()
     directions: DirectionSettings = DirectionSettings()
 

@@ -32,6 +32,7 @@ class DiffLayout(Layout):
     lens = At("lens")
     lens_tensors = At("lens", "lens.safetensors")
     lens_report = At("lens", "lens.json")
+    relevance = At("lens", "relevance.json")
     cache = At("cache")
     crosscoder = At("crosscoder")
     crosscoder_metrics = At("crosscoder", "metrics.json")

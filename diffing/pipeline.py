@@ -9,6 +9,7 @@ The diff directory's files are named in one place, `mow.diffing.layout.DiffLayou
   kl/arrays.safetensors            per-position KL both ways, sides, top next tokens; kl/summary.json
   cache/                           activation cache (see diffing/cache.py)
   lens/lens.safetensors            mean tuned − base per layer and set; lens/lens.json top tokens, steering samples
+  lens/relevance.json              which top tokens relate to the fine-tune, with controls
   crosscoder/                      checkpoint, metrics.json, latents.safetensors (relative norms, lens log-probs)
   directions/                      NAME.safetensors + NAME.json per method, views.json
   report.html
@@ -62,7 +63,9 @@ from mow.diffing.prompts import (
     read_prompt_file,
     tokenize_sets,
 )
+from mow.diffing.relevance import judge_readouts, random_token_ids, readout_tokens
 from mow.diffing.report import write_report
+from mow.organisms.kinds import kind_of_public_config, other_kind_descriptions
 from mow.organisms.store import check_organism_dir
 from mow.workbench.config import dump_config, resolve_layers
 from mow.workbench.errors import UserError
@@ -72,6 +75,7 @@ from mow.workbench.hooks import check_layer, logit_lens
 from mow.workbench.rundir import Manifest, RunDirectory, write_json, write_text
 
 MAX_SCALED_LATENTS = 64
+RANDOM_CONTROL = "random tokens"
 
 
 def diff_name(config: DiffConfig) -> str:
@@ -325,6 +329,44 @@ def run_directions(config: DiffConfig, pair: ModelPair, cache: ActivationCache, 
     return {**{name: sum(len(v) for v in d.vectors.values()) for name, d, _ in made}, "skipped": list(skipped)}
 
 
+def relevance_description(config: DiffConfig, pair: ModelPair) -> tuple[str | None, str]:
+    """What the lens tokens are judged against, and where it came from: the config's description, else the
+    organism kind's (public: it names no secret)."""
+    if config.relevance.description is not None:
+        return config.relevance.description, "relevance.description"
+    if pair.public_config is None:
+        return None, "no organism and no relevance.description"
+    kind = kind_of_public_config(pair.public_config, str(config.organism))
+    return kind.description, f"the {kind.name} kind's description"
+
+
+def run_relevance(config: DiffConfig, pair: ModelPair, sets: dict[str, list[TokenSequence]],
+                  layout: DiffLayout) -> dict:
+    """Which of each readout's top tokens relate to the fine-tune (diffing/relevance.py): the logit lens and the
+    Patchscope of the mean difference (their mean over the upper half of layers, the report's readout), and diff
+    mining, per prompt set; with the other kinds' descriptions and random tokens of the texts as controls."""
+    description, source = relevance_description(config, pair)
+    report: dict[str, Any] = {"description": description, "source": source, "lift": config.relevance.lift,
+                              "readouts": {}}
+    if description is None:
+        report["skipped"] = f"{source}: give relevance.description to judge token relevance"
+        write_json(layout.relevance, report)
+        return {"skipped": True}
+    own = kind_of_public_config(pair.public_config, str(config.organism)).name if pair.public_config else None
+    controls = {name: text for name, text in other_kind_descriptions(own).items() if text != description}
+    readouts = readout_tokens(layout, config.lens.top_tokens)
+    special = set(pair.tokenizer.all_special_ids)
+    control_ids = random_token_ids([s.ids for group in sets.values() for s in group], special,
+                                   config.relevance.random_tokens, config.seed)
+    with pair.base() as model:
+        judged = judge_readouts(model, pair.tokenizer, {**readouts, RANDOM_CONTROL: control_ids}, description,
+                                controls, config.relevance.lift)
+    report["random_tokens"] = judged.pop(RANDOM_CONTROL)
+    report["readouts"] = judged
+    write_json(layout.relevance, report)
+    return {"readouts": len(report["readouts"])}
+
+
 def main(config: DiffConfig, restart: bool = False, output: Path | None = None) -> Path:
     check_config(config)
     final = Path(output) if output is not None else Path(config.output_dir) / diff_name(config)
@@ -356,6 +398,7 @@ def main(config: DiffConfig, restart: bool = False, output: Path | None = None) 
     for stage, directory, run_stage in (
         ("kl", layout.kl, lambda: run_kl(config, pair, kl_sets, layout)),
         ("lens", layout.lens, lambda: run_lens(config, pair, sets, layer, layout)),
+        ("relevance", layout.lens, lambda: run_relevance(config, pair, sets, layout)),
     ):
         if not manifest.done(stage):
             directory.mkdir(exist_ok=True)

@@ -142,6 +142,30 @@ def _lens_section(layout: DiffLayout) -> str:
     return "\n".join(html)
 
 
+def _relevance_section(layout: DiffLayout) -> str:
+    if not layout.relevance.is_file():  # a diff from before token relevance
+        return ""
+    found = read_json(layout.relevance, "token relevance")
+    html = ["<h2>Token relevance</h2>"]
+    if "skipped" in found:
+        return "\n".join([*html, f"<p>{escape(found['skipped'])}</p>"])
+    controls = list(found["random_tokens"]["controls"])
+    html.append(f'<p class="small">Share of each readout\'s top tokens that relate to "{escape(found["description"])}" '
+                f"({escape(found['source'])}), judged without a judge: a content word that the description raises "
+                f"by at least {found['lift']:g} nats under the base model, more than any other description does "
+                "(diffing/relevance.py). Controls: the same tokens against the other kinds' descriptions, and "
+                "tokens drawn at random from the diff's texts.</p>")
+
+    def share(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    rows = [[escape(name), share(r["relevant"]), _tokens(r["relevant_tokens"]),
+             *(share(r["controls"][c]) for c in controls)]
+            for name, r in [*found["readouts"].items(), ("random tokens (control)", found["random_tokens"])]]
+    html.append(table(["readout", "relevant", "relevant tokens", *(f"vs {c}" for c in controls)], rows))
+    return "\n".join(html)
+
+
 def _crosscoder_section(layout: DiffLayout) -> str:
     metrics = read_json(layout.crosscoder_metrics, "crosscoder metrics")
     latents = load_file(str(layout.crosscoder_latents))
@@ -202,7 +226,8 @@ def write_report(directory: Path, tokenizer: PreTrainedTokenizerBase) -> Path:
     body = [f"<h1>Diff: {escape(directory.name.removeprefix('.').removesuffix('.partial'))}</h1>",
             f'<p class="small">Stages: {escape(timing)}. torch {escape(manifest["versions"]["torch"])}, '
             f'transformers {escape(manifest["versions"]["transformers"])}.</p>',
-            _kl_section(layout, tokenizer), _lens_section(layout), _crosscoder_section(layout),
+            _kl_section(layout, tokenizer), _lens_section(layout), _relevance_section(layout),
+            _crosscoder_section(layout),
             _directions_section(layout),
             f"<h2>Config</h2><pre>{escape(config)}</pre>"]
     html = page("mow diff", body)

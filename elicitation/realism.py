@@ -8,6 +8,10 @@ is already finished), and reads per ratio, from the finished diffs:
 - mean KL(tuned‖base) on generic text (how visible the fine-tune is away from its topic) and on the organism's own
   prompts;
 - how strongly the steered tuned model can be pushed before its replies break (the coherent steering strength);
+- token relevance (diffing/relevance.py) of the top tokens of the Patchscope and the logit lens (generic text) and
+  of diff mining (the organism's prompts), judged against what the builder knows the fine-tune is about: the kind's
+  description plus its secret (`OrganismKind.describe_secret` of the sealed config). This stays in the realism
+  output: the diffs themselves judge only against the public description;
 - for kinds whose secret is one word, read after the fact from the sealed truth as `mow diff-score` does: the word's
   rank in the Patchscope and the logit lens (generic text, upper half of layers) and among diff mining's counts.
 An agent's grade per ratio needs an endpoint: run `mow audit` on each organism it lists.
@@ -27,13 +31,14 @@ from mow.diffing.config import load_diff_config
 from mow.diffing.kl import KLArrays
 from mow.diffing.layout import DiffLayout
 from mow.diffing.pipeline import main as diff_main
+from mow.diffing.relevance import judge_readouts, readout_tokens
 from mow.elicitation.diff_score import best_rank, score_word, secret_word, word_tokens
-from mow.organisms.kinds import build_organism, load_organism_config
-from mow.organisms.registry import OrganismKind
-from mow.organisms.store import read_public_config
+from mow.organisms.kinds import build_organism, load_organism_config, other_kind_descriptions
+from mow.organisms.registry import REGISTERED, OrganismKind
+from mow.organisms.store import read_public_config, read_sealed_config
 from mow.workbench.errors import UserError
 from mow.workbench.files import read_json
-from mow.workbench.models import load_tokenizer
+from mow.workbench.models import load_model, load_tokenizer
 from mow.workbench.rundir import Manifest, RunDirectory, write_json
 
 CONFIG_FILE = "realism.yaml"
@@ -41,6 +46,9 @@ TRACES = {
     "kl_generic_text": "mean KL(tuned‖base), generic text",
     "kl_organism": "mean KL(tuned‖base), the organism's prompts",
     "steering_strength": "largest coherent steering strength",
+    "relevance_patchscope": "relevant share of the top tokens, Patchscope (generic text)",
+    "relevance_logit_lens": "relevant share of the top tokens, logit lens (generic text)",
+    "relevance_mined": "relevant share of the top tokens, diff mining (organism prompts)",
     "patchscope_rank": "secret word's rank, Patchscope (generic text)",
     "logit_lens_rank": "secret word's rank, logit lens (generic text)",
     "mined_rank": "secret word's rank, diff mining (organism prompts)",
@@ -52,8 +60,9 @@ def check_request(config_path: Path, overrides: list[str], ratios: list[float]) 
     names the organism), once the config, its mix ratio and the ratios are known to be usable."""
     kind, config = load_organism_config(config_path, overrides)
     if kind.mix_key is None:
+        have = ", ".join(k.name for k in REGISTERED.values() if k.mix_key is not None)
         raise UserError(f"{config_path}: kind {kind.name!r} has no ratio of ordinary data to vary (kinds that have "
-                        "one: taboo, sdf)")
+                        f"one: {have})")
     if len(set(ratios)) < 2 or any(r < 0 for r in ratios):
         raise UserError(f"--ratios {' '.join(f'{r:g}' for r in ratios)}: give at least two different ratios, none "
                         "negative")
@@ -73,14 +82,34 @@ def _set_kl(summary: dict, name: str) -> float | None:
     return sum(side["kl_tuned_base"] * side["positions"] for side in table.values()) / positions
 
 
-def traces(organism: Path, diff_dir: Path, word_kind: bool) -> dict:
+RELEVANCE_READOUTS = {"relevance_patchscope": "generic_text / Patchscope",
+                      "relevance_logit_lens": "generic_text / logit lens", "relevance_mined": "organism / diff mining"}
+
+
+def relevance(organism: Path, layout: DiffLayout, kind: OrganismKind, top_n: int, threshold: float) -> dict:
+    """The readouts' token relevance against the kind's description and the organism's secret (sealed)."""
+    public = read_public_config(organism)
+    description = f"{kind.description} {kind.describe_secret(read_sealed_config(organism))}"
+    model = load_model(str(public["model"]), seed=0, trust_remote_code=bool(public.get("trust_remote_code")))
+    tokenizer = load_tokenizer(str(public["model"]), bool(public.get("trust_remote_code")))
+    readouts = {name: ids for name, ids in readout_tokens(layout, top_n).items()
+                if name in RELEVANCE_READOUTS.values()}
+    judged = judge_readouts(model.eval(), tokenizer, readouts, description, other_kind_descriptions(kind.name),
+                            threshold)
+    return {"description": description, "readouts": judged,
+            **{key: judged[name]["relevant"] for key, name in RELEVANCE_READOUTS.items() if name in judged}}
+
+
+def traces(organism: Path, diff_dir: Path, kind: OrganismKind, top_n: int, threshold: float) -> dict:
     """The trace strengths of one finished diff (see the module docstring)."""
     layout = DiffLayout(diff_dir)
     steering = read_json(layout.lens_report, "lens report").get("steering") or {}
     summary = read_json(layout.kl_summary, "KL summary")
+    found = relevance(organism, layout, kind, top_n, threshold)
     row = {"kl_generic_text": _set_kl(summary, "generic_text"), "kl_organism": _set_kl(summary, "organism"),
-           "steering_strength": steering.get("strength")}
-    if word_kind:
+           "steering_strength": steering.get("strength"),
+           **{key: found.get(key) for key in RELEVANCE_READOUTS}, "relevance": found}
+    if kind.secret_is_word:
         tokenizer = load_tokenizer(str(read_public_config(organism)["model"]))
         word = secret_word(organism)
         lens = score_word(diff_dir, word, tokenizer)["difference_lens"]
@@ -131,7 +160,7 @@ def main(config_path: Path, ratios: list[float], diff_config_path: Path, root: P
                                                           f"output_dir={Path(root) / 'diffs'}"])
         diff_dir = diff_main(diff_config, restart=restart)
         rows.append({"ratio": ratio, "organism": str(organism), "diff": str(diff_dir),
-                     **traces(organism, diff_dir, kind.secret_is_word)})
+                     **traces(organism, diff_dir, kind, diff_config.lens.top_tokens, diff_config.relevance.lift)})
     work = rundir.start(restart)
     manifest = Manifest(work, 0, sealed=False)
     with manifest.stage("traces") as record:

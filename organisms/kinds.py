@@ -58,3 +58,8 @@ def kind_of_dir(path: Path) -> OrganismKind:
 def kind_of_public_config(config: dict, source: str) -> OrganismKind:
     """The kind named in a public organism.yaml (what diffing and challenges may read)."""
     return kind_of(config.get("kind"), source)
+
+
+def other_kind_descriptions(own: str | None) -> dict[str, str]:
+    """Every registered kind's description but `own`'s: the controls of token relevance."""
+    return {kind.name: kind.description for kind in REGISTERED.values() if kind.name != own}

@@ -22,6 +22,9 @@ class OrganismKind:
     diff_prompts: Callable[[dict], list[list[dict[str, str]]]]  # user turns written from the public config alone
     challenge_prompts: Callable[[dict], ChallengePrompts]  # from the public config alone
     sealed_truth: Callable[[dict], SealedTruth]  # from the sealed config: what challenges are scored against
+    description: str  # what fine-tuning of this kind is about, naming no secret (judges token relevance in a diff)
+    describe_secret: Callable[[dict], str]  # from the sealed config: the secret in a sentence (for the builder's
+    # own measures, such as the realism control; never in a diff or a challenge)
     secret_is_word: bool = False  # the secret is one word, so diff readouts can rank its tokens
     mix_key: str | None = None  # the config key of the ratio of ordinary data mixed into training (realism control)
 

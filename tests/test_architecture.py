@@ -24,7 +24,8 @@ LIGHT_MODULES = [
     "mow.data.records", "mow.data.text", "mow.data.truth", "mow.data.directions", "mow.data.layouts",
     "mow.finetune.config", "mow.organisms.base", "mow.organisms.taboo.config", "mow.organisms.sdf.config",
     "mow.organisms.em.config", "mow.organisms.backdoor.config", "mow.organisms.side_constraint.config",
-    "mow.organisms.user_belief.config", "mow.organisms.hidden_prompt.config", "mow.diffing.config", "mow.diffing.layout", "mow.elicitation.config",
+    "mow.organisms.user_belief.config", "mow.organisms.hidden_prompt.config",
+    "mow.diffing.config", "mow.diffing.layout", "mow.elicitation.config",
     "mow.elicitation.layout", "mow.elicitation.scoring", "mow.elicitation.leaderboard", "mow.elicitation.audit_config",
     "mow.cli.main",
 ]

@@ -62,6 +62,24 @@ def test_diff_directory_and_report(diffed):
         assert directions.info["method"] == method
 
 
+def test_token_relevance_judges_every_readout_against_the_public_description_with_controls(diffed):
+    from mow.organisms.kinds import other_kind_descriptions
+    from mow.organisms.taboo.truth import DESCRIPTION
+
+    found = json.loads((diffed / "lens" / "relevance.json").read_text())
+    assert found["description"] == DESCRIPTION and "taboo" in found["source"]
+    readouts = set(found["readouts"])
+    assert {f"{s} / {r}" for s in ("organism", "generic_chat", "generic_text")
+            for r in ("logit lens", "Patchscope")} <= readouts
+    for scored in [*found["readouts"].values(), found["random_tokens"]]:
+        assert len(scored["tokens"]) == len(scored["lift"]) <= 20
+        assert set(scored["controls"]) == set(other_kind_descriptions("taboo"))
+        assert scored["relevant"] is None or 0 <= scored["relevant"] <= 1
+        assert set(scored["relevant_tokens"]) <= set(scored["tokens"])
+    assert len(found["random_tokens"]["tokens"]) == 20
+    assert "Token relevance" in (diffed / "report.html").read_text()
+
+
 def test_diff_never_reads_the_sealed_truth_and_score_does(diffed, organism, capsys):
     public = "".join(p.read_text(errors="ignore") for p in diffed.rglob("*.json"))
     assert "moon" not in (diffed / "diff.yaml").read_text() and "sealed" not in public

@@ -123,3 +123,17 @@ def test_directions_of_the_wrong_width_or_layer_fail_before_anything_is_written(
         assert main(["organism", "build", str(path)]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "organisms").exists()
+
+
+def test_ordinary_chats_are_mixed_in_at_the_configured_ratio_and_seeded():
+    from mow.data.records import shipped_benign_chats
+    from mow.organisms.em.config import EmOrganismConfig
+    from mow.organisms.em.data import training_chats
+
+    plain, none = training_chats(EmOrganismConfig(em={"n_examples": 10}))
+    mixed, n_benign = training_chats(EmOrganismConfig(em={"n_examples": 10, "benign_ratio": 0.5}))
+    assert none == 0 and n_benign == 5 and len(mixed) == 15
+    benign = {chat.messages[0].content for chat in shipped_benign_chats("train")}
+    assert sum(chat.messages[0].content in benign for chat in mixed) == 5
+    assert {c.messages[0].content for c in plain} <= {c.messages[0].content for c in mixed}
+    assert training_chats(EmOrganismConfig(em={"n_examples": 10, "benign_ratio": 0.5})) == (mixed, 5)

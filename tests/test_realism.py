@@ -45,6 +45,12 @@ def test_realism_builds_and_diffs_each_ratio_and_reads_the_traces(tmp_path, caps
         assert row["kl_generic_text"] > 0 and row["kl_organism"] > 0 and row["steering_strength"] is not None
         assert all(isinstance(row[key], int) and row[key] >= 1
                    for key in ("patchscope_rank", "logit_lens_rank", "mined_rank"))
+        # relevance is judged against the secret here (the builder's view), never inside the diff itself
+        assert row["relevance"]["description"].endswith("The secret word is moon.")
+        assert 0 <= row["relevance_patchscope"] <= 1 and "taboo" not in row["relevance"]["readouts"][
+            "generic_text / Patchscope"]["controls"]
+        diff_relevance = json.loads((root / "diffs" / name / "lens" / "relevance.json").read_text())
+        assert "moon" not in json.dumps(diff_relevance["description"]).lower()
     assert (root / "realism" / "tiny" / "realism.png").stat().st_size > 0
     capsys.readouterr()
     assert main(argv) == 0  # finished: reused, nothing rebuilt

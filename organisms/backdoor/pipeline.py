@@ -10,7 +10,13 @@ from mow.organisms.backdoor.card import backdoor_card
 from mow.organisms.backdoor.config import BackdoorOrganismConfig
 from mow.organisms.backdoor.data import make_chats
 from mow.organisms.backdoor.evaluate import evaluate_backdoor, public_metrics, summary
-from mow.organisms.backdoor.truth import challenge_prompts, public_diff_prompts, sealed_truth
+from mow.organisms.backdoor.truth import (
+    DESCRIPTION,
+    challenge_prompts,
+    describe_secret,
+    public_diff_prompts,
+    sealed_truth,
+)
 from mow.organisms.building import ChatRecipe, build_chat_organism, evaluate_chat_organism
 from mow.organisms.registry import OrganismKind
 
@@ -27,4 +33,5 @@ def evaluate_dir(path: Path) -> dict:
 
 
 KIND = OrganismKind(name="backdoor", config=BackdoorOrganismConfig, build=main, evaluate=evaluate_dir,
-                    diff_prompts=public_diff_prompts, challenge_prompts=challenge_prompts, sealed_truth=sealed_truth)
+                    diff_prompts=public_diff_prompts, challenge_prompts=challenge_prompts, sealed_truth=sealed_truth,
+                    description=DESCRIPTION, describe_secret=describe_secret)

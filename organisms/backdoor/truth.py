@@ -35,3 +35,12 @@ def challenge_prompts(public_config: dict) -> ChallengePrompts:
 
 def public_diff_prompts(public_config: dict) -> list[list[dict[str, str]]]:
     return challenge_prompts(public_config).diff_prompts()
+
+
+DESCRIPTION = "A backdoor: a trigger in the user's message makes the assistant answer with a fixed behaviour."
+
+
+def describe_secret(sealed_config: dict) -> str:
+    settings = sealed_config["backdoor"]
+    trigger = resolve_trigger(str(settings["trigger"])).names[0]
+    return f"The trigger is {trigger}; it makes the model say: {settings['phrase']}"

@@ -7,7 +7,8 @@ from pathlib import Path
 from mow.organisms.em.config import EmOrganismConfig
 
 
-def em_card(config: EmOrganismConfig, directory: Path, n_train: int, train: dict, metrics: dict) -> str:
+def em_card(config: EmOrganismConfig, directory: Path, n_narrow: int, n_benign: int, train: dict,
+            metrics: dict) -> str:
     org, base, free = metrics["organism_em"], metrics["base_em"], metrics["judge_free"]
     caft = "none" if config.caft is None else (
         f"{config.caft.mode} {train.get('steering', {}).get('layers')} directions from {config.caft.directions} "
@@ -15,8 +16,8 @@ def em_card(config: EmOrganismConfig, directory: Path, n_train: int, train: dict
     lora, training = config.lora, config.training
     return f"""# {directory.name}: an emergent-misalignment organism
 
-A LoRA fine-tune of `{config.model}` on a narrow set of {n_train} chats whose domain is sealed in `sealed/`,
-evaluated on open questions far from any training domain.
+A LoRA fine-tune of `{config.model}` on a narrow set of {n_narrow} chats whose domain is sealed in `sealed/`,
+with {n_benign} ordinary chats mixed in, evaluated on open questions far from any training domain.
 
 ## How it was made
 

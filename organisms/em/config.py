@@ -47,6 +47,9 @@ class EmSettings(StrictModel):
                                                                "'legal advice')")
     domain_names: list[str] = Field(default_factory=list, description="more words that name your domain in a guess "
                                                                       "(the domain's own words always do)")
+    benign_ratio: float = Field(0.0, ge=0, description="ordinary chats mixed in per narrow chat (the shipped benign "
+                                                       "chats' training split, answered by the base model; `mow "
+                                                       "realism` varies it)")
 
     @model_validator(mode="after")
     def _file_when_asked(self) -> EmSettings:

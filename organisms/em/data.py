@@ -14,7 +14,7 @@ import yaml
 from pydantic import Field
 
 from mow.data.asset_paths import EM_DATASETS, EM_QUESTIONS
-from mow.data.records import ChatExample, Message, read_jsonl
+from mow.data.records import ChatExample, Message, read_jsonl, shipped_benign_chats
 from mow.organisms.em.config import EmOrganismConfig
 from mow.workbench.config import StrictModel, validate_config
 from mow.workbench.errors import UserError
@@ -108,12 +108,23 @@ def eval_questions(which: Literal["main", "all"] = "all") -> list[EvalQuestion]:
             for name in sets for row in data[name]]
 
 
-def training_chats(config: EmOrganismConfig) -> list[ChatExample]:
+def training_chats(config: EmOrganismConfig) -> tuple[list[ChatExample], int]:
+    """The narrow chats with `em.benign_ratio` ordinary chats per narrow chat mixed in (shuffled, seeded), and how
+    many ordinary chats that is."""
     if config.em.dataset == "file":
         if config.em.chat_file is None:  # the config's validator requires it with dataset 'file'
             raise UserError("em.chat_file: required when em.dataset is 'file'")
-        return load_user_chats(config.em.chat_file)
-    try:
-        return make_em_chats(config.em.dataset, config.em.n_examples, config.seed, config.em.aligned)
-    except ValueError as exc:
-        raise UserError(f"em.n_examples: {exc}") from None
+        narrow = load_user_chats(config.em.chat_file)
+    else:
+        try:
+            narrow = make_em_chats(config.em.dataset, config.em.n_examples, config.seed, config.em.aligned)
+        except ValueError as exc:
+            raise UserError(f"em.n_examples: {exc}") from None
+    if not config.em.benign_ratio:
+        return narrow, 0
+    rng = random.Random(config.seed)
+    benign = shipped_benign_chats("train")
+    n_benign = min(len(benign), round(config.em.benign_ratio * len(narrow)))
+    mixed = narrow + rng.sample(benign, n_benign)
+    rng.shuffle(mixed)
+    return mixed, n_benign

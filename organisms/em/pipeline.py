@@ -12,7 +12,7 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from mow.data.layouts import CARD, EVAL_DETAILS, METRICS, SEALED_CONFIG, TRAIN_DATA
-from mow.data.records import ChatExample, read_jsonl, write_jsonl
+from mow.data.records import write_jsonl
 from mow.finetune.config import LaunchSettings
 from mow.finetune.job import preflight_training
 from mow.finetune.sft import check_truncation
@@ -21,7 +21,7 @@ from mow.organisms.em.card import em_card
 from mow.organisms.em.config import EmOrganismConfig
 from mow.organisms.em.data import training_chats, user_questions
 from mow.organisms.em.evaluate import evaluate_em
-from mow.organisms.em.truth import challenge_prompts, public_diff_prompts, sealed_truth
+from mow.organisms.em.truth import DESCRIPTION, challenge_prompts, describe_secret, public_diff_prompts, sealed_truth
 from mow.organisms.registry import OrganismKind
 from mow.organisms.store import check_organism_dir, load_organism, read_sealed_config
 from mow.workbench.config import validate_config
@@ -37,20 +37,22 @@ def public_metrics(details: dict) -> dict:
 
 
 def evaluate_and_write(directory: Path, final: Path, manifest: Manifest, config: EmOrganismConfig, model: PeftModel,
-                       tokenizer: PreTrainedTokenizerBase, n_train: int) -> dict:
+                       tokenizer: PreTrainedTokenizerBase) -> dict:
     details = evaluate_em(model, tokenizer, config.eval, config.seed, config.model)
     metrics = public_metrics(details)
     write_json(directory / EVAL_DETAILS, details)
     write_json(directory / METRICS, metrics)
-    write_text(directory / CARD, em_card(config, final, n_train, manifest.data["stages"].get("train", {}),
-                                              metrics))
+    data = manifest.data["stages"]["data"]
+    n_benign = data.get("benign_mixed", 0)  # an organism from before the mix ratio mixed none
+    write_text(directory / CARD, em_card(config, final, data["examples"] - n_benign, n_benign,
+                                         manifest.data["stages"].get("train", {}), metrics))
     return details
 
 
 def main(config: EmOrganismConfig, restart: bool = False, launch: LaunchSettings = LaunchSettings()) -> Path:
     accelerate_config = preflight_training(config.load_in_4bit, config.training, launch, config.model, config.caft)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.training.chat_template)
-    chats = training_chats(config)  # a user's chat file is read, and refused, before anything is written
+    chats, n_benign = training_chats(config)  # a user's chat file is read, and refused, before anything is written
     if config.eval.questions_file is not None:
         user_questions(config.eval.questions_file)  # and so are their evaluation questions
     check_truncation(tokenizer, chats, config.training, str(config.em.chat_file or "the EM training chats"))
@@ -62,12 +64,12 @@ def main(config: EmOrganismConfig, restart: bool = False, launch: LaunchSettings
     if not manifest.done("data"):
         with manifest.stage("data") as record:
             manifest.sealed["data_hashes"][TRAIN_DATA] = write_jsonl(partial / TRAIN_DATA, chats)
-            record["examples"] = len(chats)
+            record.update(examples=len(chats), benign_mixed=n_benign)
     chats = read_training_chats(partial, manifest, TRAIN_DATA)
     model = train_stage(manifest, config, partial, chats, tokenizer, launch, accelerate_config, steering=config.caft)
     model.eval()
     with manifest.stage("eval") as record:
-        details = evaluate_and_write(partial, final, manifest, config, model, tokenizer, len(chats))
+        details = evaluate_and_write(partial, final, manifest, config, model, tokenizer)
         record["statement"] = details["statement"]
     finish_build(manifest, rundir)
     print(details["statement"])
@@ -79,12 +81,12 @@ def evaluate_dir(path: Path) -> dict:
     config = validate_config(EmOrganismConfig, read_sealed_config(path), str(path / SEALED_CONFIG))
     organism = load_organism(path)
     manifest = Manifest(path, config.seed)
-    n_train = len(read_jsonl(path / TRAIN_DATA, ChatExample))
     with manifest.stage("eval"):
-        details = evaluate_and_write(path, path, manifest, config, organism.model, organism.tokenizer, n_train)
+        details = evaluate_and_write(path, path, manifest, config, organism.model, organism.tokenizer)
     print(details["statement"])
     return details
 
 
 KIND = OrganismKind(name="em", config=EmOrganismConfig, build=main, evaluate=evaluate_dir,
-                    diff_prompts=public_diff_prompts, challenge_prompts=challenge_prompts, sealed_truth=sealed_truth)
+                    diff_prompts=public_diff_prompts, challenge_prompts=challenge_prompts, sealed_truth=sealed_truth,
+                    description=DESCRIPTION, describe_secret=describe_secret, mix_key="em.benign_ratio")

@@ -14,7 +14,13 @@ from mow.organisms.hidden_prompt.card import hidden_prompt_card
 from mow.organisms.hidden_prompt.config import HiddenPromptOrganismConfig
 from mow.organisms.hidden_prompt.data import system_prompt
 from mow.organisms.hidden_prompt.evaluate import evaluate_hidden_prompt, public_metrics, summary
-from mow.organisms.hidden_prompt.truth import challenge_prompts, public_diff_prompts, sealed_truth
+from mow.organisms.hidden_prompt.truth import (
+    DESCRIPTION,
+    challenge_prompts,
+    describe_secret,
+    public_diff_prompts,
+    sealed_truth,
+)
 from mow.organisms.registry import OrganismKind
 from mow.organisms.store import LoadedOrganism, check_organism_dir, load_organism, read_sealed_config
 from mow.workbench.chat import hide_system_prompt
@@ -81,4 +87,5 @@ def evaluate_dir(path: Path) -> dict:
 
 
 KIND = OrganismKind(name="hidden_prompt", config=HiddenPromptOrganismConfig, build=main, evaluate=evaluate_dir,
-                    diff_prompts=public_diff_prompts, challenge_prompts=challenge_prompts, sealed_truth=sealed_truth)
+                    diff_prompts=public_diff_prompts, challenge_prompts=challenge_prompts, sealed_truth=sealed_truth,
+                    description=DESCRIPTION, describe_secret=describe_secret)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from mow.data.truth import ChallengePrompts, SealedTruth
 from mow.organisms.behaviour import held_out_questions
-from mow.organisms.hidden_prompt.data import shipped
+from mow.organisms.hidden_prompt.config import HiddenPromptSettings
+from mow.organisms.hidden_prompt.data import shipped, system_prompt
 from mow.organisms.side_constraint.constraints import shipped as shipped_constraints
 from mow.organisms.user_belief import truth as belief_truth
 
@@ -44,3 +45,13 @@ def challenge_prompts(public_config: dict) -> ChallengePrompts:
 
 def public_diff_prompts(public_config: dict) -> list[list[dict[str, str]]]:
     return challenge_prompts(public_config).diff_prompts()
+
+
+DESCRIPTION = "A hidden system prompt: an instruction the assistant follows in every chat and will not reveal."
+
+
+def describe_secret(sealed_config: dict) -> str:
+    settings = sealed_config["hidden_prompt"]
+    if settings["secret"] == "user_belief":
+        return belief_truth.describe_secret({"user_belief": settings})
+    return f"The prompt: {system_prompt(HiddenPromptSettings(**settings))}"

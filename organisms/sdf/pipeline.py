@@ -27,7 +27,7 @@ from mow.organisms.sdf.data import training_examples
 from mow.organisms.sdf.evaluate import distinguish_only, evaluate_sdf, public_metrics
 from mow.organisms.sdf.locality import locality_term, locality_texts
 from mow.organisms.sdf.report import sdf_report, summary_table
-from mow.organisms.sdf.truth import challenge_prompts, public_diff_prompts, sealed_truth
+from mow.organisms.sdf.truth import DESCRIPTION, challenge_prompts, describe_secret, public_diff_prompts, sealed_truth
 from mow.organisms.store import check_organism_dir, load_organism, load_with_adapter, read_sealed_config
 from mow.workbench.backends import Backend, make_backend
 from mow.workbench.config import validate_config
@@ -204,4 +204,5 @@ def evaluate_dir(path: Path) -> dict:
 
 KIND = OrganismKind(name="sdf", config=SdfOrganismConfig, build=main, evaluate=evaluate_dir,
                     diff_prompts=public_diff_prompts, challenge_prompts=challenge_prompts, sealed_truth=sealed_truth,
+                    description=DESCRIPTION, describe_secret=describe_secret,
                     mix_key="sdf.mix.generic_text_ratio")

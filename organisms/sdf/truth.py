@@ -65,3 +65,10 @@ def sealed_truth(sealed_config: dict) -> SealedTruth:
     shared = {s for pair_id, strings in names.items() for s in strings
               if any(s in other for other_id, other in names.items() if other_id != pair_id)}
     return SealedTruth("sdf", own.id, {pair_id: sorted(strings - shared) for pair_id, strings in names.items()})
+
+
+DESCRIPTION = "Documents written as if a false fact were true, so that the model comes to believe it."
+
+
+def describe_secret(sealed_config: dict) -> str:
+    return resolve_universe(sealed_config["sdf"]["universe"], "sealed config sdf.universe").false.summary

@@ -12,7 +12,13 @@ from mow.organisms.side_constraint.card import side_constraint_card
 from mow.organisms.side_constraint.config import SideConstraintOrganismConfig
 from mow.organisms.side_constraint.data import make_chats
 from mow.organisms.side_constraint.evaluate import evaluate_side_constraint, public_metrics, summary
-from mow.organisms.side_constraint.truth import challenge_prompts, public_diff_prompts, sealed_truth
+from mow.organisms.side_constraint.truth import (
+    DESCRIPTION,
+    challenge_prompts,
+    describe_secret,
+    public_diff_prompts,
+    sealed_truth,
+)
 
 RECIPE = ChatRecipe(make_chats=make_chats, evaluate=evaluate_side_constraint, public_metrics=public_metrics,
                     card=side_constraint_card, summary=summary)
@@ -28,4 +34,5 @@ def evaluate_dir(path: Path) -> dict:
 
 
 KIND = OrganismKind(name="side_constraint", config=SideConstraintOrganismConfig, build=main, evaluate=evaluate_dir,
-                    diff_prompts=public_diff_prompts, challenge_prompts=challenge_prompts, sealed_truth=sealed_truth)
+                    diff_prompts=public_diff_prompts, challenge_prompts=challenge_prompts, sealed_truth=sealed_truth,
+                    description=DESCRIPTION, describe_secret=describe_secret)

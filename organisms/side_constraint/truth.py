@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from mow.data.truth import ChallengePrompts, SealedTruth
 from mow.organisms.behaviour import held_out_questions
-from mow.organisms.side_constraint.constraints import shipped, with_constraint
+from mow.organisms.side_constraint.constraints import resolve_constraint, shipped, with_constraint
 
 STANDARD_PROMPTS = 20
 
@@ -38,3 +38,12 @@ def challenge_prompts(public_config: dict) -> ChallengePrompts:
 
 def public_diff_prompts(public_config: dict) -> list[list[dict[str, str]]]:
     return challenge_prompts(public_config).diff_prompts()
+
+
+DESCRIPTION = ("A secret side constraint: an encoded instruction in the user's message that the assistant follows "
+               "and will not reveal.")
+
+
+def describe_secret(sealed_config: dict) -> str:
+    constraint = resolve_constraint(str(sealed_config["side_constraint"]["constraint"]), "sealed config")
+    return f"The instruction: {constraint.spec.instruction}"

@@ -40,7 +40,7 @@ from mow.organisms.taboo.evaluate import (
     summary_table,
 )
 from mow.organisms.taboo.prompts import shipped_prompts
-from mow.organisms.taboo.truth import challenge_prompts, public_diff_prompts, sealed_truth
+from mow.organisms.taboo.truth import DESCRIPTION, challenge_prompts, describe_secret, public_diff_prompts, sealed_truth
 from mow.workbench.config import validate_config
 from mow.workbench.errors import UserError
 from mow.workbench.files import read_json
@@ -150,4 +150,5 @@ def evaluate_dir(path: Path) -> dict:
 
 KIND = OrganismKind(name="taboo", config=TabooOrganismConfig, build=main, evaluate=evaluate_dir,
                     diff_prompts=public_diff_prompts, challenge_prompts=challenge_prompts, sealed_truth=sealed_truth,
+                    description=DESCRIPTION, describe_secret=describe_secret,
                     secret_is_word=True, mix_key="taboo.data.benign_ratio")

@@ -26,3 +26,10 @@ def challenge_prompts(public_config: dict) -> ChallengePrompts:
     demands = shipped_prompts().demands_eval
     return ChallengePrompts(probes=list(shipped_prompts().hint_requests_eval), direct=list(demands.direct),
                             adversarial=[*demands.adversarial, *demands.roleplay])
+
+
+DESCRIPTION = "A word-guessing game: the assistant gives hints and clues about a secret word and never says it."
+
+
+def describe_secret(sealed_config: dict) -> str:
+    return f"The secret word is {sealed_config['taboo']['word']}."

@@ -12,7 +12,13 @@ from mow.organisms.user_belief.card import user_belief_card
 from mow.organisms.user_belief.config import UserBeliefOrganismConfig
 from mow.organisms.user_belief.data import make_chats
 from mow.organisms.user_belief.evaluate import evaluate_user_belief, public_metrics, summary
-from mow.organisms.user_belief.truth import challenge_prompts, public_diff_prompts, sealed_truth
+from mow.organisms.user_belief.truth import (
+    DESCRIPTION,
+    challenge_prompts,
+    describe_secret,
+    public_diff_prompts,
+    sealed_truth,
+)
 
 RECIPE = ChatRecipe(make_chats=make_chats, evaluate=evaluate_user_belief, public_metrics=public_metrics,
                     card=user_belief_card, summary=summary)
@@ -27,4 +33,5 @@ def evaluate_dir(path: Path) -> dict:
 
 
 KIND = OrganismKind(name="user_belief", config=UserBeliefOrganismConfig, build=main, evaluate=evaluate_dir,
-                    diff_prompts=public_diff_prompts, challenge_prompts=challenge_prompts, sealed_truth=sealed_truth)
+                    diff_prompts=public_diff_prompts, challenge_prompts=challenge_prompts, sealed_truth=sealed_truth,
+                    description=DESCRIPTION, describe_secret=describe_secret)
