@@ -22,7 +22,7 @@ def cmd_realism(args: argparse.Namespace) -> None:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     realism = sub.add_parser("realism", help="build and diff an organism at several mix ratios of ordinary data and "
                                              "plot how strong its trace stays (reads the sealed word afterwards)")
-    realism.add_argument("config", type=Path, help="an organism config of a kind with a mix ratio (taboo, sdf)")
+    realism.add_argument("config", type=Path, help="an organism config of a kind with a mix ratio (taboo, sdf, em)")
     realism.add_argument("--ratios", nargs="+", type=number_in(float, 0, 1000), required=True,
                          help="values of the kind's mix ratio, e.g. 0 0.5 1 2")
     realism.add_argument("--diff-config", type=Path, help="diff config (default: the shipped diff-quick.yaml)")

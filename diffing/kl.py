@@ -33,7 +33,7 @@ from mow.diffing.pair import ModelPair
 from mow.diffing.prompts import ROLES, TokenSequence
 from mow.workbench.errors import UserError
 from mow.workbench.generation import model_device
-from mow.workbench.hooks import decoder, embedding_weight, input_embeddings, output_embeddings, unwrap
+from mow.workbench.hooks import embedding_weight, final_hidden_states, input_embeddings, output_embeddings, unwrap
 
 
 @dataclass
@@ -69,9 +69,8 @@ class KLArrays:
 def _final_hidden(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Last hidden states (after the final norm) at the real positions, flattened: (positions, d). The unembedding
     is applied later, a chunk of positions at a time, so a (batch, length, vocab) tensor never exists."""
-    stack = decoder(model)
     device = model_device(model)
-    hidden = stack(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False).last_hidden_state
+    hidden = final_hidden_states(model, input_ids=input_ids.to(device), attention_mask=mask.to(device))
     return hidden[mask.to(device).bool()]
 
 

@@ -70,7 +70,7 @@ def _config(tmp_path: Path, **section) -> Path:
     return path
 
 
-@pytest.mark.integration  # about 20 s: a build and six elicitation methods on the tiny model
+@pytest.mark.integration  # about 20 s: a build, five elicitation methods and a diff on the tiny model
 def test_a_hidden_prompt_organism_is_built_without_training_sealed_and_challenged(tmp_path, capsys):
     assert main(["organism", "build", str(_config(tmp_path))]) == 0
     organism = tmp_path / "organisms" / "hidden"
@@ -103,6 +103,18 @@ def test_a_hidden_prompt_organism_is_built_without_training_sealed_and_challenge
     assert set(statuses.values()) == {"ok"}, statuses
     prefill = json.loads((run / "methods" / "prefill" / "organism.json").read_text())
     assert "curious" not in prefill["attempts"][0]["prompt"].lower()  # the prompt an auditor sees has no secret
+
+    # a diff sees the prompt's effect: the prefix takes part in every forward pass of the tuned side
+    diff_config = tmp_path / "diff.yaml"
+    diff_config.write_text(yaml.safe_dump({
+        "prompts": {"max_items_per_set": 3, "response_tokens": 3}, "cache": {"token_budget": 300},
+        "crosscoder": {"latents": 32, "k": 4, "epochs": 1, "batch_size": 64},
+        "lens": {"positions": 3, "steering_search_rounds": 0, "steering_prompts": ["Hello."]}}))
+    assert main(["diff", str(organism), "--config", str(diff_config), "--out", str(tmp_path / "diff")]) == 0
+    summary = json.loads((tmp_path / "diff" / "kl" / "summary.json").read_text())
+    assert summary["overall"]["kl_tuned_base"] > 1e-4
+    lens = json.loads((tmp_path / "diff" / "lens" / "lens.json").read_text())
+    assert max(lens["sets"]["generic_text"]["difference_norm"]) > 0
 
 
 @pytest.mark.parametrize(("section", "message"), [

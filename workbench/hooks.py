@@ -141,8 +141,30 @@ def logit_lens(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return logits.log_softmax(-1)
 
 
-class _DeepestLayerReached(Exception):
-    """Raised by `residual_states`'s hook on the deepest chosen layer to end the forward pass there."""
+class _ForwardDone(Exception):
+    """Raised by a capturing hook to end the forward pass once the deepest module it reads has run."""
+
+
+def _outputs_until(model: nn.Module, modules: dict[Any, nn.Module], last: Any, inputs: dict) -> dict:
+    """The output of each of `modules` for one forward pass of the whole model (so wrappers such as a prefix
+    adapter take part) that ends once `last` has run."""
+    captured: dict = {}
+    handles = []
+    for key, module in modules.items():
+        def hook(_module, _inputs, output, key=key):
+            captured[key] = _output_hidden(output).detach()
+            if key == last:
+                raise _ForwardDone
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        model(**inputs, use_cache=False)
+    except _ForwardDone:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
 
 
 @torch.no_grad()
@@ -152,24 +174,15 @@ def residual_states(model: nn.Module, layers: list[int], **inputs: Any) -> dict[
     Reading a middle layer this way costs about half a forward; reading every layer saves the head."""
     blocks = decoder_layers(model)
     chosen = {check_layer(model, layer) for layer in layers}
-    deepest = max(chosen)
-    captured: dict[int, torch.Tensor] = {}
-    handles = []
-    for index in chosen:
-        def hook(_module, _inputs, output, index=index):
-            captured[index] = _output_hidden(output).detach()
-            if index == deepest:
-                raise _DeepestLayerReached
+    return _outputs_until(model, {index: blocks[index] for index in chosen}, max(chosen), inputs)
 
-        handles.append(blocks[index].register_forward_hook(hook))
-    try:
-        model(**inputs, use_cache=False)
-    except _DeepestLayerReached:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    return captured
+
+@torch.no_grad()
+def final_hidden_states(model: nn.Module, **inputs: Any) -> torch.Tensor:
+    """The last hidden states (after the final norm) of one forward pass of `inputs`, without the output head:
+    what the head would unembed. Through the whole model, so that a wrapper's additions (a prefix adapter's cache)
+    count, which calling the decoder stack alone would skip."""
+    return _outputs_until(model, {"norm": final_norm(model)}, "norm", inputs)["norm"]
 
 
 @contextmanager
