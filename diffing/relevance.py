@@ -4,7 +4,8 @@ Minder et al. have an LLM grader mark which of the top-20 lens tokens relate to 
 is no grader strong enough, so the base model's own associations stand in for one. A description's *lift* on a token
 is how much writing the description in front of "a word that comes to mind:" raises the token's log-probability over
 a neutral description in the same place (the mean over two wordings). A token relates to a description when
-- it is a content word (three or more letters, not a stopword: a grader would not count "the" or a comma),
+- it is a content word (a whole word of three or more letters, not a stopword: a grader would not count "the", a
+  comma or a word piece),
 - the description lifts it by at least `lift` nats,
 - and lifts it more than any other description in the comparison does (the other organism kinds' descriptions), so
   that a word every description raises ("guess", "this") counts for none of them.
@@ -48,13 +49,21 @@ class Associations:
     def relevant(self, description: int, token_ids: list[int], threshold: float,
                  tokenizer: PreTrainedTokenizerBase) -> list[bool]:
         others = torch.cat([self.lifts[:description], self.lifts[description + 1 :]])
-        return [is_content_word(tokenizer.decode([t])) and bool(self.lifts[description, t] >= threshold)
+        return [is_content_word(tokenizer.decode([t]), str(tokenizer.convert_ids_to_tokens(t)))
+                and bool(self.lifts[description, t] >= threshold)
                 and bool(others.shape[0] == 0 or self.lifts[description, t] > others[:, t].max()) for t in token_ids]
 
 
-def is_content_word(token: str) -> bool:
-    word = token.strip()
-    return re.fullmatch(r"[^\W\d_]{3,}", word) is not None and word.lower() not in STOPWORDS
+WORD_START_MARKERS = ("Ġ", "▁")  # byte-level BPE's and SentencePiece's mark of a token that begins a word
+
+
+def is_content_word(text: str, raw: str) -> bool:
+    """A whole word of three or more letters that is not a stopword. `text` is the token decoded, `raw` its
+    vocabulary entry: a token that does not begin a word ("ancers", "akistan") is a piece of one, which no grader
+    would count."""
+    word = text.strip()
+    starts_word = text.startswith(" ") or raw.startswith(WORD_START_MARKERS)
+    return starts_word and re.fullmatch(r"[^\W\d_]{3,}", word) is not None and word.lower() not in STOPWORDS
 
 
 @torch.no_grad()
