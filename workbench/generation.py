@@ -89,7 +89,7 @@ def _generate_batch(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: 
         return [by_length[len(row)].pop(0) for row in rows]
     shared = shared_prefix_length(rows) if share_prefix and len(rows) > 1 and not _has_virtual_prefix(model) else 0
     shared = min(shared, min(len(row) for row in rows) - 1)  # every row keeps a token of its own to read
-    if len({len(row) for row in rows}) > 1 and _sliding_window(model):
+    if len(lengths) > 1 and _sliding_window(model):
         shared = 0  # padding between prefix and own tokens would move them apart inside a position-based window
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     width = max(len(row) for row in rows)
