@@ -1,7 +1,7 @@
 """`mow diff`: what did fine-tuning change? One diff directory with the arrays and one self-contained HTML report.
 
 Stages (each saved when it finishes, so a killed run resumes at the first unfinished one):
-prompts -> kl -> cache -> lens -> crosscoder -> directions -> report.
+prompts -> kl -> lens -> relevance -> cache -> crosscoder -> directions -> report.
 
 The diff directory's files are named in one place, `mow.diffing.layout.DiffLayout`:
   diff.yaml, manifest.json         resolved config; versions, seed, timings, provenance
