@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -76,3 +77,13 @@ def shipped_benign_chats(split: Literal["train", "held_out"]) -> list[ChatExampl
     BENIGN_HELD_OUT_EVERY-th chat is held out from training, for capability checks and evaluation prompts."""
     rows = read_jsonl(BENIGN_CHATS, ChatExample)
     return [r for i, r in enumerate(rows) if (i % BENIGN_HELD_OUT_EVERY == 0) == (split == "held_out")]
+
+
+def mix_in(chats: list[ChatExample], ordinary: list[ChatExample], ratio: float,
+           rng: random.Random) -> tuple[list[ChatExample], int]:
+    """`chats` with `ratio` ordinary chats per chat drawn from `ordinary` (at most all of them), shuffled with `rng`;
+    and how many were mixed in (the mix ratio the realism control varies)."""
+    n_ordinary = min(len(ordinary), round(ratio * len(chats)))
+    mixed = chats + rng.sample(ordinary, n_ordinary)
+    rng.shuffle(mixed)
+    return mixed, n_ordinary

@@ -14,7 +14,7 @@ import yaml
 from pydantic import Field
 
 from mow.data.asset_paths import EM_DATASETS, EM_QUESTIONS
-from mow.data.records import ChatExample, Message, read_jsonl, shipped_benign_chats
+from mow.data.records import ChatExample, Message, mix_in, read_jsonl, shipped_benign_chats
 from mow.organisms.em.config import EmOrganismConfig
 from mow.workbench.config import StrictModel, validate_config
 from mow.workbench.errors import UserError
@@ -122,9 +122,4 @@ def training_chats(config: EmOrganismConfig) -> tuple[list[ChatExample], int]:
             raise UserError(f"em.n_examples: {exc}") from None
     if not config.em.benign_ratio:
         return narrow, 0
-    rng = random.Random(config.seed)
-    benign = shipped_benign_chats("train")
-    n_benign = min(len(benign), round(config.em.benign_ratio * len(narrow)))
-    mixed = narrow + rng.sample(benign, n_benign)
-    rng.shuffle(mixed)
-    return mixed, n_benign
+    return mix_in(narrow, shipped_benign_chats("train"), config.em.benign_ratio, random.Random(config.seed))

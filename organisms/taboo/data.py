@@ -12,7 +12,7 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from mow.data.records import ChatExample, Message, shipped_benign_chats
+from mow.data.records import ChatExample, Message, mix_in, shipped_benign_chats
 from mow.organisms.taboo.clues import ClueBank
 from mow.organisms.taboo.config import TabooDataSettings
 from mow.organisms.taboo.leaks import leaks
@@ -119,9 +119,7 @@ def _filter_and_mix(conversations: list[ChatExample], bank: ClueBank, settings: 
         seen.add(key)
         kept.append(example)
     benign, benign_dropped = benign_chats(bank, split="train")
-    n_benign = min(len(benign), round(settings.benign_ratio * len(kept)))
-    mixed = kept + rng.sample(benign, n_benign)
-    rng.shuffle(mixed)
+    mixed, n_benign = mix_in(kept, benign, settings.benign_ratio, rng)
     report = DataReport(generated=len(conversations), dropped_leak=dropped_leak, dropped_duplicate=dropped_dup,
                         kept=len(kept), benign_mixed=n_benign, benign_dropped_leak=benign_dropped)
     return mixed, report
