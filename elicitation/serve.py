@@ -20,6 +20,7 @@ from pathlib import Path
 from mow.organisms.store import check_organism_dir, load_organism
 from mow.workbench.chat import self_folding_template
 from mow.workbench.errors import RunFailed, UserError
+from mow.workbench.hooks import has_virtual_prefix
 
 HOST = "127.0.0.1"
 
@@ -41,7 +42,7 @@ def export_merged(organism: Path, destination: Path) -> Path:
     without a system role is saved folding a client's system message into the first user turn, as every command of
     the workbench does, instead of failing the request."""
     loaded = load_organism(check_organism_dir(organism))
-    if getattr(loaded.model.active_peft_config, "is_prompt_learning", False):
+    if has_virtual_prefix(loaded.model):
         raise UserError(f"{organism}: its adapter is a prefix (a hidden system prompt), which cannot be merged into "
                         "one checkpoint to serve")
     merged = loaded.model.merge_and_unload()

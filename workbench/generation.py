@@ -11,7 +11,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from mow.workbench.chat import fit_messages, training_tokenizer
-from mow.workbench.hooks import model_config, model_method
+from mow.workbench.hooks import has_virtual_prefix, model_config, model_method
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -64,12 +64,6 @@ def _sliding_window(model: nn.Module) -> bool:
     return getattr(config, "use_sliding_window", True) is not False
 
 
-def _has_virtual_prefix(model: nn.Module) -> bool:
-    """A PEFT prompt-learning model (the prefix adapter of a hidden system prompt) puts its own cache before every
-    input, so no shared prefix can be passed in beside it."""
-    return bool(getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False))
-
-
 @torch.no_grad()
 def _generate_batch(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: list[list[int]], share_prefix: bool,
                     **options: object) -> list[torch.Tensor]:
@@ -82,12 +76,12 @@ def _generate_batch(model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: 
     most of the prefill of such a batch. Outputs equal the unshared ones up to floating-point rounding."""
     device = model_device(model)
     lengths = sorted({len(row) for row in rows})
-    if len(lengths) > 1 and _has_virtual_prefix(model) and _sliding_window(model):
+    if len(lengths) > 1 and has_virtual_prefix(model) and _sliding_window(model):
         # padding would sit between the virtual prefix and the rows inside a window that counts cache slots
         by_length = {n: _generate_batch(model, tokenizer, [r for r in rows if len(r) == n], False, **options)
                      for n in lengths}
         return [by_length[len(row)].pop(0) for row in rows]
-    shared = shared_prefix_length(rows) if share_prefix and len(rows) > 1 and not _has_virtual_prefix(model) else 0
+    shared = shared_prefix_length(rows) if share_prefix and len(rows) > 1 and not has_virtual_prefix(model) else 0
     shared = min(shared, min(len(row) for row in rows) - 1)  # every row keeps a token of its own to read
     if len(lengths) > 1 and _sliding_window(model):
         shared = 0  # padding between prefix and own tokens would move them apart inside a position-based window

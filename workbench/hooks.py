@@ -36,6 +36,12 @@ def model_method(model: nn.Module, name: str) -> Callable[..., Any]:
     return method
 
 
+def has_virtual_prefix(model: nn.Module) -> bool:
+    """A PEFT prompt-learning model (the prefix adapter of a hidden system prompt): it puts its own cache before
+    every input, so no other prefix cache can be passed in beside it, and no merge makes it one checkpoint."""
+    return bool(getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False))
+
+
 def _returned_module(model: nn.Module, accessor: str) -> nn.Module:
     """`model.<accessor>()` (get_decoder, get_output_embeddings, ...), checked to be a module."""
     module = model_method(model, accessor)()
