@@ -66,6 +66,7 @@ from mow.diffing.prompts import (
 from mow.diffing.relevance import judge_readouts, random_token_ids, readout_tokens
 from mow.diffing.report import write_report
 from mow.organisms.kinds import kind_of_public_config, other_kind_descriptions
+from mow.organisms.registry import OrganismKind
 from mow.organisms.store import check_organism_dir
 from mow.workbench.config import dump_config, resolve_layers
 from mow.workbench.errors import UserError
@@ -329,14 +330,13 @@ def run_directions(config: DiffConfig, pair: ModelPair, cache: ActivationCache, 
     return {**{name: sum(len(v) for v in d.vectors.values()) for name, d, _ in made}, "skipped": list(skipped)}
 
 
-def relevance_description(config: DiffConfig, pair: ModelPair) -> tuple[str | None, str]:
+def relevance_description(config: DiffConfig, kind: OrganismKind | None) -> tuple[str | None, str]:
     """What the lens tokens are judged against, and where it came from: the config's description, else the
     organism kind's (public: it names no secret)."""
     if config.relevance.description is not None:
         return config.relevance.description, "relevance.description"
-    if pair.public_config is None:
+    if kind is None:
         return None, "no organism and no relevance.description"
-    kind = kind_of_public_config(pair.public_config, str(config.organism))
     return kind.description, f"the {kind.name} kind's description"
 
 
@@ -345,15 +345,16 @@ def run_relevance(config: DiffConfig, pair: ModelPair, sets: dict[str, list[Toke
     """Which of each readout's top tokens relate to the fine-tune (diffing/relevance.py): the logit lens and the
     Patchscope of the mean difference (their mean over the upper half of layers, the report's readout), and diff
     mining, per prompt set; with the other kinds' descriptions and random tokens of the texts as controls."""
-    description, source = relevance_description(config, pair)
+    kind = kind_of_public_config(pair.public_config, str(config.organism)) if pair.public_config else None
+    description, source = relevance_description(config, kind)
     report: dict[str, Any] = {"description": description, "source": source, "lift": config.relevance.lift,
                               "readouts": {}}
     if description is None:
         report["skipped"] = f"{source}: give relevance.description to judge token relevance"
         write_json(layout.relevance, report)
         return {"skipped": True}
-    own = kind_of_public_config(pair.public_config, str(config.organism)).name if pair.public_config else None
-    controls = {name: text for name, text in other_kind_descriptions(own).items() if text != description}
+    controls = {name: text for name, text in other_kind_descriptions(kind.name if kind else None).items()
+                if text != description}
     readouts = readout_tokens(layout, config.lens.top_tokens)
     special = set(pair.tokenizer.all_special_ids)
     control_ids = random_token_ids([s.ids for group in sets.values() for s in group], special,

@@ -43,7 +43,6 @@ NEUTRAL = "An ordinary conversation about everyday things."
 class Associations:
     """Each description's lift over the neutral one, for every token of the vocabulary: (n_descriptions, V)."""
 
-    descriptions: list[str]
     lifts: torch.Tensor
 
     def relevant(self, description: int, token_ids: list[int], threshold: float,
@@ -71,13 +70,13 @@ def associations(model: nn.Module, tokenizer: PreTrainedTokenizerBase, descripti
     texts = [*descriptions, NEUTRAL]
     prompts = [template.format(description=text) for text in texts for template in TEMPLATES]
     logprobs = next_token_logprobs(model, tokenizer, prompts).view(len(texts), len(TEMPLATES), -1).mean(1)
-    return Associations(list(descriptions), logprobs[:-1] - logprobs[-1:])
+    return Associations(logprobs[:-1] - logprobs[-1:])
 
 
 def score_tokens(found: Associations, token_ids: list[int], tokenizer: PreTrainedTokenizerBase, threshold: float,
                  control_names: list[str]) -> dict:
     """The tokens' relevance to the first description, and the share relevant to each control description (the
-    rest of `found.descriptions`, named by `control_names`)."""
+    rest of the descriptions `found` was made from, named by `control_names`)."""
     own = found.relevant(0, token_ids, threshold, tokenizer)
     return {"tokens": [tokenizer.decode([t]) for t in token_ids],
             "lift": [round(float(found.lifts[0, t]), 3) for t in token_ids],

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import yaml
+from transformers import PreTrainedTokenizerBase
 
 from mow.diffing.config import load_diff_config
 from mow.diffing.kl import KLArrays
@@ -86,12 +87,12 @@ RELEVANCE_READOUTS = {"relevance_patchscope": "generic_text / Patchscope",
                       "relevance_logit_lens": "generic_text / logit lens", "relevance_mined": "organism / diff mining"}
 
 
-def relevance(organism: Path, layout: DiffLayout, kind: OrganismKind, top_n: int, threshold: float) -> dict:
+def relevance(organism: Path, layout: DiffLayout, kind: OrganismKind, tokenizer: PreTrainedTokenizerBase,
+              top_n: int, threshold: float) -> dict:
     """The readouts' token relevance against the kind's description and the organism's secret (sealed)."""
     public = read_public_config(organism)
     description = f"{kind.description} {kind.describe_secret(read_sealed_config(organism))}"
     model = load_model(str(public["model"]), seed=0, trust_remote_code=bool(public.get("trust_remote_code")))
-    tokenizer = load_tokenizer(str(public["model"]), bool(public.get("trust_remote_code")))
     readouts = {name: ids for name, ids in readout_tokens(layout, top_n).items()
                 if name in RELEVANCE_READOUTS.values()}
     judged = judge_readouts(model.eval(), tokenizer, readouts, description, other_kind_descriptions(kind.name),
@@ -105,12 +106,13 @@ def traces(organism: Path, diff_dir: Path, kind: OrganismKind, top_n: int, thres
     layout = DiffLayout(diff_dir)
     steering = read_json(layout.lens_report, "lens report").get("steering") or {}
     summary = read_json(layout.kl_summary, "KL summary")
-    found = relevance(organism, layout, kind, top_n, threshold)
+    public = read_public_config(organism)
+    tokenizer = load_tokenizer(str(public["model"]), bool(public.get("trust_remote_code")))
+    found = relevance(organism, layout, kind, tokenizer, top_n, threshold)
     row = {"kl_generic_text": _set_kl(summary, "generic_text"), "kl_organism": _set_kl(summary, "organism"),
            "steering_strength": steering.get("strength"),
            **{key: found.get(key) for key in RELEVANCE_READOUTS}, "relevance": found}
     if kind.secret_is_word:
-        tokenizer = load_tokenizer(str(read_public_config(organism)["model"]))
         word = secret_word(organism)
         lens = score_word(diff_dir, word, tokenizer)["difference_lens"]
         row["patchscope_rank"] = lens["patchscope"].get("generic_text", {}).get("upper_half")

@@ -24,7 +24,7 @@ def test_a_token_relates_to_the_description_that_lifts_it_most_and_past_the_bar(
     lifts[0, ids[0]], lifts[1, ids[0]] = 3.0, 1.0   # dancers: lifted most by description 0
     lifts[0, ids[1]], lifts[1, ids[1]] = 1.5, 2.5   # money: lifted more by description 1
     lifts[0, ids[2]] = 5.0                          # the: lifted, but no content word
-    found = Associations(["dance", "finance", "other"], lifts)
+    found = Associations(lifts)  # descriptions: dance, finance, other
     assert found.relevant(0, ids, 1.0, tokenizer) == [True, False, False]
     assert found.relevant(1, ids, 1.0, tokenizer) == [False, True, False]
     assert found.relevant(0, ids, 4.0, tokenizer) == [False, False, False]  # below the bar
