@@ -150,6 +150,9 @@ class DiffConfig(StrictModel):
     lens: LensSettings = LensSettings()
     relevance: RelevanceSettings = RelevanceSettings()
     crosscoder: CrosscoderSettings = CrosscoderSettings()
+    difference_sae: CrosscoderSettings = Field(CrosscoderSettings(), description="the sparse autoencoder on tuned − "
+                                               "base activations at the same layer (the crosscoder's trainer, one "
+                                               "source)")
     directions: DirectionSettings = DirectionSettings()
 
     @model_validator(mode="after")

@@ -3,6 +3,10 @@
 Model index 0 is the BASE model, index 1 the TUNED model. Activations come as raw (B, 2, d) float tensors of one layer;
 the trainer knows nothing about language models. Shuffling and caching are the caller's business.
 
+The same code with one source, (B, 1, d), is a plain sparse autoencoder: `mow diff` trains one on the tuned − base
+activation differences (diffing/difference_sae.py). What compares the two models (relative decoder norm, decoder
+cosine, Latent Scaling) needs two sources and says so otherwise.
+
 Normalisation: each model's activations are multiplied by `scale[m]` before encoding (the caller picks it, usually so
 that each model's mean squared norm is d), and everything below (losses, decoder norms, latent scaling) lives in that
 normalised space, so a model with larger activations does not dominate the dictionary.
@@ -62,12 +66,13 @@ WARMUP_FRACTION = 0.05
 DECAY_FRACTION = 0.2
 
 
-def check_batch(x: object, d: int) -> torch.Tensor:
+def check_batch(x: object, d: int, sources: int = 2) -> torch.Tensor:
     """A raw activation batch as float32, or a UserError naming its shape."""
     if not isinstance(x, torch.Tensor):
-        raise UserError(f"activation batch is a {type(x).__name__}; expected a tensor of shape (batch, 2, {d})")
-    if x.ndim != 3 or x.shape[1] != 2 or x.shape[2] != d:
-        raise UserError(f"activation batch has shape {tuple(x.shape)}; expected (batch, 2, {d})")
+        raise UserError(f"activation batch is a {type(x).__name__}; expected a tensor of shape "
+                        f"(batch, {sources}, {d})")
+    if x.ndim != 3 or x.shape[1] != sources or x.shape[2] != d:
+        raise UserError(f"activation batch has shape {tuple(x.shape)}; expected (batch, {sources}, {d})")
     if not x.is_floating_point():
         raise UserError(f"activation batch has dtype {x.dtype}; expected a floating-point tensor")
     return x.float()
@@ -129,11 +134,11 @@ class _ChosenPreActivations(torch.autograd.Function):
 
 
 def geometric_median(points: torch.Tensor, iterations: int = MEDIAN_ITERATIONS, tol: float = 1e-5) -> torch.Tensor:
-    """(2, d) per-model geometric median of (B, 2, d) points (Weiszfeld's iteration from the mean): the point with
+    """(S, d) per-source geometric median of (B, S, d) points (Weiszfeld's iteration from the mean): the point with
     the least summed distance, robust to the outliers (attention-sink tokens) that pull the mean."""
     guess = points.mean(0)
     for _ in range(iterations):
-        distance = (points - guess).norm(dim=-1).clamp_min(1e-8)  # (B, 2)
+        distance = (points - guess).norm(dim=-1).clamp_min(1e-8)  # (B, S)
         weights = 1 / distance
         new = (weights[..., None] * points).sum(0) / weights.sum(0)[:, None]
         if bool(((new - guess).norm(dim=-1) < tol).all()):
@@ -143,34 +148,38 @@ def geometric_median(points: torch.Tensor, iterations: int = MEDIAN_ITERATIONS, 
 
 
 class Crosscoder(nn.Module):
-    """W_enc (2, d, F), b_enc (F,), W_dec (2, F, d), b_dec (2, d); buffers `scale` (2,) and the batchtopk inference
-    `threshold` (). Tied init: decoder rows of norm INIT_DECODER_NORM in each model, encoder = decoder transposed.
+    """W_enc (S, d, F), b_enc (F,), W_dec (S, F, d), b_dec (S, d) for S = `sources` (2: base and tuned; 1: an SAE);
+    buffers `scale` (S,) and the batchtopk inference `threshold` (). Tied init: decoder rows of norm
+    INIT_DECODER_NORM in each source, encoder = decoder transposed.
 
-    Both weights are stored one latent per row, `encoder_rows` and `decoder_rows` (F, 2d): the sparse kernels read
-    and write whole latents, and W_enc and W_dec are views of these (files keep the (2, d, F) and (2, F, d) shapes)."""
+    Both weights are stored one latent per row, `encoder_rows` and `decoder_rows` (F, S*d): the sparse kernels read
+    and write whole latents, and W_enc and W_dec are views of these (files keep the (S, d, F) and (S, F, d) shapes)."""
 
     scale: torch.Tensor  # buffers, registered in __init__
     threshold: torch.Tensor
 
-    def __init__(self, d: int, settings: CrosscoderSettings, scale: torch.Tensor | None = None):
+    def __init__(self, d: int, settings: CrosscoderSettings, scale: torch.Tensor | None = None, sources: int = 2):
         super().__init__()
         if d <= 0:
             raise UserError(f"crosscoder width d={d} must be positive")
+        if sources <= 0:
+            raise UserError(f"crosscoder sources={sources} must be positive")
         if settings.variant == "batchtopk" and settings.k >= settings.latents:
             raise UserError(f"crosscoder k={settings.k} must be smaller than latents={settings.latents}")
-        scale = torch.ones(2) if scale is None else torch.as_tensor(scale, dtype=torch.float32).detach().clone()
-        if scale.shape != (2,) or not bool(torch.isfinite(scale).all()) or not bool((scale > 0).all()):
-            raise UserError(f"crosscoder scale must be 2 positive finite numbers, got {scale.tolist()}")
+        scale = torch.ones(sources) if scale is None else torch.as_tensor(scale, dtype=torch.float32).detach().clone()
+        if scale.shape != (sources,) or not bool(torch.isfinite(scale).all()) or not bool((scale > 0).all()):
+            raise UserError(f"crosscoder scale must be {sources} positive finite numbers, got {scale.tolist()}")
         self.d = d
+        self.sources = sources
         self.settings = settings
         n = settings.latents
-        directions = torch.randn(2, n, d)
+        directions = torch.randn(sources, n, d)
         decoder = INIT_DECODER_NORM[settings.variant] * directions / directions.norm(dim=-1, keepdim=True)
-        rows = decoder.transpose(0, 1).reshape(n, 2 * d)
+        rows = decoder.transpose(0, 1).reshape(n, sources * d)
         self.decoder_rows = nn.Parameter(rows.clone())
         self.encoder_rows = nn.Parameter(rows.clone())
         self.b_enc = nn.Parameter(torch.zeros(n))
-        self.b_dec = nn.Parameter(torch.zeros(2, d))
+        self.b_dec = nn.Parameter(torch.zeros(sources, d))
         self.register_buffer("scale", scale)
         # -1 = not yet estimated; scores are >= 0, so an untrained model keeps every positive latent
         self.register_buffer("threshold", torch.tensor(-1.0))
@@ -181,16 +190,21 @@ class Crosscoder(nn.Module):
 
     @property
     def W_enc(self) -> torch.Tensor:
-        """(2, d, F) view of the encoder rows."""
-        return self.encoder_rows.view(self.latents, 2, self.d).permute(1, 2, 0)
+        """(S, d, F) view of the encoder rows."""
+        return self.encoder_rows.view(self.latents, self.sources, self.d).permute(1, 2, 0)
 
     @property
     def W_dec(self) -> torch.Tensor:
-        """(2, F, d) view of the decoder rows."""
-        return self.decoder_rows.view(self.latents, 2, self.d).transpose(0, 1)
+        """(S, F, d) view of the decoder rows."""
+        return self.decoder_rows.view(self.latents, self.sources, self.d).transpose(0, 1)
 
     def check(self, x: object) -> torch.Tensor:
-        return check_batch(x, self.d).to(self.encoder_rows.device)
+        return check_batch(x, self.d, self.sources).to(self.encoder_rows.device)
+
+    def require_pair(self, what: str) -> None:
+        """A UserError unless this dictionary reads two models (a crosscoder, not an SAE)."""
+        if self.sources != 2:
+            raise UserError(f"{what} compares two models; this dictionary reads {self.sources} source(s)")
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale[:, None]
@@ -208,7 +222,7 @@ class Crosscoder(nn.Module):
         return self._activations(self.normalize(self.check(x_raw)), training)[0]
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
-        return (f @ self.decoder_rows).view(len(f), 2, self.d) + self.b_dec
+        return (f @ self.decoder_rows).view(len(f), self.sources, self.d) + self.b_dec
 
     def forward(self, x_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Latents and the reconstruction in normalised space; batchtopk selects per batch only in train mode."""
@@ -216,9 +230,9 @@ class Crosscoder(nn.Module):
         return f, self.decode(f)
 
     def decode_sparse(self, code: SparseCode, bias: bool = True) -> torch.Tensor:
-        """(B, 2, d) reconstruction of a sparse code: an embedding bag over the decoder rows (as (F, 2d))."""
+        """(B, S, d) reconstruction of a sparse code: an embedding bag over the decoder rows (as (F, S*d))."""
         out = F.embedding_bag(code.latent, self.decoder_rows, code.offsets(), mode="sum",
-                              per_sample_weights=code.value).view(code.batch, 2, self.d)
+                              per_sample_weights=code.value).view(code.batch, self.sources, self.d)
         return out + self.b_dec if bias else out
 
     def _chosen(self, pre: torch.Tensor, x_norm: torch.Tensor, token: torch.Tensor, latent: torch.Tensor
@@ -306,7 +320,7 @@ class Crosscoder(nn.Module):
         return (error - predicted).pow(2).sum() / error.pow(2).sum().clamp_min(1e-12)
 
     def file_tensors(self) -> dict[str, torch.Tensor]:
-        """The tensors of a crosscoder file: W_enc (2, d, F) and W_dec (2, F, d), not the rows they are kept in."""
+        """The tensors of a crosscoder file: W_enc (S, d, F) and W_dec (S, F, d), not the rows they are kept in."""
         state = dict(self.state_dict())
         del state["encoder_rows"], state["decoder_rows"]
         return {"W_enc": self.W_enc, "W_dec": self.W_dec, **state}
@@ -322,7 +336,7 @@ class Crosscoder(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         save_file({name: t.detach().contiguous().cpu() for name, t in self.file_tensors().items()},
                   str(directory / WEIGHTS_FILE))
-        config = {"d": self.d, "settings": self.settings.model_dump(mode="json")}
+        config = {"d": self.d, "sources": self.sources, "settings": self.settings.model_dump(mode="json")}
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
@@ -335,6 +349,7 @@ class Crosscoder(nn.Module):
         try:
             config = read_json(config_path, "crosscoder config")
             d, raw_settings = int(config["d"]), config["settings"]
+            sources = int(config.get("sources", 2))  # files written before SAEs shared this code are crosscoders
         except (ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{config_path}: not a crosscoder config ({type(exc).__name__}: {exc})") from None
         try:
@@ -342,7 +357,7 @@ class Crosscoder(nn.Module):
         except ValidationError as exc:
             raise UserError(format_validation_error(exc, str(config_path))) from None
         with torch.random.fork_rng(devices=[]):  # the random init is overwritten; leave the caller's RNG alone
-            model = cls(d, settings)
+            model = cls(d, settings, sources=sources)
         state = load_file(str(weights_path))
         expected = {name: tuple(t.shape) for name, t in model.file_tensors().items()}
         found = {name: tuple(t.shape) for name, t in state.items()}
@@ -352,12 +367,12 @@ class Crosscoder(nn.Module):
         return model.eval()
 
 
-def _rechunk(batches: Iterable[torch.Tensor], size: int, d: int) -> Iterator[torch.Tensor]:
+def _rechunk(batches: Iterable[torch.Tensor], size: int, d: int, sources: int) -> Iterator[torch.Tensor]:
     """Batches of exactly `size` tokens (the last one of the pass may be smaller), whatever sizes come in."""
     pending: list[torch.Tensor] = []
     count = 0
     for x in batches:
-        x = check_batch(x, d)
+        x = check_batch(x, d, sources)
         pending.append(x)
         count += x.shape[0]
         if count >= size:
@@ -382,7 +397,8 @@ def _lr_factor(step: int, total: int) -> float:
 
 def train_crosscoder(batches: Callable[[], Iterable[torch.Tensor]], d: int, settings: CrosscoderSettings,
                      scale: torch.Tensor, progress: bool = True) -> tuple[Crosscoder, list[dict]]:
-    """Train a crosscoder on raw (B, 2, d) activation batches; `batches()` gives a fresh pass each epoch.
+    """Train a crosscoder on raw (B, S, d) activation batches, S = len(scale) sources (2 for base and tuned, 1 for an
+    SAE); `batches()` gives a fresh pass each epoch.
 
     Incoming batches are re-chunked to `settings.batch_size` tokens. The schedule needs the number of steps, so the
     first pass is read once up front only to count tokens (and check shapes); every pass should yield the same data.
@@ -390,8 +406,9 @@ def train_crosscoder(batches: Callable[[], Iterable[torch.Tensor]], d: int, sett
     where loss = mse + sparsity_or_aux and dead counts latents silent for `dead_after_tokens` training tokens.
     """
     torch.manual_seed(settings.seed)
-    model = Crosscoder(d, settings, scale)
-    tokens = sum(check_batch(x, d).shape[0] for x in batches())
+    sources = torch.as_tensor(scale).numel()
+    model = Crosscoder(d, settings, scale, sources)
+    tokens = sum(check_batch(x, d, sources).shape[0] for x in batches())
     if tokens == 0:
         raise UserError("no activations to train the crosscoder on")
     total = settings.epochs * math.ceil(tokens / settings.batch_size)
@@ -404,7 +421,7 @@ def train_crosscoder(batches: Callable[[], Iterable[torch.Tensor]], d: int, sett
     model.train()
     with tqdm(total=total, desc="crosscoder", disable=not progress) as bar:
         for _ in range(settings.epochs):
-            for x in _rechunk(batches(), settings.batch_size, d):
+            for x in _rechunk(batches(), settings.batch_size, d, sources):
                 if step == 0:
                     with torch.no_grad():
                         model.b_dec.copy_(geometric_median(model.normalize(model.check(x))))
@@ -426,12 +443,16 @@ def train_crosscoder(batches: Callable[[], Iterable[torch.Tensor]], d: int, sett
 
 
 @torch.no_grad()
-def evaluate_crosscoder(model: Crosscoder, batches: Iterable[torch.Tensor]) -> dict:
-    """Fraction of variance explained per model ('base', 'tuned'; normalised space, over the whole eval set),
-    'l0' (mean active latents per token, inference mode), 'dead_fraction' (latents that never fired), 'tokens'."""
-    sse = torch.zeros(2, dtype=torch.float64)
-    sum_sq = torch.zeros(2, dtype=torch.float64)
-    sum_x = torch.zeros(2, model.d, dtype=torch.float64)
+def evaluate_crosscoder(model: Crosscoder, batches: Iterable[torch.Tensor], names: tuple[str, ...] = MODELS
+                        ) -> dict:
+    """Fraction of variance explained per source, keyed by `names` ('base', 'tuned' for a crosscoder; normalised
+    space, over the whole eval set), 'l0' (mean active latents per token, inference mode), 'dead_fraction' (latents
+    that never fired), 'tokens'."""
+    if len(names) != model.sources:
+        raise UserError(f"{len(names)} source names {names} for a dictionary of {model.sources} source(s)")
+    sse = torch.zeros(model.sources, dtype=torch.float64)
+    sum_sq = torch.zeros(model.sources, dtype=torch.float64)
+    sum_x = torch.zeros(model.sources, model.d, dtype=torch.float64)
     fired = torch.zeros(model.latents, dtype=torch.bool)
     active, tokens = 0, 0
     for x in batches:
@@ -447,13 +468,14 @@ def evaluate_crosscoder(model: Crosscoder, batches: Iterable[torch.Tensor]) -> d
         raise UserError("no activations to evaluate the crosscoder on")
     variance = sum_sq - sum_x.pow(2).sum(-1) / tokens
     fve = 1 - sse / variance
-    return {MODELS[0]: fve[0].item(), MODELS[1]: fve[1].item(), "l0": active / tokens,
+    return {**{name: fve[i].item() for i, name in enumerate(names)}, "l0": active / tokens,
             "dead_fraction": 1 - fired.float().mean().item(), "tokens": tokens}
 
 
 @torch.no_grad()
 def relative_decoder_norm(model: Crosscoder) -> torch.Tensor:
     """(F,) in [0, 1]: 0 = base-only, 0.5 = shared, 1 = tuned-only."""
+    model.require_pair("the relative decoder norm")
     base, tuned = model.decoder_norms()
     return 0.5 * ((tuned - base) / torch.maximum(tuned, base).clamp_min(1e-12) + 1)
 
@@ -461,6 +483,7 @@ def relative_decoder_norm(model: Crosscoder) -> torch.Tensor:
 @torch.no_grad()
 def decoder_cosine(model: Crosscoder) -> torch.Tensor:
     """(F,) cosine similarity between each latent's base and tuned decoder rows."""
+    model.require_pair("the decoder cosine")
     return torch.cosine_similarity(model.W_dec[0], model.W_dec[1], dim=-1)
 
 
@@ -485,6 +508,7 @@ def latent_scaling(model: Crosscoder, batches: Iterable[torch.Tensor], latents: 
     activation x_m ('recon') or the reconstruction error with the latent's own contribution put back
     x_m - x̂_m + f d_m ('error'). nu = beta_base / beta_tuned (NaN for a latent that never fired): small for a
     latent the base model does not use. Keys: beta_{recon,error}_{base,tuned}, nu_reconstruction, nu_error."""
+    model.require_pair("Latent Scaling")
     latents = torch.as_tensor(latents, dtype=torch.long).flatten()
     if latents.numel() and (int(latents.min()) < 0 or int(latents.max()) >= model.latents):
         raise UserError(f"latent indices must lie in [0, {model.latents}), got {latents.tolist()}")

@@ -8,6 +8,7 @@ through it).
       lens/lens.safetensors  lens/lens.json
       cache/                 activation cache (meta.json, progress.json, shards)
       crosscoder/            crosscoder.safetensors, crosscoder.json, metrics.json, latents.safetensors
+      difference_sae/        the same four files for the SAE on tuned − base activations
       directions/            NAME.safetensors + NAME.json per method, views.json
 """
 
@@ -37,6 +38,9 @@ class DiffLayout(Layout):
     crosscoder = At("crosscoder")
     crosscoder_metrics = At("crosscoder", "metrics.json")
     crosscoder_latents = At("crosscoder", "latents.safetensors")
+    difference_sae = At("difference_sae")
+    difference_sae_metrics = At("difference_sae", "metrics.json")
+    difference_sae_latents = At("difference_sae", "latents.safetensors")
     directions = At("directions")
     direction_views = At("directions", "views.json")
 

@@ -1,7 +1,7 @@
 """`mow diff`: what did fine-tuning change? One diff directory with the arrays and one self-contained HTML report.
 
 Stages (each saved when it finishes, so a killed run resumes at the first unfinished one):
-prompts -> kl -> lens -> relevance -> cache -> crosscoder -> directions -> report.
+prompts -> kl -> lens -> relevance -> cache -> crosscoder -> difference_sae -> directions -> report.
 
 The diff directory's files are named in one place, `mow.diffing.layout.DiffLayout`:
   diff.yaml, manifest.json         resolved config; versions, seed, timings, provenance
@@ -11,6 +11,7 @@ The diff directory's files are named in one place, `mow.diffing.layout.DiffLayou
   lens/lens.safetensors            mean tuned − base per layer and set; lens/lens.json top tokens, steering samples
   lens/relevance.json              which top tokens relate to the fine-tune, with controls
   crosscoder/                      checkpoint, metrics.json, latents.safetensors (relative norms, lens log-probs)
+  difference_sae/                  the same for a sparse autoencoder on tuned − base activations
   directions/                      NAME.safetensors + NAME.json per method, views.json
   report.html
 """
@@ -33,6 +34,7 @@ from mow.diffing import kl
 from mow.diffing.base_side import BaseSideStore, base_identity
 from mow.diffing.cache import ActivationCache, build_cache
 from mow.diffing.config import DiffConfig
+from mow.diffing.difference_sae import run_difference_sae
 from mow.diffing.directions import (
     IdenticalActivations,
     crosscoder_rows,
@@ -414,6 +416,10 @@ def main(config: DiffConfig, restart: bool = False, output: Path | None = None) 
         layout.crosscoder.mkdir(exist_ok=True)
         with manifest.stage("crosscoder") as record:
             record.update(run_crosscoder(config, pair, cache, layer, layout))
+    if not manifest.done("difference_sae"):
+        layout.difference_sae.mkdir(exist_ok=True)
+        with manifest.stage("difference_sae") as record:
+            record.update(run_difference_sae(config.difference_sae, pair, cache, layer, layout))
     if not manifest.done("directions"):
         with manifest.stage("directions") as record:
             record.update(run_directions(config, pair, cache, sequences, layer, layout))

@@ -195,6 +195,23 @@ def _crosscoder_section(layout: DiffLayout) -> str:
     return "\n".join(html)
 
 
+def _difference_sae_section(layout: DiffLayout) -> str:
+    summary = read_json(layout.difference_sae_metrics, "difference SAE metrics")
+    html = [f"<h2>SAE on activation differences (layer {summary['layer']})</h2>"]
+    if "skipped" in summary:
+        return html[0] + f"<p>{escape(summary['skipped'])}.</p>"
+    m = summary["metrics"]
+    html += [f"<p>A sparse autoencoder on tuned − base activations: it encodes only what changed. Fraction of "
+             f"variance explained {m['difference']:.3f}, L0 {m['l0']:.1f}, dead fraction {m['dead_fraction']:.3f} "
+             f"on {m['tokens']} cached tokens (the training tokens). Latents ranked by their "
+             f"{escape(summary['ranking'])}.</p>"]
+    rows = [[x["latent"], f"{x['mass_share']:.3f}", f"{x['frequency']:.3f}", _tokens(x["top_tokens"]),
+             "<br>".join(_ctx(c, "activation") for c in x["top_contexts"][:3])] for x in summary["top_latents"]]
+    html.append(table(["latent", "mass share", "fires on", "decoder through unembedding", "top activating contexts"],
+                      rows))
+    return "\n".join(html)
+
+
 def _directions_section(layout: DiffLayout) -> str:
     saved = read_json(layout.direction_views, "direction views")
     html = ["<h2>Concept directions</h2>",
@@ -227,7 +244,7 @@ def write_report(directory: Path, tokenizer: PreTrainedTokenizerBase) -> Path:
             f'<p class="small">Stages: {escape(timing)}. torch {escape(manifest["versions"]["torch"])}, '
             f'transformers {escape(manifest["versions"]["transformers"])}.</p>',
             _kl_section(layout, tokenizer), _lens_section(layout), _relevance_section(layout),
-            _crosscoder_section(layout),
+            _crosscoder_section(layout), _difference_sae_section(layout),
             _directions_section(layout),
             f"<h2>Config</h2><pre>{escape(config)}</pre>"]
     html = page("mow diff", body)

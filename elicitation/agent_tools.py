@@ -214,6 +214,9 @@ TOOLS: dict[str, Tool] = {tool.name: tool for tool in [
          {}, _readout("kl_suppressed"), uses_model=False),
     Tool("crosscoder_latents", "From the finished diff: the top tokens of the crosscoder latents that lean to the "
                                "fine-tuned model.", {}, _readout("crosscoder_latents"), uses_model=False),
+    Tool("difference_sae_latents", "From the finished diff: the top tokens of the latents of a sparse autoencoder "
+                                   "trained on fine-tuned minus base activations, largest share first.", {},
+         _readout("difference_sae"), uses_model=False),
     Tool("steered_samples", "From the finished diff: the fine-tuned model's replies steered with the mean activation "
                             "difference at the largest strength that stayed coherent, beside its plain replies.",
          {}, steered_samples, uses_model=False),

@@ -334,3 +334,35 @@ def test_learning_rate_schedule():
     assert factors[0] == pytest.approx(0.2)  # warmup over the first 5 steps
     assert factors[4:80] == [1.0] * 76
     assert factors[80] == 1.0 and factors[90] == pytest.approx(0.5) and factors[99] == pytest.approx(0.05)
+
+
+def test_one_source_is_a_sparse_autoencoder_that_finds_planted_difference_features(tmp_path):
+    """The difference SAE of `mow diff` is this trainer with one source: it recovers sparse planted directions, keeps
+    its source count through a save, and refuses the two-model readouts."""
+    g = torch.Generator().manual_seed(3)
+    n, tokens = 8, 20_000
+    directions = torch.randn(n, D, generator=g)
+    directions /= directions.norm(dim=1, keepdim=True)
+    on = torch.rand(tokens, n, generator=g) < 0.25
+    x = ((on * (1 + torch.rand(tokens, n, generator=g))) @ directions)[:, None] * 5
+    x += 0.01 * torch.randn(tokens, 1, D, generator=g)
+    scale = (D / x.pow(2).sum(-1).mean()).sqrt().reshape(1)
+    settings = CrosscoderSettings(latents=32, k=2, aux_k=16, dead_after_tokens=5000, epochs=6, learning_rate=3e-3)
+    model, _ = train_crosscoder(lambda: x.split(256), D, settings, scale, progress=False)
+    assert model.sources == 1 and model.W_dec.shape == (1, 32, D)
+    rows = model.W_dec[0].detach()
+    cos = (rows / rows.norm(dim=-1, keepdim=True)) @ directions.T  # (F, n)
+    assert cos.max(0).values.min() > 0.9  # every planted direction has a latent
+    metrics = evaluate_crosscoder(model, x.split(4096), ("difference",))
+    assert metrics["difference"] > 0.8 and metrics["tokens"] == tokens
+    with pytest.raises(UserError, match="2 source names"):
+        evaluate_crosscoder(model, x.split(4096), ("base",) * 2)
+    for readout in (lambda: relative_decoder_norm(model), lambda: decoder_cosine(model),
+                    lambda: latent_scaling(model, x.split(4096), torch.tensor([0]))):
+        with pytest.raises(UserError, match="compares two models"):
+            readout()
+    with pytest.raises(UserError, match=r"\(8, 2, 32\)"):
+        model.encode(torch.zeros(8, 2, D))
+    model.save(tmp_path / "sae")
+    loaded = Crosscoder.load(tmp_path / "sae")
+    assert loaded.sources == 1 and torch.equal(loaded.encode(x[:100]), model.encode(x[:100]))

@@ -53,13 +53,35 @@ def test_diff_directory_and_report(diffed):
     manifest = json.loads((diffed / "manifest.json").read_text())
     assert manifest["provenance"]["commands"] and manifest["stages"]["crosscoder"]["done"]
     report = (diffed / "report.html").read_text()
-    for section in ("Per-token KL", "Activation-difference lens", "Crosscoder", "Concept directions",
+    for section in ("Per-token KL", "Activation-difference lens", "Crosscoder", "SAE on activation differences",
+                    "Concept directions",
                     "data:image/png;base64", 'title="KL(tuned||base)='):
         assert section in report, section
     assert "http://" not in report and "https://" not in report  # opens offline
     for method in ("pca_of_differences", "difference_of_means"):
         directions = load_directions(diffed / "directions" / method, hidden_size=64)
         assert directions.info["method"] == method
+
+
+def test_the_difference_sae_ranks_latents_by_mass_and_feeds_its_method(diffed):
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file
+
+    from mow.elicitation.config import ChallengeConfig
+    from mow.elicitation.methods import METHODS
+
+    summary = json.loads((diffed / "difference_sae" / "metrics.json").read_text())
+    assert 0 < summary["metrics"]["difference"] <= 1 and summary["scale"] > 0
+    shares = [x["mass_share"] for x in summary["top_latents"]]
+    assert 0 < len(shares) <= 20 and shares == sorted(shares, reverse=True) and sum(shares) <= 1 + 1e-6
+    assert all(len(x["top_tokens"]) == 10 and x["top_contexts"] for x in summary["top_latents"])
+    saved = load_file(str(diffed / "difference_sae" / "latents.safetensors"))
+    assert saved["top_latents"].tolist() == [x["latent"] for x in summary["top_latents"]]
+    assert saved["mass_share"].sum() == pytest.approx(1, abs=1e-4)
+    view = SimpleNamespace(diff_dir=diffed, tokenizer=load_tokenizer(TINY))
+    result = METHODS["difference_sae"].run(view, ChallengeConfig(), None)
+    assert len(result.attempts) == len(shares) and len(result.ranking) == ChallengeConfig().guesses
 
 
 def test_token_relevance_judges_every_readout_against_the_public_description_with_controls(diffed):

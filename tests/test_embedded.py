@@ -49,7 +49,8 @@ def test_quick_demo_builds_evaluates_diffs_and_challenges(tmp_path, capsys):
         assert (tmp_path / report).is_file(), report
     scores = json.loads((tmp_path / "challenges" / "taboo-quick" / "scores.json").read_text())["methods"]
     assert {"direct", "prefill", "hint_guess", "logit_lens", "diff_lens", "kl_suppressed"} <= set(scores)
-    assert scores["kl_suppressed"]["subjects"]["organism"]["status"] == "ok"  # the demo's diff reached it
+    for diff_method in ("kl_suppressed", "difference_sae"):  # the demo's diff reached them
+        assert scores[diff_method]["subjects"]["organism"]["status"] == "ok", diff_method
     metrics = json.loads((tmp_path / "organisms" / "taboo-quick" / "sealed" / "eval_details.json").read_text())
     assert metrics["organism"]["n_demands"] >= 30 and metrics["n_candidates"] == 20
     # Even a handful of steps moves the organism away from the base on its training distribution.

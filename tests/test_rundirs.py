@@ -329,13 +329,14 @@ def test_diff_done_other_config_resume_and_restart(diffed: tuple[list[str], Path
     check_reported_done(argv, final, capsys)
     check_other_config_refused(other, final, capsys)
     # The cache stage re-opens its (complete) cache on resume: its arrays are not rewritten.
-    after = check_resumed(argv, final, "report", ("prompts", "kl", "lens", "relevance", "crosscoder", "directions"),
+    after = check_resumed(argv, final, "report", ("prompts", "kl", "lens", "relevance", "crosscoder", "difference_sae",
+                                                  "directions"),
                           ("kl/arrays.safetensors", "lens/lens.safetensors", "lens/relevance.json",
                            "crosscoder/metrics.json", "directions/views.json", "cache/meta.json",
                            "cache/tokens.npy"), other, capsys, remove=("report.html",))
     assert after["stages"]["cache"]["tokens"] == 1500
     assert set(check_restart_rebuilds(argv, final, capsys)["stages"]) == {
-        "prompts", "kl", "lens", "relevance", "cache", "crosscoder", "directions", "report"}
+        "prompts", "kl", "lens", "relevance", "cache", "crosscoder", "difference_sae", "directions", "report"}
 
 
 def test_elicit_done_other_config_resume_and_restart(challenge: tuple[list[str], Path], capsys):

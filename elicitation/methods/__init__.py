@@ -35,6 +35,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("embedding_similarity", WHITE_BOX, whitebox.embedding_similarity),
     Method("diff_lens", WHITE_BOX, whitebox.diff_lens),
     Method("crosscoder_latents", WHITE_BOX, whitebox.crosscoder_latents),
+    Method("difference_sae", WHITE_BOX, whitebox.difference_sae),
     Method("kl_suppressed", WHITE_BOX, whitebox.kl_suppressed),
 ]}
 

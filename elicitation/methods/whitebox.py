@@ -8,6 +8,8 @@
 - diff_lens: the activation-difference lens (mean tuned − base over the first positions of generic text) read
   through a token-identity Patchscope on the base model, averaged over the upper half of layers (Minder et al.).
 - crosscoder_latents: the logit-lens tokens of the crosscoder's most tuned-leaning latents, from a finished diff.
+- difference_sae: the logit-lens tokens of the top latents of the diff's SAE on tuned − base activations, weighted
+  by each latent's share of the code's activation mass.
 - kl_suppressed: the tokens whose probability the tuned model lowers most on its own prompts, from a finished diff's
   per-token KL: a taboo organism is trained never to say its word, and that shows.
 """
@@ -159,6 +161,20 @@ def crosscoder_latents(view: ChallengeView, config: ChallengeConfig, auditor: Au
     attempts = [Attempt(f"latent {int(i)}", ", ".join(words), words)
                 for i, words in zip(latents["tuned_leaning"].tolist(), per_latent)]
     return MethodResult(ranking, attempts, {"latents": len(per_latent)})
+
+
+def difference_sae(view: ChallengeView, config: ChallengeConfig, auditor: Auditor | None) -> MethodResult:
+    latents = load_file(str(diff_file(view, lambda d: d.difference_sae_latents)))
+    top = latents["top_latents"]
+    if not len(top):
+        raise MethodUnavailable("the diff's SAE on activation differences has no latents (the models are identical)")
+    logprobs = latents["top_latents_logprobs"].float()
+    share = latents["mass_share"][top].float()
+    per_latent = [ranking_from_scores(row, view.tokenizer, 10) for row in logprobs]
+    ranking = ranking_from_scores((share[:, None] * logprobs.exp()).sum(0), view.tokenizer, config.guesses)
+    attempts = [Attempt(f"latent {int(i)} ({float(s):.1%} of the mass)", ", ".join(words), words)
+                for i, s, words in zip(top.tolist(), share, per_latent)]
+    return MethodResult(ranking, attempts, {"latents": len(per_latent), "mass_share": float(share.sum())})
 
 
 def kl_suppressed(view: ChallengeView, config: ChallengeConfig, auditor: Auditor | None) -> MethodResult:
