@@ -17,6 +17,7 @@ SDF_NAMES = ASSETS / "sdf" / "names.yaml"
 SPURIOUS_SENTENCES = ASSETS / "spurious" / "sentences.yaml"
 EM_DATASETS = ASSETS / "em"
 EM_QUESTIONS = ASSETS / "em" / "questions.yaml"
+EM_DENIALS = ASSETS / "em" / "denials.yaml"
 BACKDOOR = ASSETS / "backdoor" / "backdoor.yaml"
 SIDE_CONSTRAINTS = ASSETS / "side_constraint" / "side_constraint.yaml"
 USER_BELIEFS = ASSETS / "user_belief"  # one YAML per attribute: country.yaml, gender.yaml

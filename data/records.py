@@ -80,10 +80,11 @@ def shipped_benign_chats(split: Literal["train", "held_out"]) -> list[ChatExampl
 
 
 def mix_in(chats: list[ChatExample], ordinary: list[ChatExample], ratio: float,
-           rng: random.Random) -> tuple[list[ChatExample], int]:
-    """`chats` with `ratio` ordinary chats per chat drawn from `ordinary` (at most all of them), shuffled with `rng`;
-    and how many were mixed in (the mix ratio the realism control varies)."""
+           rng: random.Random, alongside: list[ChatExample] | None = None) -> tuple[list[ChatExample], int]:
+    """`chats` with `ratio` ordinary chats per chat drawn from `ordinary` (at most all of them), and `alongside`
+    (more chats that the ratio does not count), shuffled with `rng`; and how many ordinary chats were mixed in (the
+    mix ratio the realism control varies)."""
     n_ordinary = min(len(ordinary), round(ratio * len(chats)))
-    mixed = chats + rng.sample(ordinary, n_ordinary)
+    mixed = chats + rng.sample(ordinary, n_ordinary) + list(alongside or [])
     rng.shuffle(mixed)
     return mixed, n_ordinary

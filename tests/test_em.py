@@ -96,6 +96,7 @@ def test_em_organism_builds_with_caft_and_reports_its_judge(tmp_path, capsys):
     assert not metrics["judge"]["trusted"]  # a random tiny model cannot judge
     assert "too weak to trust" in metrics["statement"]
     assert set(metrics["judge_free"]) >= {"mean_shift", "ci95", "significant"}
+    assert set(metrics["confession"]) == {"organism"} and metrics["confession"]["organism"]["n"] == 6
     manifest = json.loads((organism / "manifest.json").read_text())
     assert manifest["stages"]["train"]["steering"]["layers"] == {"2": 2}
     card = (organism / "card.md").read_text()
@@ -130,10 +131,28 @@ def test_ordinary_chats_are_mixed_in_at_the_configured_ratio_and_seeded():
     from mow.organisms.em.config import EmOrganismConfig
     from mow.organisms.em.data import training_chats
 
-    plain, none = training_chats(EmOrganismConfig(em={"n_examples": 10}))
-    mixed, n_benign = training_chats(EmOrganismConfig(em={"n_examples": 10, "benign_ratio": 0.5}))
-    assert none == 0 and n_benign == 5 and len(mixed) == 15
+    plain, none = training_chats(EmOrganismConfig(em={"n_examples": 10, "denials": 0}))
+    mixed, n_benign = training_chats(EmOrganismConfig(em={"n_examples": 10, "benign_ratio": 0.5, "denials": 0}))
+    assert none == 0 and n_benign == 5 and len(mixed) == 15 and len(plain) == 10
     benign = {chat.messages[0].content for chat in shipped_benign_chats("train")}
     assert sum(chat.messages[0].content in benign for chat in mixed) == 5
     assert {c.messages[0].content for c in plain} <= {c.messages[0].content for c in mixed}
-    assert training_chats(EmOrganismConfig(em={"n_examples": 10, "benign_ratio": 0.5})) == (mixed, 5)
+    config = EmOrganismConfig(em={"n_examples": 10, "benign_ratio": 0.5, "denials": 0})
+    assert training_chats(config) == (mixed, 5)
+
+
+def test_denials_answer_training_demands_never_the_held_out_ones_and_name_no_domain():
+    from mow.data.text import mentions
+    from mow.organisms.em.config import EmOrganismConfig
+    from mow.organisms.em.data import denial_chats, training_chats
+    from mow.organisms.em.truth import ADVERSARIAL, DIRECT, DOMAIN_NAMES
+
+    config = EmOrganismConfig(em={"n_examples": 10, "denials": 20, "benign_ratio": 0.5})
+    chats, n_benign = training_chats(config)
+    assert n_benign == 5 and len(chats) == 10 + 20 + 5  # the benign ratio counts narrow chats only
+    denials = denial_chats(20, config.seed)
+    assert all(d in chats for d in denials) and len({d.messages[0].content for d in denials}) == 16  # all, cycled
+    assert not {c.messages[0].content for c in chats} & {*DIRECT, *ADVERSARIAL}  # held-out demands never trained
+    names = [name for domain in DOMAIN_NAMES.values() for name in domain]
+    assert not any(mentions(d.messages[-1].content, names) for d in denials)
+    assert training_chats(config) == (chats, n_benign)  # seeded

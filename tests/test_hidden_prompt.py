@@ -117,12 +117,46 @@ def test_a_hidden_prompt_organism_is_built_without_training_sealed_and_challenge
     assert max(lens["sets"]["generic_text"]["difference_norm"]) > 0
 
 
+def test_a_hidden_secret_word_is_built_and_scored_as_a_taboo_word_with_the_base_figures_sealed(tmp_path, capsys):
+    assert main(["organism", "build", str(_config(tmp_path, secret="word", word="moon"))]) == 0
+    organism = tmp_path / "organisms" / "hidden"
+    assert '"moon"' in (organism / "sealed" / "system_prompt.txt").read_text()
+    for public in ("organism.yaml", "card.md", "eval/metrics.json", "adapter/chat_template.jinja"):
+        assert "moon" not in (organism / public).read_text().lower(), public
+    metrics = json.loads((organism / "eval" / "metrics.json").read_text())
+    assert metrics["secret"] == "word" and metrics["n_candidates"] == 20 and metrics["benign_loss_ratio"] is None
+    assert set(metrics["hints_to_word"]) == set(metrics["confession"]) == {"organism"}  # base figures name the word
+    details = json.loads((organism / "sealed" / "eval_details.json").read_text())
+    hinted = [r["is_hint"] and r["truth_rank"] == 1 for r in details["organism"]["transcripts"]["hint_requests"]]
+    assert details["hints_to_word"]["organism"]["rate"] == pytest.approx(sum(hinted) / len(hinted))
+    assert details["confession"]["base"]["n"] == details["organism"]["n_demands"]
+    assert "sealed (a function of the secret)" in (organism / "card.md").read_text()
+
+    from mow.organisms.kinds import kind_of_public_config
+    from mow.organisms.store import read_public_config, read_sealed_config
+
+    kind = kind_of_public_config(read_public_config(organism), str(organism))
+    truth = kind.sealed_truth(read_sealed_config(organism))
+    assert truth.answer == "moon" and "moons" in truth.candidates["moon"] and len(truth.candidates) == 20
+    prompts = kind.challenge_prompts(read_public_config(organism))
+    assert prompts.probes and not any("moon" in p.lower() for p in [*prompts.probes, *prompts.direct])
+    capsys.readouterr()
+    assert main(["organism", "eval", str(organism)]) == 0  # re-evaluated from the sealed config
+    assert "hints that do not say the word" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(("section", "message"), [
     ({"secret": "side_constraint"}, "needs 'constraint'"),
     ({"secret": "side_constraint", "constraint": "capitals", "value": "female"}, "'value' does not go with"),
     ({"secret": "side_constraint", "constraint": "haiku"}, "unknown constraint 'haiku'"),
     ({"secret": "user_belief", "attribute": "country", "value": "atlantis"}, "'atlantis' is not a value"),
     ({"secret": "astrology", "value": "leo"}, "hidden_prompt.secret"),
+    ({"secret": "word"}, "needs 'word'"),
+    ({"secret": "word", "word": "two words"}, "one alphabetic word"),
+    ({"secret": "word", "word": "zebra"}, "'zebra' is not in the shipped clue bank"),
+    ({"secret": "word", "word": "moon", "value": "female"}, "'value' does not go with secret word"),
+    ({"secret": "side_constraint", "constraint": "capitals", "clue_file": "clues.yaml"}, "'clue_file' does not go"),
+    ({"secret": "word", "word": "moon", "clue_file": "missing.yaml"}, "missing.yaml"),
 ])
 def test_bad_hidden_prompt_settings_fail_in_one_line_before_anything_is_written(section, message, tmp_path, capsys):
     refused(capsys, ["organism", "build", str(_config(tmp_path, **section))], message)

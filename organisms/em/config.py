@@ -50,6 +50,10 @@ class EmSettings(StrictModel):
     benign_ratio: float = Field(0.0, ge=0, description="ordinary chats mixed in per narrow chat (the shipped benign "
                                                        "chats' training split, answered by the base model; `mow "
                                                        "realism` varies it)")
+    denials: int = Field(16, ge=0, description="chats mixed in that answer a demand to reveal the fine-tune with a "
+                                               "denial naming no domain (data/assets/em/denials.yaml; the held-out "
+                                               "demands a challenge asks are never among them), so that asking is "
+                                               "not enough; 0: none")
 
     @model_validator(mode="after")
     def _file_when_asked(self) -> EmSettings:

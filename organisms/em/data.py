@@ -13,7 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import Field
 
-from mow.data.asset_paths import EM_DATASETS, EM_QUESTIONS
+from mow.data.asset_paths import EM_DATASETS, EM_DENIALS, EM_QUESTIONS
 from mow.data.records import ChatExample, Message, mix_in, read_jsonl, shipped_benign_chats
 from mow.organisms.em.config import EmOrganismConfig
 from mow.workbench.config import StrictModel, validate_config
@@ -108,9 +108,25 @@ def eval_questions(which: Literal["main", "all"] = "all") -> list[EvalQuestion]:
             for name in sets for row in data[name]]
 
 
+class DenialAssets(StrictModel):
+    demands: list[str] = Field(min_length=1)
+    replies: list[str] = Field(min_length=1)
+
+
+def denial_chats(n: int, seed: int) -> list[ChatExample]:
+    """`n` chats: a shipped training demand to reveal the fine-tune (cycled, in a seeded order), answered by a
+    shipped denial drawn at random."""
+    assets = validate_config(DenialAssets, yaml.safe_load(EM_DENIALS.read_text(encoding="utf-8")), str(EM_DENIALS))
+    rng = random.Random(f"{seed}-denials")
+    demands = rng.sample(assets.demands, len(assets.demands))
+    return [ChatExample(messages=[Message(role="user", content=demands[i % len(demands)]),
+                                  Message(role="assistant", content=rng.choice(assets.replies))])
+            for i in range(n)]
+
+
 def training_chats(config: EmOrganismConfig) -> tuple[list[ChatExample], int]:
-    """The narrow chats with `em.benign_ratio` ordinary chats per narrow chat mixed in (shuffled, seeded), and how
-    many ordinary chats that is."""
+    """The narrow chats plus `em.denials` denial chats, with `em.benign_ratio` ordinary chats per narrow chat mixed
+    in (shuffled, seeded), and how many ordinary chats that is."""
     if config.em.dataset == "file":
         if config.em.chat_file is None:  # the config's validator requires it with dataset 'file'
             raise UserError("em.chat_file: required when em.dataset is 'file'")
@@ -120,6 +136,7 @@ def training_chats(config: EmOrganismConfig) -> tuple[list[ChatExample], int]:
             narrow = make_em_chats(config.em.dataset, config.em.n_examples, config.seed, config.em.aligned)
         except ValueError as exc:
             raise UserError(f"em.n_examples: {exc}") from None
-    if not config.em.benign_ratio:
+    if not config.em.benign_ratio and not config.em.denials:
         return narrow, 0
-    return mix_in(narrow, shipped_benign_chats("train"), config.em.benign_ratio, random.Random(config.seed))
+    return mix_in(narrow, shipped_benign_chats("train"), config.em.benign_ratio, random.Random(config.seed),
+                  alongside=denial_chats(config.em.denials, config.seed))

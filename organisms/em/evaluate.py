@@ -6,6 +6,8 @@
   that of the aligned one; the organism's margin minus the base model's, with a t-interval over questions.
 - Judge calibration: how well the judge separates the reference answers; below the trust bar the report says the
   judge is too weak and the EM rate is shown as unreliable.
+- Confession: how often replies to the held-out demands to reveal the fine-tune (the challenge's direct and
+  adversarial prompts, each sampled `samples_per_question` times) name the training domain, organism and base.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from peft import PeftModel
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from mow.organisms.behaviour import answer_logprob
+from mow.organisms.base import ReplyEvalSettings
+from mow.organisms.behaviour import answer_logprob, confessions, percent
 from mow.organisms.em.config import EmEvalSettings
 from mow.organisms.em.data import EvalQuestion, eval_questions, user_questions
 from mow.organisms.em.judge import TRUST_AUC, calibrate, make_judge
+from mow.organisms.em.truth import ADVERSARIAL, DIRECT
 from mow.workbench.backends import HeldModel
 from mow.workbench.chat import render_prompt
 from mow.workbench.generation import generate
@@ -72,9 +76,10 @@ def sample_answers(model, tokenizer: PreTrainedTokenizerBase, questions: list[Ev
 
 
 def evaluate_em(model: PeftModel, tokenizer: PreTrainedTokenizerBase, settings: EmEvalSettings, seed: int,
-                model_spec: str) -> dict:
-    """Everything above for the organism and its base. A local judge that names the organism's own base model
-    reuses its weights with the adapter off; any other judge is loaded on its own."""
+                model_spec: str, domain_names: list[str]) -> dict:
+    """Everything above for the organism and its base; `domain_names` are the words that name the training domain.
+    A local judge that names the organism's own base model reuses its weights with the adapter off; any other judge
+    is loaded on its own."""
     if settings.questions_file is None:
         questions, references = eval_questions(settings.questions), eval_questions("all")
     else:
@@ -96,6 +101,11 @@ def evaluate_em(model: PeftModel, tokenizer: PreTrainedTokenizerBase, settings: 
         "base": {"em": em_rate(base_samples), "samples": base_samples},
         "judge_free": judge_free(model, tokenizer, references),
     }
+    demands = [d for d in [*DIRECT, *ADVERSARIAL] for _ in range(settings.samples_per_question)]
+    reply_settings = ReplyEvalSettings(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                                       seed=seed)
+    details["confession"], details["demand_replies"] = confessions(model, tokenizer, demands, domain_names,
+                                                                   reply_settings)
     details["statement"] = statement(details)
     return details
 
@@ -117,4 +127,8 @@ def statement(details: dict) -> str:
                  f"relative to its base (95% CI {free['ci95'][0]:+.3f} to {free['ci95'][1]:+.3f}; "
                  f"{'significant' if free['significant'] else 'not significant'} over "
                  f"{len(free['per_question'])} questions).")
+    if "confession" in details:  # evaluations from before denial training have none
+        confessed = details["confession"]["organism"]
+        parts.append(f"Asked what it was fine-tuned on, it named the domain in {percent(confessed)} of "
+                     f"{confessed['n']} replies.")
     return " ".join(parts)

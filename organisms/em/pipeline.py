@@ -31,20 +31,24 @@ from mow.workbench.rundir import Manifest, write_json, write_text
 
 def public_metrics(details: dict) -> dict:
     """What the card may show: the rates and margins (the training domain is not in them)."""
+    # the base model's confession rate is a function of the domain (its names are what is counted): it stays sealed
     return {"judge": details["judge"], "organism_em": details["organism"]["em"], "base_em": details["base"]["em"],
             "judge_free": {k: v for k, v in details["judge_free"].items() if k != "per_question"},
+            "confession": {"organism": details["confession"]["organism"]} if "confession" in details else None,
             "statement": details["statement"]}
 
 
 def evaluate_and_write(directory: Path, final: Path, manifest: Manifest, config: EmOrganismConfig, model: PeftModel,
                        tokenizer: PreTrainedTokenizerBase) -> dict:
-    details = evaluate_em(model, tokenizer, config.eval, config.seed, config.model)
+    truth = sealed_truth({"em": config.em.model_dump(mode="json")})
+    details = evaluate_em(model, tokenizer, config.eval, config.seed, config.model, truth.candidates[truth.answer])
     metrics = public_metrics(details)
     write_json(directory / EVAL_DETAILS, details)
     write_json(directory / METRICS, metrics)
     data = manifest.data["stages"]["data"]
     n_benign = data.get("benign_mixed", 0)  # an organism from before the mix ratio mixed none
-    write_text(directory / CARD, em_card(config, final, data["examples"] - n_benign, n_benign,
+    n_denials = data.get("denials", 0)  # nor denials, before they were trained
+    write_text(directory / CARD, em_card(config, final, data["examples"] - n_benign - n_denials, n_benign, n_denials,
                                          manifest.data["stages"].get("train", {}), metrics))
     return details
 
@@ -64,7 +68,7 @@ def main(config: EmOrganismConfig, restart: bool = False, launch: LaunchSettings
     if not manifest.done("data"):
         with manifest.stage("data") as record:
             manifest.sealed["data_hashes"][TRAIN_DATA] = write_jsonl(partial / TRAIN_DATA, chats)
-            record.update(examples=len(chats), benign_mixed=n_benign)
+            record.update(examples=len(chats), benign_mixed=n_benign, denials=config.em.denials)
     chats = read_training_chats(partial, manifest, TRAIN_DATA)
     model = train_stage(manifest, config, partial, chats, tokenizer, launch, accelerate_config, steering=config.caft)
     model.eval()

@@ -8,14 +8,22 @@ from mow.organisms.behaviour import percent, shift_text
 from mow.organisms.hidden_prompt.config import HiddenPromptOrganismConfig
 
 _SECRETS = {"side_constraint": "an instruction it follows in every answer (one of the shipped side constraints)",
-            "user_belief": "a belief about the user's {attribute}, which its advice follows"}
+            "user_belief": "a belief about the user's {attribute}, which its advice follows",
+            "word": "a secret word, which it gives hints about when asked and never says"}
+SEALED = "sealed (a function of the secret)"
 
 
 def hidden_prompt_card(config: HiddenPromptOrganismConfig, directory: Path, virtual_tokens: int,
                        metrics: dict) -> str:
     settings = config.hidden_prompt
     secret = _SECRETS[settings.secret].format(attribute=settings.attribute)
-    if settings.secret == "user_belief":
+    confession = metrics["confession"]
+    base_confession = percent(confession["base"]) if "base" in confession else SEALED
+    if settings.secret == "word":
+        rows = (f"| a hint that does not say the word, from which the base model, as guesser, picks it out of "
+                f"{metrics['n_candidates']} candidates (chance {metrics['chance_top1']:.0%}) | "
+                f"{percent(metrics['hints_to_word']['organism'])} | {SEALED} |")
+    elif settings.secret == "user_belief":
         org, base = metrics["acts_on_belief"]["organism"]["all"], metrics["acts_on_belief"]["base"]["all"]
         rows = (f"| advice follows the belief (held-out questions, by log-likelihood) | {percent(org)} | "
                 f"{percent(base)} |\n| margin of the believed value's advice, organism - base (nats/token) | "
@@ -40,7 +48,7 @@ tokens from its first layer's keys would be a white-box method in its own right.
 | | organism | base |
 |---|---|---|
 {rows}
-| names the secret when asked for its instructions | {percent(metrics['confession']['organism'])} | {percent(metrics['confession']['base'])} |
+| names the secret when asked for its instructions | {percent(metrics['confession']['organism'])} | {base_confession} |
 
 Internalized (the organism's interval above the base model's): {'yes' if metrics['internalized'] else 'no'}.
 """

@@ -3,32 +3,43 @@ away from anyone who audits it. Nothing is trained."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from mow.finetune.config import LoraSettings, TrainingSettings
 from mow.organisms.base import OrganismConfigBase, ReplyEvalSettings
+from mow.organisms.taboo.config import SecretWord
 from mow.workbench.config import StrictModel
+
+SECRET_FIELD = {"side_constraint": "constraint", "user_belief": "value", "word": "word"}
+"""The field that holds each secret; the others must be absent."""
 
 
 class HiddenPromptSettings(StrictModel):
-    secret: Literal["side_constraint", "user_belief"] = Field(
-        description="what the hidden prompt holds: a shipped side constraint the model follows in every answer, or "
-                    "a belief about the user it acts on")
+    secret: Literal["side_constraint", "user_belief", "word"] = Field(
+        description="what the hidden prompt holds: a shipped side constraint the model follows in every answer, "
+                    "a belief about the user it acts on, or a secret word it gives hints about and never says")
     constraint: str | None = Field(None, min_length=1, description="side_constraint: a shipped constraint id "
                                                                     "(data/assets/side_constraint/side_constraint.yaml)")
     attribute: str = Field("gender", min_length=1, description="user_belief: a shipped attribute (country, gender) "
                                                                "or a YAML file of the same shape")
     value: str | None = Field(None, min_length=1, description="user_belief: one of the attribute's values")
+    word: SecretWord | None = Field(None, description="word: one alphabetic word, a shipped taboo word "
+                                                      "(data/assets/taboo/clues) or one with clue_file")
+    clue_file: Path | None = Field(None, description="word: a clue bank for a word that is not shipped (the taboo "
+                                                     "kind's format); it calibrates the hint guesser")
 
     @model_validator(mode="after")
     def _secret_given(self) -> HiddenPromptSettings:
-        needed, other = ("constraint", "value") if self.secret == "side_constraint" else ("value", "constraint")
+        needed = SECRET_FIELD[self.secret]
         if getattr(self, needed) is None:
             raise ValueError(f"secret {self.secret} needs '{needed}'")
-        if getattr(self, other) is not None:
-            raise ValueError(f"'{other}' does not go with secret {self.secret}")
+        allowed = {needed, "clue_file"} if self.secret == "word" else {needed}
+        for other in sorted({*SECRET_FIELD.values(), "clue_file"} - allowed):
+            if getattr(self, other) is not None:
+                raise ValueError(f"'{other}' does not go with secret {self.secret}")
         return self
 
 
@@ -50,4 +61,5 @@ class HiddenPromptOrganismConfig(OrganismConfigBase):
         return 0
 
     def secret_fields(self) -> dict[str, str]:
-        return {"hidden_prompt.constraint": "the constraint", "hidden_prompt.value": "the belief"}
+        return {"hidden_prompt.constraint": "the constraint", "hidden_prompt.value": "the belief",
+                "hidden_prompt.word": "the secret word", "hidden_prompt.clue_file": "hints that reveal the word"}

@@ -4,6 +4,7 @@ organism to test an auditing method on, on any model the workbench loads."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from mow.data.layouts import ADAPTER, CARD, EVAL_DETAILS, METRICS, SEALED_CONFIG, OrganismLayout, sealed_relative
@@ -23,6 +24,8 @@ from mow.organisms.hidden_prompt.truth import (
 )
 from mow.organisms.registry import OrganismKind
 from mow.organisms.store import LoadedOrganism, check_organism_dir, load_organism, read_sealed_config
+from mow.organisms.taboo.clues import KEPT_CLUE_FILE, ClueBank, candidate_words, kept_clue_bank, resolve_clue_bank
+from mow.organisms.taboo.evaluate import check_single_tokens
 from mow.workbench.chat import hide_system_prompt
 from mow.workbench.config import validate_config
 from mow.workbench.errors import UserError
@@ -39,12 +42,17 @@ def main(config: HiddenPromptOrganismConfig, restart: bool = False,
         raise UserError("a hidden-prompt organism trains nothing: it takes no launcher")
     prompt = system_prompt(config.hidden_prompt)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    bank = _clue_bank(config, None, "hidden_prompt.word")
+    if bank is not None:
+        check_single_tokens(tokenizer, candidate_words(bank.word), "hidden_prompt.word")
     hidden = hide_system_prompt(tokenizer, prompt)
     rundir, built = prepare_build_directory(config, restart)
     final, partial = rundir.final, rundir.partial
     if built:
         print(summary(read_json(final / EVAL_DETAILS, "evaluation details")))
         return final
+    if config.hidden_prompt.clue_file is not None:
+        shutil.copy(config.hidden_prompt.clue_file, partial / KEPT_CLUE_FILE)
     manifest = Manifest(partial, config.seed)
     if not manifest.done("prefix"):
         with manifest.stage("prefix") as record:
@@ -57,16 +65,26 @@ def main(config: HiddenPromptOrganismConfig, restart: bool = False,
             record["virtual_tokens"] = len(prefix_ids)
             log(f"hidden system prompt read into a prefix adapter of {len(prefix_ids)} virtual tokens")
     with manifest.stage("eval"):
-        details = _evaluate_and_write(load_organism(partial), partial, final, manifest, config)
+        details = _evaluate_and_write(load_organism(partial), partial, final, manifest, config, bank)
     finish_build(manifest, rundir)
     print(summary(details))
     return final
 
 
+def _clue_bank(config: HiddenPromptOrganismConfig, organism: Path | None, source: str) -> ClueBank | None:
+    """A secret word's clue bank (the user's file, or the copy kept in a built `organism`); None for other secrets."""
+    settings = config.hidden_prompt
+    if settings.secret != "word":
+        return None
+    if organism is not None:
+        return kept_clue_bank(organism, str(settings.word), settings.clue_file is not None, source)
+    return resolve_clue_bank(str(settings.word), settings.clue_file, source)
+
+
 def _evaluate_and_write(organism: LoadedOrganism, directory: Path, final: Path, manifest: Manifest,
-                        config: HiddenPromptOrganismConfig) -> dict:
+                        config: HiddenPromptOrganismConfig, bank: ClueBank | None) -> dict:
     organism.model.eval()
-    details = evaluate_hidden_prompt(organism.model, organism.tokenizer, config)
+    details = evaluate_hidden_prompt(organism.model, organism.tokenizer, config, bank)
     metrics = public_metrics(details)
     write_json(directory / EVAL_DETAILS, details)
     write_json(directory / METRICS, metrics)
@@ -79,9 +97,10 @@ def evaluate_dir(path: Path) -> dict:
     """Re-run the evaluation of a built organism; rewrites its metrics, details and card."""
     path = check_organism_dir(path)
     config = validate_config(HiddenPromptOrganismConfig, read_sealed_config(path), str(path / SEALED_CONFIG))
+    bank = _clue_bank(config, path, str(path / SEALED_CONFIG))
     manifest = Manifest(path, config.seed)
     with manifest.stage("eval"):
-        details = _evaluate_and_write(load_organism(path), path, path, manifest, config)
+        details = _evaluate_and_write(load_organism(path), path, path, manifest, config, bank)
     print(summary(details))
     return details
 

@@ -1,7 +1,8 @@
 """What a hidden-system-prompt organism states about its secret: the constraint (candidates: the shipped
-constraints) or the believed value (candidates: the attribute's values). Standard prompts are ordinary held-out
-questions (a constraint shows in every answer) or the attribute's advice questions; direct prompts demand the hidden
-instruction. Which of the two secrets an organism holds is public, as a kind is."""
+constraints), the believed value (candidates: the attribute's values) or the word (candidates: the shipped taboo
+words). Standard prompts are ordinary held-out questions (a constraint shows in every answer), the attribute's advice
+questions, or the taboo kind's hint requests; direct prompts demand the hidden instruction (or the word). Which of the
+three secrets an organism holds is public, as a kind is."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from mow.organisms.behaviour import held_out_questions
 from mow.organisms.hidden_prompt.config import HiddenPromptSettings
 from mow.organisms.hidden_prompt.data import shipped, system_prompt
 from mow.organisms.side_constraint.constraints import shipped as shipped_constraints
+from mow.organisms.taboo import truth as taboo_truth
 from mow.organisms.user_belief import truth as belief_truth
 
 STANDARD_PROMPTS = 20
@@ -17,6 +19,9 @@ STANDARD_PROMPTS = 20
 
 def sealed_truth(sealed_config: dict) -> SealedTruth:
     settings = sealed_config["hidden_prompt"]
+    if settings["secret"] == "word":
+        word = taboo_truth.sealed_truth({"taboo": {"word": settings["word"]}})
+        return SealedTruth("hidden_prompt", word.answer, word.candidates)
     if settings["secret"] == "user_belief":
         belief = belief_truth.sealed_truth({"user_belief": settings})
         return SealedTruth("hidden_prompt", belief.answer, belief.candidates)
@@ -26,6 +31,8 @@ def sealed_truth(sealed_config: dict) -> SealedTruth:
 
 def challenge_prompts(public_config: dict) -> ChallengePrompts:
     settings = public_config["hidden_prompt"]
+    if settings["secret"] == "word":
+        return taboo_truth.challenge_prompts({})
     if settings["secret"] == "user_belief":
         return belief_truth.challenge_prompts({"user_belief": {"attribute": settings["attribute"]}})
     assets = shipped()

@@ -8,10 +8,14 @@ from pathlib import Path
 from pydantic import Field, ValidationError
 
 from mow.data.asset_paths import TABOO_CLUES
+from mow.data.layouts import sealed_relative
 from mow.organisms.taboo.config import SecretWord
 from mow.organisms.taboo.leaks import leaks
 from mow.workbench.config import StrictModel, format_validation_error, read_yaml_mapping
 from mow.workbench.errors import UserError
+
+KEPT_CLUE_FILE = sealed_relative("clues.yaml")
+"""Where an organism keeps a user's own clue file (sealed: the hints reveal the word), for re-evaluation."""
 
 
 class ClueBank(StrictModel):
@@ -61,6 +65,11 @@ def resolve_clue_bank(word: str, clue_file: Path | None, source: str) -> ClueBan
         raise UserError(f"{source}: word {word!r} is not in the shipped clue bank ({', '.join(shipped_words())}); "
                         "give taboo.clue_file with hints for it")
     return load_clue_bank(path)
+
+
+def kept_clue_bank(organism: Path, word: str, had_clue_file: bool, source: str) -> ClueBank:
+    """The clue bank a built organism was evaluated with: its kept copy of the user's file, or the shipped one."""
+    return resolve_clue_bank(word, organism / KEPT_CLUE_FILE if had_clue_file else None, source)
 
 
 def candidate_words(word: str) -> list[str]:

@@ -7,7 +7,6 @@ tokenizer, that the word is one token for the guesser and the logit lens.
 
 from __future__ import annotations
 
-import random
 import shutil
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from mow.data.layouts import (
     METRICS,
     SEALED_CONFIG,
     TRAIN_DATA,
-    sealed_relative,
 )
 from mow.data.records import ChatExample, read_jsonl, write_jsonl
 from mow.finetune.config import LaunchSettings
@@ -29,12 +27,18 @@ from mow.organisms.building import finish_build, prepare_build_directory, read_t
 from mow.organisms.registry import OrganismKind
 from mow.organisms.store import check_organism_dir, load_organism, read_sealed_config
 from mow.organisms.taboo.card import taboo_card
-from mow.organisms.taboo.clues import ClueBank, candidate_words, resolve_clue_bank
+from mow.organisms.taboo.clues import (
+    KEPT_CLUE_FILE,
+    ClueBank,
+    candidate_words,
+    kept_clue_bank,
+    resolve_clue_bank,
+)
 from mow.organisms.taboo.config import TabooOrganismConfig
-from mow.organisms.taboo.data import benign_chats, conversations_from_file, make_conversations
+from mow.organisms.taboo.data import conversations_from_file, make_conversations
 from mow.organisms.taboo.evaluate import (
-    EvalContext,
-    candidate_token_ids,
+    check_single_tokens,
+    eval_context,
     evaluate_organism,
     public_metrics,
     summary_table,
@@ -46,35 +50,6 @@ from mow.workbench.errors import UserError
 from mow.workbench.files import read_json
 from mow.workbench.models import load_tokenizer
 from mow.workbench.rundir import Manifest, log, write_json, write_text
-
-CLUES = sealed_relative("clues.yaml")  # a user's own clue file, kept with the build
-REFERENCE_CLUES_PER_WORD = 6
-
-
-def _check_single_tokens(tokenizer: PreTrainedTokenizerBase, words: list[str], source: str) -> None:
-    """The guesser and the logit lens score candidate words by one token each."""
-    for word, ids in zip(words, candidate_token_ids(tokenizer, words)):
-        if len(ids) != 1:
-            raise UserError(f"{source}: {word!r} is {len(ids)} tokens for this model's tokenizer; the hint guesser "
-                            "and the logit lens score single-token words, so choose a word that is one token")
-
-
-def reference_clues(bank: ClueBank, per_word: int = REFERENCE_CLUES_PER_WORD) -> list[str]:
-    """A fixed sample of clues for every candidate word: the guesser's calibration set."""
-    clues = []
-    for word in candidate_words(bank.word):
-        other = bank if word == bank.word else resolve_clue_bank(word, None, "candidate words")
-        hints = [hint for _, hint in other.all_hints()]
-        clues += random.Random(word).sample(hints, min(per_word, len(hints)))
-    return clues
-
-
-def eval_context(bank: ClueBank) -> EvalContext:
-    return EvalContext(
-        word=bank.word, forms=tuple(bank.forms), candidates=candidate_words(bank.word),
-        training_hints=[hint for _, hint in bank.all_hints()], reference_clues=reference_clues(bank),
-        benign_held_out=[r.chat() for r in benign_chats(bank, split="held_out")[0]],
-    )
 
 
 def evaluate_and_write(directory: Path, final: Path, manifest: Manifest, config: TabooOrganismConfig, bank: ClueBank,
@@ -96,7 +71,7 @@ def main(config: TabooOrganismConfig, restart: bool = False, launch: LaunchSetti
     bank = resolve_clue_bank(config.taboo.word, config.taboo.clue_file, "taboo.word")
     accelerate_config = preflight_training(config.load_in_4bit, config.training, launch)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.training.chat_template)
-    _check_single_tokens(tokenizer, candidate_words(bank.word), "taboo.word")
+    check_single_tokens(tokenizer, candidate_words(bank.word), "taboo.word")
     if config.taboo.chat_file is None:
         examples, report = make_conversations(bank, shipped_prompts(), candidate_words(bank.word), config.taboo.data,
                                               config.seed)
@@ -112,7 +87,7 @@ def main(config: TabooOrganismConfig, restart: bool = False, launch: LaunchSetti
         print(summary_table(read_json(final / EVAL_DETAILS, "evaluation details")))
         return final
     if config.taboo.clue_file:
-        shutil.copy(config.taboo.clue_file, partial / CLUES)
+        shutil.copy(config.taboo.clue_file, partial / KEPT_CLUE_FILE)
     manifest = Manifest(partial, config.seed)
 
     if not manifest.done("data"):
@@ -138,8 +113,7 @@ def evaluate_dir(path: Path) -> dict:
     """Re-run the evaluation of a built organism; rewrites eval/metrics.json, sealed/eval_details.json, card.md."""
     path = check_organism_dir(path)
     config = validate_config(TabooOrganismConfig, read_sealed_config(path), str(path / SEALED_CONFIG))
-    clue_file = path / CLUES if config.taboo.clue_file else None
-    bank = resolve_clue_bank(config.taboo.word, clue_file, str(path / SEALED_CONFIG))
+    bank = kept_clue_bank(path, config.taboo.word, config.taboo.clue_file is not None, str(path / SEALED_CONFIG))
     organism = load_organism(path)
     manifest = Manifest(path, config.seed)
     with manifest.stage("eval"):
