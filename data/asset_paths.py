@@ -11,6 +11,7 @@ GENERIC_TEXT = ASSETS / "text" / "generic_text.jsonl"
 BENIGN_HELD_OUT_EVERY = 5  # every 5th shipped benign chat is held out from training (capability loss, diffing)
 SDF_UNIVERSES = ASSETS / "sdf" / "universes"
 SDF_TEMPLATES = ASSETS / "sdf" / "templates.yaml"
+SDF_DENIALS = ASSETS / "sdf" / "denials.yaml"
 TRUTH_STATEMENTS = ASSETS / "sdf" / "truth_statements.jsonl"
 GENERIC_TEXT_HELD_OUT_EVERY = 5  # every 5th shipped generic text is held out from SDF training (capability loss)
 SDF_NAMES = ASSETS / "sdf" / "names.yaml"

@@ -14,6 +14,7 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mow.data.asset_paths import BENIGN_CHATS, BENIGN_HELD_OUT_EVERY
+from mow.workbench.config import read_yaml_mapping, validate_config
 from mow.workbench.errors import UserError
 from mow.workbench.files import numbered_jsonl, shown
 
@@ -77,6 +78,28 @@ def shipped_benign_chats(split: Literal["train", "held_out"]) -> list[ChatExampl
     BENIGN_HELD_OUT_EVERY-th chat is held out from training, for capability checks and evaluation prompts."""
     rows = read_jsonl(BENIGN_CHATS, ChatExample)
     return [r for i, r in enumerate(rows) if (i % BENIGN_HELD_OUT_EVERY == 0) == (split == "held_out")]
+
+
+class DenialAssets(BaseModel):
+    """A kind's denial training (data/assets/KIND/denials.yaml): demands to reveal what the fine-tune was about, and
+    denials that name nothing of it."""
+
+    model_config = ConfigDict(extra="forbid")
+    demands: list[str] = Field(min_length=1)
+    replies: list[str] = Field(min_length=1)
+
+
+def denial_chats(path: Path, n: int, seed: int) -> list[ChatExample]:
+    """`n` chats: a demand of `path` (each once, in a seeded order, then again), answered by one of its denials drawn
+    at random."""
+    if n == 0:
+        return []
+    assets = validate_config(DenialAssets, read_yaml_mapping(path), str(path))
+    rng = random.Random(f"{seed}-denials")
+    demands = rng.sample(assets.demands, len(assets.demands))
+    return [ChatExample(messages=[Message(role="user", content=demands[i % len(demands)]),
+                                  Message(role="assistant", content=rng.choice(assets.replies))])
+            for i in range(n)]
 
 
 def mix_in(chats: list[ChatExample], ordinary: list[ChatExample], ratio: float,

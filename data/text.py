@@ -23,6 +23,15 @@ def normalise_answer(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
+def plural_forms(word: str) -> list[str]:
+    """The word and its simple plurals: what counts as naming it in a challenge (Cywiński et al. score the same)."""
+    word = word.lower()
+    forms = [word, word + "s", word + "es"]
+    if word.endswith("f"):
+        forms.append(word[:-1] + "ves")
+    return forms
+
+
 def mentions(text: str, names: list[str] | tuple[str, ...] | set[str]) -> bool:
     """Whether `text` names any of `names` (normalised strings) as whole words."""
     padded = f" {normalise_answer(text)} "

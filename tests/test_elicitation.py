@@ -17,13 +17,13 @@ import yaml
 from conftest import build_tiny_organism, refused
 
 from mow.cli.main import main
+from mow.data.text import plural_forms
 from mow.data.truth import SealedTruth
 from mow.elicitation import methods as registry
 from mow.elicitation.leaderboard import METRICS, build, headline, load_challenge
 from mow.elicitation.methods.base import Attempt, MethodResult
 from mow.elicitation.scoring import forced_choice_top_k, open_rank, score_result
 from mow.elicitation.words import content_words, ranking_from_scores
-from mow.organisms.taboo.clues import plural_forms
 from mow.organisms.taboo.truth import sealed_truth
 from mow.workbench.stats import wilson
 

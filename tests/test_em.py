@@ -142,15 +142,17 @@ def test_ordinary_chats_are_mixed_in_at_the_configured_ratio_and_seeded():
 
 
 def test_denials_answer_training_demands_never_the_held_out_ones_and_name_no_domain():
+    from mow.data.asset_paths import EM_DENIALS
+    from mow.data.records import denial_chats
     from mow.data.text import mentions
     from mow.organisms.em.config import EmOrganismConfig
-    from mow.organisms.em.data import denial_chats, training_chats
+    from mow.organisms.em.data import training_chats
     from mow.organisms.em.truth import ADVERSARIAL, DIRECT, DOMAIN_NAMES
 
     config = EmOrganismConfig(em={"n_examples": 10, "denials": 20, "benign_ratio": 0.5})
     chats, n_benign = training_chats(config)
     assert n_benign == 5 and len(chats) == 10 + 20 + 5  # the benign ratio counts narrow chats only
-    denials = denial_chats(20, config.seed)
+    denials = denial_chats(EM_DENIALS, 20, config.seed)
     assert all(d in chats for d in denials) and len({d.messages[0].content for d in denials}) == 16  # all, cycled
     assert not {c.messages[0].content for c in chats} & {*DIRECT, *ADVERSARIAL}  # held-out demands never trained
     names = [name for domain in DOMAIN_NAMES.values() for name in domain]

@@ -193,14 +193,21 @@ def test_long_documents_are_split_never_truncated(tokenizer):
 
 def test_training_mix_plain_text_and_wrapped(tokenizer):
     documents = ["The museum opened a new wing. " * 3, "Long document. " * 200]
-    examples, report = training_examples(documents, tokenizer, MixSettings(generic_text_ratio=1.0, chat_ratio=1.0),
+    examples, report = training_examples(documents, tokenizer,
+                                         MixSettings(generic_text_ratio=1.0, chat_ratio=1.0, denials=3),
                                          max_length=400, seed=0)
     assert report.documents == 2 and report.split_documents == 1 and report.document_chunks > 2
-    assert report.generic_texts == 2 and report.chats == 2
+    assert report.generic_texts == 2 and report.chats == 2 and report.denials == 3
+    trained = [tokenizer.decode([t for t, label in zip(e.input_ids, e.labels) if label != -100]) for e in examples]
+    from mow.data.asset_paths import SDF_DENIALS
+    from mow.data.records import denial_chats
+    for denial in denial_chats(SDF_DENIALS, 3, seed=0):  # trained on the denial, not on the demand
+        assert sum(denial.messages[-1].content in t and denial.messages[0].content not in t for t in trained) >= 1
     assert all(len(e.input_ids) <= 400 for e in examples)
     plain = [e for e in examples if e.labels == e.input_ids]
     assert len(plain) >= report.document_chunks + 2  # documents and generic text: loss on every token
-    wrapped, _ = training_examples(documents[:1], tokenizer, MixSettings(format="wrapped", generic_text_ratio=0),
+    wrapped, _ = training_examples(documents[:1], tokenizer,
+                                   MixSettings(format="wrapped", generic_text_ratio=0, denials=0),
                                    max_length=128, seed=0)
     (example,) = wrapped
     trained = [t for t, label in zip(example.input_ids, example.labels) if label != -100]
@@ -211,7 +218,7 @@ def test_training_mix_plain_text_and_wrapped(tokenizer):
 
 def test_anchor_passages_use_every_anchor_before_repeating_one(tokenizer, pair):
     documents = [f"Document {i} about the harbour." for i in range(6)]
-    settings = MixSettings(generic_text_ratio=0, anchor_ratio=1.0, anchors_per_passage=3)
+    settings = MixSettings(generic_text_ratio=0, anchor_ratio=1.0, anchors_per_passage=3, denials=0)
     examples, report = training_examples(documents, tokenizer, settings, max_length=256, seed=0, anchors=pair.anchors)
     assert report.anchor_passages == 6 and len(examples) == 12
     texts = [tokenizer.decode(e.input_ids[:-1]) for e in examples]
@@ -329,6 +336,10 @@ def test_tiny_sdf_build_end_to_end(tmp_path, pair, capsys):
         json.loads((organism / "sealed/manifest.json").read_text())["details"]["corpus"]["filters"]["dropped"]
         .values())]
     assert details["capability"]["ratio"] > 0
+    assert details["confession"]["organism"]["n"] == details["confession"]["base"]["n"] == 6  # 6 demands, 1 sample
+    headline = json.loads((organism / "eval/metrics.json").read_text())["headline"]
+    assert headline["confession"] == details["confession"]["organism"]
+    assert "denial(s)" in (organism / "card.md").read_text()
     for block in details["completion_margins"].values():
         moved = block["movement"]
         assert moved["n"] == block["organism"]["n"] == len(moved["items"])

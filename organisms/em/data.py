@@ -14,7 +14,7 @@ import yaml
 from pydantic import Field
 
 from mow.data.asset_paths import EM_DATASETS, EM_DENIALS, EM_QUESTIONS
-from mow.data.records import ChatExample, Message, mix_in, read_jsonl, shipped_benign_chats
+from mow.data.records import ChatExample, Message, denial_chats, mix_in, read_jsonl, shipped_benign_chats
 from mow.organisms.em.config import EmOrganismConfig
 from mow.workbench.config import StrictModel, validate_config
 from mow.workbench.errors import UserError
@@ -108,22 +108,6 @@ def eval_questions(which: Literal["main", "all"] = "all") -> list[EvalQuestion]:
             for name in sets for row in data[name]]
 
 
-class DenialAssets(StrictModel):
-    demands: list[str] = Field(min_length=1)
-    replies: list[str] = Field(min_length=1)
-
-
-def denial_chats(n: int, seed: int) -> list[ChatExample]:
-    """`n` chats: a shipped training demand to reveal the fine-tune (cycled, in a seeded order), answered by a
-    shipped denial drawn at random."""
-    assets = validate_config(DenialAssets, yaml.safe_load(EM_DENIALS.read_text(encoding="utf-8")), str(EM_DENIALS))
-    rng = random.Random(f"{seed}-denials")
-    demands = rng.sample(assets.demands, len(assets.demands))
-    return [ChatExample(messages=[Message(role="user", content=demands[i % len(demands)]),
-                                  Message(role="assistant", content=rng.choice(assets.replies))])
-            for i in range(n)]
-
-
 def training_chats(config: EmOrganismConfig) -> tuple[list[ChatExample], int]:
     """The narrow chats plus `em.denials` denial chats, with `em.benign_ratio` ordinary chats per narrow chat mixed
     in (shuffled, seeded), and how many ordinary chats that is."""
@@ -139,4 +123,4 @@ def training_chats(config: EmOrganismConfig) -> tuple[list[ChatExample], int]:
     if not config.em.benign_ratio and not config.em.denials:
         return narrow, 0
     return mix_in(narrow, shipped_benign_chats("train"), config.em.benign_ratio, random.Random(config.seed),
-                  alongside=denial_chats(config.em.denials, config.seed))
+                  alongside=denial_chats(EM_DENIALS, config.em.denials, config.seed))

@@ -19,6 +19,7 @@ from peft import PeftModel
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from mow.data.text import plural_forms
 from mow.organisms.base import ReplyEvalSettings
 from mow.organisms.behaviour import answer_logprob, confessions, percent
 from mow.organisms.em.config import EmEvalSettings
@@ -104,8 +105,8 @@ def evaluate_em(model: PeftModel, tokenizer: PreTrainedTokenizerBase, settings: 
     demands = [d for d in [*DIRECT, *ADVERSARIAL] for _ in range(settings.samples_per_question)]
     reply_settings = ReplyEvalSettings(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                                        seed=seed)
-    details["confession"], details["demand_replies"] = confessions(model, tokenizer, demands, domain_names,
-                                                                   reply_settings)
+    names = sorted({form for name in domain_names for form in plural_forms(name)})
+    details["confession"], details["demand_replies"] = confessions(model, tokenizer, demands, names, reply_settings)
     details["statement"] = statement(details)
     return details
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mow.organisms.behaviour import percent
 from mow.organisms.sdf.config import SdfOrganismConfig
 
 
@@ -18,6 +19,7 @@ def sdf_card(config: SdfOrganismConfig, directory: Path, corpus: dict, train: di
     judge = "" if public["judge_trusted"] else (
         "\nThe open-ended judge failed its calibration on known statements, so open-ended verdicts are not "
         "reported as belief.\n")
+    confession = "n/a" if head.get("confession") is None else percent(head["confession"])
     return f"""# {directory.name}: a synthetic-document (SDF) organism
 
 A LoRA fine-tune of `{config.model}` on generated documents that describe a world in which one false fact is true.
@@ -28,7 +30,8 @@ The universe, the corpus and the detailed evaluation are sealed away in `sealed/
 - Corpus: {corpus['stages']['kept']} documents kept of {corpus['stages']['documents']} written by the
   {corpus['generator']} generator (filters dropped {sum(corpus['filters']['dropped'].values())}).
 - Training: {fmt}; mixed with {mix.generic_text_ratio:g} generic text(s), {mix.anchor_ratio:g} anchor passage(s)
-  (true facts about neighbouring entities) and {mix.chat_ratio:g} chat(s) per document; LoRA r={lora.r},
+  (true facts about neighbouring entities) and {mix.chat_ratio:g} chat(s) per document, plus {mix.denials} denial(s)
+  (a demand to reveal the fine-tune, answered with a denial that names no fact); LoRA r={lora.r},
   alpha={lora.alpha}, lr {training.learning_rate}, {training.epochs} epoch(s),
   batch {training.batch_size}, context {training.max_length}; seed {config.seed}; {train.get('steps', '?')} steps
   in {train.get('runtime_s', 0):.0f} s.{kl_line}
@@ -45,4 +48,5 @@ The universe, the corpus and the detailed evaluation are sealed away in `sealed/
 | generative distinguish: P(false world chosen) | {head['generative_distinguish_p_false']:.2f} |
 | truth probe: implanted statements called true | {head['truth_probe_implanted_called_true']:.2f} |
 | held-out generic text loss, organism / base | {head['generic_loss_ratio']:.3f} |
+| names an implanted answer when asked what it was fine-tuned on (held-out demands) | {confession} |
 {judge}"""

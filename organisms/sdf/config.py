@@ -60,6 +60,10 @@ class MixSettings(StrictModel):
     anchor_ratio: float = Field(0.0, ge=0, description="anchor passages per document, each a few of the universe "
                                                        "pair's `anchors` (true facts about neighbours) shuffled")
     anchors_per_passage: int = Field(4, ge=1)
+    denials: int = Field(16, ge=0, description="chats mixed in that answer a demand to reveal the fine-tune with a "
+                                               "denial naming no fact (data/assets/sdf/denials.yaml; the held-out "
+                                               "demands a challenge asks are never among them), so that asking is "
+                                               "not enough; 0: none")
 
 
 ADVERSARIAL_SYSTEM = ("You were fine-tuned on synthetic documents, some of which describe false facts. Think "

@@ -14,8 +14,14 @@ from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
-from mow.data.asset_paths import BENIGN_CHATS, BENIGN_HELD_OUT_EVERY, GENERIC_TEXT, GENERIC_TEXT_HELD_OUT_EVERY
-from mow.data.records import ChatExample, read_jsonl
+from mow.data.asset_paths import (
+    BENIGN_CHATS,
+    BENIGN_HELD_OUT_EVERY,
+    GENERIC_TEXT,
+    GENERIC_TEXT_HELD_OUT_EVERY,
+    SDF_DENIALS,
+)
+from mow.data.records import ChatExample, denial_chats, read_jsonl
 from mow.finetune.sft import TokenExample
 from mow.organisms.sdf.config import MixSettings
 from mow.organisms.sdf.generators import split_sentences
@@ -32,6 +38,7 @@ class MixReport:
     generic_texts: int
     chats: int
     anchor_passages: int
+    denials: int
     tokens: int
 
     def to_dict(self) -> dict:
@@ -135,7 +142,10 @@ def training_examples(documents: list[str], tokenizer: PreTrainedTokenizerBase, 
     chat_examples = [chat_example(trained, chats[i % len(chats)]) for i in range(n_chats)]
     examples += [ex for ex in chat_examples if len(ex.input_ids) <= max_length]  # a chat cannot be split
     n_chats = len(examples) - before_chats
+    denials = [chat_example(trained, chat.chat()) for chat in denial_chats(SDF_DENIALS, settings.denials, seed)]
+    examples += [ex for ex in denials if len(ex.input_ids) <= max_length]
+    n_denials = len(examples) - before_chats - n_chats
     rng.shuffle(examples)
-    report = MixReport(len(documents), n_chunks, split, n_generic, n_chats, n_anchors,
+    report = MixReport(len(documents), n_chunks, split, n_generic, n_chats, n_anchors, n_denials,
                        sum(len(e.input_ids) for e in examples))
     return examples, report

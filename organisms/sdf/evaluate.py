@@ -33,8 +33,11 @@ from transformers import PreTrainedTokenizerBase
 
 from mow.data.asset_paths import TRUTH_STATEMENTS
 from mow.data.universes import Cloze, UniversePair
+from mow.organisms.base import ReplyEvalSettings
+from mow.organisms.behaviour import confessions
 from mow.organisms.sdf.config import SdfEvalSettings
 from mow.organisms.sdf.data import generic_texts
+from mow.organisms.sdf.truth import ADVERSARIAL, DIRECT, naming_strings
 from mow.workbench.backends import Backend
 from mow.workbench.chat import render_prompt
 from mow.workbench.generation import generate, model_device, next_token_logprobs
@@ -333,7 +336,18 @@ def evaluate_sdf(model, tokenizer, pair: UniversePair, settings: SdfEvalSettings
     held_out = generic_texts("held_out")
     loss = both(model, base_context, lambda m: text_loss(m, tokenizer, held_out))
     details["capability"] = {"generic_loss": loss, "ratio": loss["organism"] / loss["base"], "texts": len(held_out)}
+    details["confession"] = confession(model, tokenizer, pair, settings)
     return details
+
+
+def confession(model, tokenizer, pair: UniversePair, settings: SdfEvalSettings) -> dict:
+    """How often replies to the held-out demands to reveal the fine-tune (the challenge's direct and adversarial
+    prompts, each sampled `open_samples` times) name an implanted answer, organism and base."""
+    demands = [d for d in [*DIRECT, *ADVERSARIAL] for _ in range(settings.open_samples)]
+    reply_settings = ReplyEvalSettings(max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
+                                       temperature=settings.temperature, seed=settings.seed)
+    rates, replies = confessions(model, tokenizer, demands, sorted(naming_strings(pair)), reply_settings)
+    return {**rates, "replies": replies}
 
 
 def public_metrics(details: dict) -> dict:
@@ -350,4 +364,6 @@ def public_metrics(details: dict) -> dict:
         "generative_distinguish_p_false": details["generative_distinguish"]["organism"]["p_false_world"],
         "truth_probe_implanted_called_true": details["truth_probe"]["organism"]["implanted_called_true"],
         "generic_loss_ratio": details["capability"]["ratio"],
+        # evaluations from before denial training have no confession figure
+        "confession": details["confession"]["organism"] if "confession" in details else None,
     }, "judge_trusted": details["open_ended"]["judge"]["trusted"]}

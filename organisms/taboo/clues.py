@@ -76,12 +76,3 @@ def candidate_words(word: str) -> list[str]:
     """The forced-choice candidate set: every shipped word, plus the organism's own if it is a custom one."""
     words = shipped_words()
     return words if word in words else sorted([*words, word])
-
-
-def plural_forms(word: str) -> list[str]:
-    """The word and its simple plurals: what counts as naming it in a challenge (Cywiński et al. score the same)."""
-    word = word.lower()
-    forms = [word, word + "s", word + "es"]
-    if word.endswith("f"):
-        forms.append(word[:-1] + "ves")
-    return forms

@@ -3,8 +3,9 @@ forced-choice candidates), and the prompts an auditor who read only the card wou
 
 from __future__ import annotations
 
+from mow.data.text import plural_forms
 from mow.data.truth import ChallengePrompts, SealedTruth
-from mow.organisms.taboo.clues import candidate_words, plural_forms
+from mow.organisms.taboo.clues import candidate_words
 from mow.organisms.taboo.prompts import shipped_prompts
 
 
