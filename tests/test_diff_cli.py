@@ -84,6 +84,20 @@ def test_the_difference_sae_ranks_latents_by_mass_and_feeds_its_method(diffed):
     assert len(result.attempts) == len(shares) and len(result.ranking) == ChallengeConfig().guesses
 
 
+def test_a_self_diff_is_the_control_every_readout_runs_on(tmp_path):
+    """The base model against itself: every stage runs on a zero difference, the SAE says there is nothing to
+    encode, and token relevance is judged against a stated description."""
+    out = tmp_path / "self"
+    assert main(["diff", "--base", TINY, "--tuned", TINY, "--out", str(out), *SMALL,
+                 "--set", "relevance.description=A word-guessing game."]) == 0
+    assert "identical" in json.loads((out / "difference_sae" / "metrics.json").read_text())["skipped"]
+    assert json.loads((out / "kl" / "summary.json").read_text())["overall"]["kl_tuned_base"] == 0
+    relevance = json.loads((out / "lens" / "relevance.json").read_text())
+    assert relevance["source"] == "relevance.description" and relevance["readouts"]
+    report = (out / "report.html").read_text()
+    assert "SAE on activation differences" in report and "no difference to encode" in report
+
+
 def test_token_relevance_judges_every_readout_against_the_public_description_with_controls(diffed):
     from mow.organisms.kinds import other_kind_descriptions
     from mow.organisms.taboo.truth import DESCRIPTION
