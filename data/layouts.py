@@ -46,3 +46,5 @@ class OrganismLayout(Layout):
     metrics = At(METRICS)
     manifest = At(MANIFEST)
     sealed_config = At(SEALED_CONFIG)
+    # a hidden-system-prompt organism's prompt: read by `mow serve`, which adds it on the server side
+    sealed_system_prompt = At(SEALED, "system_prompt.txt")

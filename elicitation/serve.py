@@ -5,6 +5,9 @@ directory; `transformers serve` (FastAPI + uvicorn, OpenAI-compatible `/v1/chat/
 on 127.0.0.1 only. The server process is given the merged weights and nothing else: no config, no card, nothing
 from `sealed/`, so a person or an agent talking to it over HTTP can play the challenge while the truth stays on the
 server side. The directory is removed when the server stops.
+
+A hidden-system-prompt organism has no weights to merge. The base weights are saved with a chat template that writes
+the sealed prompt before every chat: the server adds the prompt, which sits in the server's private directory only.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mow.organisms.store import check_organism_dir, load_organism
-from mow.workbench.chat import self_folding_template
+from mow.data.layouts import OrganismLayout
+from mow.organisms.store import LoadedOrganism, check_organism_dir, load_organism
+from mow.workbench.chat import hide_system_prompt, self_folding_template
 from mow.workbench.errors import RunFailed, UserError
+from mow.workbench.files import read_text
 from mow.workbench.hooks import has_virtual_prefix
+from mow.workbench.models import load_tokenizer
 
 HOST = "127.0.0.1"
 
@@ -43,14 +49,28 @@ def export_merged(organism: Path, destination: Path) -> Path:
     the workbench does, instead of failing the request."""
     loaded = load_organism(check_organism_dir(organism))
     if has_virtual_prefix(loaded.model):
-        raise UserError(f"{organism}: its adapter is a prefix (a hidden system prompt), which cannot be merged into "
-                        "one checkpoint to serve")
+        return _export_hidden_prompt(loaded, destination)
     merged = loaded.model.merge_and_unload()
     merged.save_pretrained(destination)
     folding = self_folding_template(loaded.tokenizer)
     if folding is not None:
         loaded.tokenizer.chat_template = folding
     loaded.tokenizer.save_pretrained(destination)
+    return destination
+
+
+def _export_hidden_prompt(loaded: LoadedOrganism, destination: Path) -> Path:
+    """The base weights, and the base template made to write the sealed system prompt before every chat (split as
+    the build split it, so the server computes what the organism computes)."""
+    prompt_file = OrganismLayout(loaded.path).sealed_system_prompt
+    system = read_text(prompt_file, "hidden system prompt")
+    tokenizer = load_tokenizer(loaded.public_config["model"], bool(loaded.public_config.get("trust_remote_code")))
+    folding = self_folding_template(tokenizer)
+    if folding is not None:
+        tokenizer.chat_template = folding
+    tokenizer.chat_template = hide_system_prompt(tokenizer, system).served_template
+    loaded.model.get_base_model().save_pretrained(destination)
+    tokenizer.save_pretrained(destination)
     return destination
 
 

@@ -39,6 +39,9 @@ def test_the_prefix_adapter_computes_what_the_base_model_computes_with_the_promp
     full = render_prompt(tokenizer, [{"role": "system", "content": SYSTEM}, *CHAT])
     shown = render_prompt(visible, CHAT)
     assert _ids(tokenizer, hidden.prefix) + _ids(tokenizer, shown) == _ids(tokenizer, full)  # token for token
+    served = copy.copy(tokenizer)
+    served.chat_template = hidden.served_template  # what `mow serve` gives the server: it writes the prompt itself
+    assert render_prompt(served, CHAT) == full
 
     prefix_adapter(load_model(f"tiny:{family}", seed=0), _ids(tokenizer, hidden.prefix)).save_pretrained(tmp_path)
     organism = load_adapter(load_model(f"tiny:{family}", seed=0), tmp_path).eval()  # saved and loaded back
@@ -87,9 +90,26 @@ def test_a_hidden_prompt_organism_is_built_without_training_sealed_and_challenge
     assert main(["organism", "build", str(_config(tmp_path))]) == 0  # built: reported as done, nothing rebuilt
     assert json.loads((organism / "manifest.json").read_text()) == manifest
 
-    from test_serve import _free_port
+    # served, the base weights get a template that writes the sealed prompt first: the server adds the prompt
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    refused(capsys, ["serve", str(organism), "--port", str(_free_port())], "cannot be merged")
+    from mow.elicitation.serve import export_merged
+    from mow.organisms.store import load_organism
+
+    served = export_merged(organism, tmp_path / "served")
+    assert not list(served.rglob("*.txt")) and not (served / "sealed").exists()
+    served_tokenizer = AutoTokenizer.from_pretrained(served)
+    base_tokenizer = load_tokenizer(TINY)
+    system = (organism / "sealed" / "system_prompt.txt").read_text()
+    assert served_tokenizer.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True) == render_prompt(
+        base_tokenizer, [{"role": "system", "content": system}, *CHAT])
+    loaded = load_organism(organism).model.eval()
+    shown = render_prompt(load_organism(organism).tokenizer, CHAT)
+    with torch.no_grad():
+        tuned = loaded(input_ids=torch.tensor([_ids(base_tokenizer, shown)])).logits[0]
+        full = served_tokenizer.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
+        plain = AutoModelForCausalLM.from_pretrained(served)(input_ids=torch.tensor([_ids(base_tokenizer, full)]))
+    torch.testing.assert_close(tuned, plain.logits[0, -tuned.shape[0]:], atol=1e-4, rtol=1e-4)
 
     out = tmp_path / "challenges"
     assert main(["elicit", str(organism), "--methods", "prefill,user_persona,many_shot,fuzzing,logit_lens",

@@ -274,6 +274,12 @@ class HiddenSystemPrompt:
     template: str
     tail: str
 
+    @property
+    def served_template(self) -> str:
+        """One template that writes the prefix as text, then renders the chat as the rest: the prompt added by
+        whoever renders the chat (a server), for the model without a prefix adapter."""
+        return "{{ " + json.dumps(self.prefix) + " }}" + self.template
+
 
 def _common_prefix(first: str, second: str) -> str:
     length = next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))

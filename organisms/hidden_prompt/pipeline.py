@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from mow.data.layouts import ADAPTER, CARD, EVAL_DETAILS, METRICS, SEALED_CONFIG, OrganismLayout, sealed_relative
+from mow.data.layouts import ADAPTER, CARD, EVAL_DETAILS, METRICS, SEALED_CONFIG, OrganismLayout
 from mow.finetune.config import LaunchSettings
 from mow.finetune.lora import prefix_adapter
 from mow.organisms.building import finish_build, prepare_build_directory
@@ -32,8 +32,6 @@ from mow.workbench.errors import UserError
 from mow.workbench.files import read_json
 from mow.workbench.models import load_model, load_tokenizer
 from mow.workbench.rundir import Manifest, log, write_json, write_text
-
-SYSTEM_PROMPT = sealed_relative("system_prompt.txt")
 
 
 def main(config: HiddenPromptOrganismConfig, restart: bool = False,
@@ -61,7 +59,7 @@ def main(config: HiddenPromptOrganismConfig, restart: bool = False,
                                               trust_remote_code=config.trust_remote_code), prefix_ids)
             model.save_pretrained(partial / ADAPTER)
             write_text(OrganismLayout(partial).adapter_chat_template, hidden.template)
-            write_text(partial / SYSTEM_PROMPT, prompt)
+            write_text(OrganismLayout(partial).sealed_system_prompt, prompt)
             record["virtual_tokens"] = len(prefix_ids)
             log(f"hidden system prompt read into a prefix adapter of {len(prefix_ids)} virtual tokens")
     with manifest.stage("eval"):
