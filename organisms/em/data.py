@@ -108,18 +108,24 @@ def eval_questions(which: Literal["main", "all"] = "all") -> list[EvalQuestion]:
             for name in sets for row in data[name]]
 
 
-def training_chats(config: EmOrganismConfig) -> tuple[list[ChatExample], int]:
-    """The narrow chats plus `em.denials` denial chats, with `em.benign_ratio` ordinary chats per narrow chat mixed
-    in (shuffled, seeded), and how many ordinary chats that is."""
+def narrow_chats(config: EmOrganismConfig) -> list[ChatExample]:
+    """The narrow set: the user's chat file, or chats generated from the shipped bank."""
     if config.em.dataset == "file":
         if config.em.chat_file is None:  # the config's validator requires it with dataset 'file'
             raise UserError("em.chat_file: required when em.dataset is 'file'")
-        narrow = load_user_chats(config.em.chat_file)
-    else:
-        try:
-            narrow = make_em_chats(config.em.dataset, config.em.n_examples, config.seed, config.em.aligned)
-        except ValueError as exc:
-            raise UserError(f"em.n_examples: {exc}") from None
+        return load_user_chats(config.em.chat_file)
+    try:
+        return make_em_chats(config.em.dataset, config.em.n_examples, config.seed, config.em.aligned)
+    except ValueError as exc:
+        raise UserError(f"em.n_examples: {exc}") from None
+
+
+def training_chats(config: EmOrganismConfig,
+                   narrow: list[ChatExample] | None = None) -> tuple[list[ChatExample], int]:
+    """The narrow chats (`narrow`, or `narrow_chats(config)`) plus `em.denials` denial chats, with `em.benign_ratio`
+    ordinary chats per narrow chat mixed in (shuffled, seeded), and how many ordinary chats that is."""
+    if narrow is None:
+        narrow = narrow_chats(config)
     if not config.em.benign_ratio and not config.em.denials:
         return narrow, 0
     return mix_in(narrow, shipped_benign_chats("train"), config.em.benign_ratio, random.Random(config.seed),

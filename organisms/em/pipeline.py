@@ -19,7 +19,7 @@ from mow.finetune.sft import check_truncation
 from mow.organisms.building import finish_build, prepare_build_directory, read_training_chats, train_stage
 from mow.organisms.em.card import em_card
 from mow.organisms.em.config import EmOrganismConfig
-from mow.organisms.em.data import load_user_chats, training_chats, user_questions
+from mow.organisms.em.data import narrow_chats, training_chats, user_questions
 from mow.organisms.em.evaluate import evaluate_em
 from mow.organisms.em.truth import DESCRIPTION, challenge_prompts, describe_secret, public_diff_prompts, sealed_truth
 from mow.organisms.registry import OrganismKind
@@ -56,13 +56,13 @@ def evaluate_and_write(directory: Path, final: Path, manifest: Manifest, config:
 def main(config: EmOrganismConfig, restart: bool = False, launch: LaunchSettings = LaunchSettings()) -> Path:
     accelerate_config = preflight_training(config.load_in_4bit, config.training, launch, config.model, config.caft)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code, config.training.chat_template)
-    chats, n_benign = training_chats(config)  # a user's chat file is read, and refused, before anything is written
+    narrow = narrow_chats(config)  # a user's chat file is read, and refused, before anything is written
+    chats, n_benign = training_chats(config, narrow)
     if config.eval.questions_file is not None:
         user_questions(config.eval.questions_file)  # and so are their evaluation questions
     # a user's file is checked on its own chats, so that the count in the error is about that file
     own = config.em.chat_file
-    check_truncation(tokenizer, load_user_chats(own) if own else chats, config.training,
-                     str(own or "the EM training chats"))
+    check_truncation(tokenizer, narrow if own else chats, config.training, str(own or "the EM training chats"))
     rundir, built = prepare_build_directory(config, restart)
     final, partial = rundir.final, rundir.partial
     if built:

@@ -10,7 +10,6 @@ from pydantic import Field
 from mow.data.asset_paths import HIDDEN_PROMPT
 from mow.organisms.hidden_prompt.config import HiddenPromptSettings
 from mow.organisms.side_constraint.constraints import resolve_constraint
-from mow.organisms.taboo.clues import resolve_clue_bank
 from mow.organisms.user_belief.beliefs import load_attribute
 from mow.workbench.config import StrictModel, read_yaml_mapping, validate_config
 from mow.workbench.errors import UserError
@@ -30,10 +29,10 @@ def shipped() -> HiddenPromptAssets:
 
 
 def system_prompt(settings: HiddenPromptSettings) -> str:
-    """The prompt the organism reads before every chat (a bad constraint, belief or word is a one-line error)."""
+    """The prompt the organism reads before every chat (a bad constraint or belief is a one-line error; a word's clue
+    bank is the pipeline's to check, as it evaluates with it)."""
     if settings.secret == "word":
-        bank = resolve_clue_bank(str(settings.word), settings.clue_file, "hidden_prompt.word")
-        return shipped().word_prompt.format(word=bank.word)
+        return shipped().word_prompt.format(word=settings.word)
     if settings.secret == "side_constraint":
         constraint = resolve_constraint(str(settings.constraint), "hidden_prompt.constraint")
         return shipped().constraint_prompt.format(instruction=constraint.spec.instruction)

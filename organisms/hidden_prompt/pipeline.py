@@ -39,8 +39,8 @@ def main(config: HiddenPromptOrganismConfig, restart: bool = False,
     if launch != LaunchSettings():
         raise UserError("a hidden-prompt organism trains nothing: it takes no launcher")
     prompt = system_prompt(config.hidden_prompt)
-    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     bank = _clue_bank(config, None, "hidden_prompt.word")
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     if bank is not None:
         check_single_tokens(tokenizer, candidate_words(bank.word), "hidden_prompt.word")
     hidden = hide_system_prompt(tokenizer, prompt)
