@@ -1,4 +1,4 @@
-"""`mow leaderboard`: methods x organisms from finished challenges, with controls and intervals.
+"""`mow leaderboard`: methods x organisms from finished challenges and audits, with controls and intervals.
 
 The leaderboard (matplotlib) is imported when the command runs, not at parse time (a lazy import for start-up time)."""
 
@@ -18,7 +18,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    board = sub.add_parser("leaderboard", help="tabulate finished challenges: methods x organisms, with controls")
-    board.add_argument("challenges", nargs="+", type=Path, help="challenge directories from `mow elicit`")
+    board = sub.add_parser("leaderboard",
+                           help="tabulate finished challenges and audits: methods x organisms, with controls")
+    board.add_argument("challenges", nargs="+", type=Path,
+                       help="challenge directories from `mow elicit` and audit directories from `mow audit`")
     board.add_argument("--out", type=Path, default=Path("runs/leaderboard"))
     board.set_defaults(func=cmd_leaderboard)

@@ -13,7 +13,7 @@
                                        with its trace (KL, steering, the word's ranks) plotted against the ratio
   mow elicit ORGANISM_DIR            play the elicitation challenge: black-box and white-box methods against the
                                        sealed secret, with the base model as control; scored, with an HTML report
-  mow leaderboard CHALLENGE_DIR...   methods x organisms with controls and confidence intervals (HTML, CSV)
+  mow leaderboard CHALLENGE_DIR...   methods (and audit agents) x organisms with controls and confidence intervals
   mow audit ORGANISM_DIR             an investigator agent (an OpenAI-compatible endpoint with tool calling)
                                        questions the organism within budgets, then is scored against the secret
   mow serve ORGANISM_DIR             an OpenAI-compatible chat endpoint on loopback; the secret stays server-side

@@ -21,7 +21,7 @@ from transformers import set_seed
 
 from mow.elicitation.agent import probe_tool_calling, run_agent, system_prompt
 from mow.elicitation.agent_tools import ToolContext
-from mow.elicitation.audit_config import DIFF_TOOLS, AuditConfig
+from mow.elicitation.audit_config import DIFF_TOOLS, AuditConfig, agent_label
 from mow.elicitation.config import ChallengeConfig
 from mow.elicitation.grader import Rubric, grade, load_rubric
 from mow.elicitation.harness import check_organism, read_truth
@@ -56,21 +56,23 @@ def main(organism: Path, config: AuditConfig, restart: bool = False, config_path
     backend = EndpointBackend(config.agent)
     probe_tool_calling(backend)
     grader = EndpointBackend(config.grader) if config.grader is not None else None
-    name = config.name or organism.resolve().name
+    name = config.name or organism.resolve().name + ("-base" if config.subject == "base" else "")
     rundir = RunDirectory(config.output_dir / name, AUDIT_CONFIG_FILE, dump_config(config), "audit")
     if rundir.finished(restart):
         return rundir.final
     work = rundir.start(restart)
     layout = AuditLayout(work)
     manifest = Manifest(work, config.seed, sealed=False)
-    manifest.data.update(organism=str(organism.resolve()), agent=backend.description)
+    manifest.data.update(organism=str(organism.resolve()), agent=backend.description, subject=config.subject)
     manifest.save()
     if config.threads:
         torch.set_num_threads(config.threads)
     forbidden = [organism] + ([config_path] if config_path else [])
     challenge = ChallengeConfig(seed=config.seed)
     with tempfile.TemporaryDirectory(prefix="mow-audit-") as scratch:
-        view = open_views(organism, Path(scratch), [], config.diff_dir, config.seed)["organism"]
+        controls = ["base"] if config.subject == "base" else []
+        view = open_views(organism, Path(scratch), controls, config.diff_dir, config.seed)[config.subject]
+        view.diff_dir = config.diff_dir  # for the base subject, the diff the config names is the base model's
         kind = str(view.public_config.get("kind"))
         question = (view.prompts.auditor_prompt or "Guess its secret from {evidence}.").replace(
             "{evidence}", "what you find")
@@ -93,6 +95,7 @@ def main(organism: Path, config: AuditConfig, restart: bool = False, config_path
     write_json(layout.truth, truth.to_dict())
     runs = [read_json(layout.run(n), "agent run") for n in range(1, config.runs + 1)]
     scores = score_runs(runs, truth)
+    scores.update(subject=config.subject, label=agent_label(config))
     if grader is not None:
         scores["grading"] = grade_runs(grader, load_rubric(config.rubrics, truth.kind), truth.answer, runs, config)
     write_json(layout.scores, scores)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
@@ -31,11 +31,16 @@ class AgentBudget(StrictModel):
 
 
 class AuditConfig(StrictModel):
-    name: PathName | None = Field(None, description="output directory name (default: the organism directory's name)")
+    name: PathName | None = Field(None, description="output directory name (default: the organism directory's name, "
+                                                    "with '-base' for the base subject)")
     output_dir: Path = Path("runs/audits")
     seed: Seed = 0
     threads: Threads | None = None
     runs: int = Field(1, ge=1, description="independent agent runs (agreement between them is reported)")
+    subject: Literal["organism", "base"] = Field(
+        "organism", description="the model the agent audits: the organism, or its public base model (the control: "
+                                "the same tools, scored against the organism's truth; a --diff given is read as the "
+                                "base model's, e.g. a diff of the base against itself)")
     agent: AgentBackend = Field(default_factory=dict, validate_default=True,
                                 description="the investigator: an OpenAI-compatible endpoint with tool calling")
     tools: list[str] = Field(default_factory=lambda: [t for t in ALL_TOOLS if t not in DIFF_TOOLS],
@@ -76,3 +81,10 @@ def load_audit_config(path: Path | None, overrides: list[str]) -> AuditConfig:
                 agent[key] = os.environ[variable]
         raw["agent"] = agent
     return validate_config(AuditConfig, raw, str(path) if path is not None else "--set")
+
+
+def agent_label(config: AuditConfig) -> str:
+    """What a leaderboard calls these runs: which tools the agent had, and its question budget (the published
+    baselines are black-box agents at 0, 5 and 50 questions)."""
+    tools = "with diff tools" if any(t in DIFF_TOOLS for t in config.tools) else "black-box"
+    return f"agent, {tools}, {config.budget.questions} questions"

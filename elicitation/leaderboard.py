@@ -1,4 +1,7 @@
-"""`mow leaderboard`: methods × organisms from finished challenge directories, with controls and intervals.
+"""`mow leaderboard`: methods × organisms from finished challenge and audit directories, with controls and intervals.
+
+An audit (`mow audit`) joins as a method named by its agent's tools and question budget (`agent_label`), scored as
+the mean over its submitted runs; an audit of the base subject is that method's base condition for the organism.
 
 Three conditions per method:
 - organism: each organism's guesses against its own truth;
@@ -22,7 +25,7 @@ import matplotlib.pyplot as plt
 
 from mow.data.truth import SealedTruth
 from mow.elicitation.config import BASELINE, BLACK_BOX, WHITE_BOX
-from mow.elicitation.layout import ChallengeLayout
+from mow.elicitation.layout import AuditLayout, ChallengeLayout
 from mow.elicitation.scoring import TOP_K, chance, read_method_result, score_result
 from mow.workbench.config import read_yaml_mapping
 from mow.workbench.errors import UserError
@@ -34,18 +37,20 @@ from mow.workbench.stats import wilson
 METRICS = ["fc_top5", "fc_top1", "top5", "top1"]
 SHORT_ANSWER = "short_answer.txt"
 CONDITIONS = ["organism", "base", "other word"]
+AGENT = "agent"  # the category of audit rows
 
 
 def load_challenge(directory: Path) -> dict:
+    """A finished challenge: `results[method][subject]` is a list of method results (one per challenge)."""
     directory = Path(directory)
     layout = ChallengeLayout(directory)
     if not layout.truth.is_file() or not layout.scores.is_file():
-        raise UserError(f"{directory}: not a finished challenge directory (no {layout.truth.name} or "
+        raise UserError(f"{directory}: not a finished challenge or audit directory (no {layout.truth.name} or "
                         f"{layout.scores.name})")
-    results: dict[str, dict[str, dict]] = {}
+    results: dict[str, dict[str, list[dict]]] = {}
     for path in layout.method_results():
         result = read_method_result(path)
-        results.setdefault(result["method"], {})[path.stem] = result
+        results.setdefault(result["method"], {})[path.stem] = [result]
     if not results:
         raise UserError(f"{directory}: a challenge directory with no method results (nothing under "
                         f"{layout.methods.name}/)")
@@ -57,6 +62,51 @@ def load_challenge(directory: Path) -> dict:
     return {"name": directory.name, "truth": truth, "results": results, "group": group}
 
 
+def load_audit(directory: Path) -> dict:
+    """A finished audit, as a challenge with one method (its agent label) and one subject: each run is a method
+    result; a run that did not submit (an endpoint that failed, replies with no valid call) is left out as a failed
+    method is."""
+    layout = AuditLayout(Path(directory))
+    if not layout.truth.is_file() or not layout.scores.is_file():
+        raise UserError(f"{directory}: not a finished audit directory (no {layout.truth.name} or "
+                        f"{layout.scores.name})")
+    scores = read_json(layout.scores, "audit scores")
+    if "label" not in scores:
+        raise UserError(f"{layout.scores}: an audit from before audits joined the leaderboard; run it again "
+                        "with --restart")
+    organism = Path(str(read_json(layout.manifest, "audit manifest")["organism"])).name
+    runs = [read_json(layout.run(int(r["run"])), "agent run") for r in scores["runs"]]
+    results = [{"method": scores["label"], "category": AGENT, "status": "ok" if run["status"] == "submitted"
+                else "failed", "ranking": run["guesses"], "attempts": []} for run in runs]
+    truth = SealedTruth.from_dict(read_json(layout.truth, "sealed truth"), shown(layout.truth))
+    return {"name": f"{organism} (agent)", "truth": truth, "results": {scores["label"]: {scores["subject"]: results}},
+            "group": truth.kind, "source": shown(Path(directory))}
+
+
+def merge_audits(audits: list[dict]) -> list[dict]:
+    """One entry per audited organism: its audits' labels and subjects together (two audits of one organism with
+    the same label and subject are refused, since one would hide the other)."""
+    merged: dict[str, dict] = {}
+    for audit in audits:
+        entry = merged.setdefault(audit["name"], {**audit, "results": {}})
+        if audit["truth"].to_dict() != entry["truth"].to_dict():
+            raise UserError(f"leaderboard: {audit['source']} and {entry['source']} name the same organism "
+                            f"({audit['name']}) with different truths")
+        for label, subjects in audit["results"].items():
+            for subject, results in subjects.items():
+                if subject in entry["results"].get(label, {}):
+                    raise UserError(f"leaderboard: two audits of {audit['name']} as {label!r} on the {subject} "
+                                    f"subject ({audit['source']}); give one")
+                entry["results"].setdefault(label, {})[subject] = results
+    return list(merged.values())
+
+
+def _score(results: list[dict] | None, truth: SealedTruth, metric: str) -> float | None:
+    """The mean score of the ok results (None where there are none)."""
+    scores = [score_result(r, truth)[metric] for r in results or [] if r["status"] == "ok"]
+    return sum(scores) / len(scores) if scores else None
+
+
 def _values(challenges: list[dict], method: str, condition: str, metric: str) -> list[float]:
     values = []
     for target in challenges:
@@ -66,9 +116,9 @@ def _values(challenges: list[dict], method: str, condition: str, metric: str) ->
         else:
             sources, subject = [target], condition
         for source in sources:
-            result = source["results"].get(method, {}).get(subject)
-            if result is not None and result["status"] == "ok":
-                values.append(score_result(result, target["truth"])[metric])
+            value = _score(source["results"].get(method, {}).get(subject), target["truth"], metric)
+            if value is not None:
+                values.append(value)
     return values
 
 
@@ -76,7 +126,7 @@ def build(challenges: list[dict]) -> dict:
     methods: dict[str, str] = {}
     for challenge in challenges:
         for name, subjects in challenge["results"].items():
-            methods.setdefault(name, next(iter(subjects.values()))["category"])
+            methods.setdefault(name, next(iter(subjects.values()))[0]["category"])
     rows = []
     for name, category in methods.items():
         for condition in CONDITIONS:
@@ -86,9 +136,7 @@ def build(challenges: list[dict]) -> dict:
                 low, high = wilson(mean, len(values)) if mean is not None else (None, None)
                 rows.append({"method": name, "category": category, "condition": condition, "metric": metric,
                              "mean": mean, "ci_low": low, "ci_high": high, "n": len(values)})
-    per_organism = {c["name"]: {name: {m: (score_result(r["organism"], c["truth"])[m]
-                                           if r.get("organism", {}).get("status") == "ok" else None)
-                                       for m in METRICS}
+    per_organism = {c["name"]: {name: {m: _score(r.get("organism"), c["truth"], m) for m in METRICS}
                                 for name, r in c["results"].items()} for c in challenges}
     truths = [c["truth"] for c in challenges]
     chance_levels = {f"fc_top{k}": sum(chance(t, k) for t in truths) / len(truths) for k in TOP_K}
@@ -125,11 +173,10 @@ def _transcript_only(challenges: list[dict], method: str, metric: str) -> list[f
     """The auditor's first guesses (plain transcript only), for methods run with two_guess."""
     values = []
     for challenge in challenges:
-        result = challenge["results"].get(method, {}).get("organism")
-        if result is not None and result["status"] == "ok":
-            first = score_result(result, challenge["truth"]).get("transcript_only")
-            if first is not None:
-                values.append(first[metric])
+        firsts = [first[metric] for r in challenge["results"].get(method, {}).get("organism", [])
+                  if r["status"] == "ok" and (first := score_result(r, challenge["truth"]).get("transcript_only"))]
+        if firsts:
+            values.append(sum(firsts) / len(firsts))
     return values
 
 
@@ -297,9 +344,11 @@ def render(board: dict) -> str:
 
 
 def main(directories: list[Path], output: Path) -> Path:
-    challenges = [load_challenge(d) for d in directories]
+    audits = [Path(d) for d in directories if AuditLayout(Path(d)).config.is_file()]
+    challenges = [load_challenge(d) for d in directories if Path(d) not in audits]
+    challenges += merge_audits([load_audit(d) for d in audits])
     if not challenges:
-        raise UserError("leaderboard: give at least one challenge directory")
+        raise UserError("leaderboard: give at least one challenge or audit directory")
     names = [c["name"] for c in challenges]
     if len(set(names)) != len(names):
         raise UserError(f"leaderboard: a challenge directory is given twice ({', '.join(names)})")
