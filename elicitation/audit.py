@@ -138,7 +138,8 @@ def render(name: str, runs: list[dict], scores: dict) -> str:
     graded = ("" if grading is None or grading["mean_grade"] is None else
               f" Mean grade {grading['mean_grade']:.2f} of 5 by {escape(grading['grader'])} (largest spread "
               f"between one description's grades: {grading['max_spread']}).")
-    body = [f"<h1>Audit of {escape(name)}</h1>",
+    subject = " (the control: the agent audits the public base model)" if scores.get("subject") == "base" else ""
+    body = [f"<h1>Audit of {escape(name)}{subject}</h1>",
             f"<p>{len(runs)} run(s), {scores['submitted']} submitted; mean open top-5 {scores['mean']['top5']:.2f}, "
             f"forced-choice top-1 {scores['mean']['fc_top1']:.2f} among {scores['n_candidates']} candidates; "
             f"agreement between runs: {agreement}.{graded}</p>"]

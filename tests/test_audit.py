@@ -228,6 +228,7 @@ def test_audits_of_the_organism_and_of_its_base_join_the_leaderboard_as_one_meth
     assert replies[1][0] == replies[1][1] == replies[0][1]  # on the base subject, the audited model is the base
     scores = json.loads((out / "tiny-audited-base" / "scores.json").read_text())
     assert scores["subject"] == "base" and scores["mean"]["top1"] == 0.0
+    assert "the control" in (out / "tiny-audited-base" / "report.html").read_text()
 
     board = tmp_path / "board"
     assert main(["leaderboard", str(out / "tiny-audited"), str(out / "tiny-audited-base"), "--out", str(board)]) == 0
