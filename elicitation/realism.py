@@ -22,6 +22,7 @@ directories), `realism.png` (each trace against the ratio) and `manifest.json`.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -125,17 +126,25 @@ def traces(organism: Path, diff_dir: Path, kind: OrganismKind, top_n: int, thres
 
 
 def plot(rows: list[dict], path: Path, mix_key: str) -> None:
+    """Each trace against the ratio, three panels to a row; shares of relevant tokens on a fixed 0-1 axis, so that a
+    flat 0.05 does not fill the panel as a trend would."""
     shown = [key for key in TRACES if any(row.get(key) is not None for row in rows)]
-    figure, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 2.8), squeeze=False)
-    for axis, key in zip(axes[0], shown):
+    columns = min(3, len(shown))
+    lines = -(-len(shown) // columns)
+    figure, axes = plt.subplots(lines, columns, figsize=(3.6 * columns, 2.9 * lines), squeeze=False)
+    for axis, key in zip(axes.flat, shown):
         points = [(row["ratio"], row[key]) for row in rows if row.get(key) is not None]
         axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", color="#268bd2")
-        axis.set_title(TRACES[key], fontsize=8)
+        axis.set_title(textwrap.fill(TRACES[key], 34), fontsize=8)
         axis.set_xlabel(mix_key, fontsize=8)
+        if key.startswith("relevance_"):
+            axis.set_ylim(-0.02, 1.02)
         if key.endswith("_rank"):
             axis.set_yscale("log")
             axis.invert_yaxis()  # rank 1 at the top: up is a stronger trace everywhere
         axis.tick_params(labelsize=7)
+    for axis in list(axes.flat)[len(shown):]:
+        axis.set_visible(False)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
