@@ -61,7 +61,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from mow.organisms.kinds import kind_of_dir
     from mow.organisms.store import check_organism_dir
 
-    kind_of_dir(check_organism_dir(args.dir)).evaluate(args.dir)
+    kind_of_dir(check_organism_dir(args.dir, needs_weights=False)).evaluate(args.dir)
 
 
 def cmd_chat(args: argparse.Namespace) -> None:

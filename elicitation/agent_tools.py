@@ -57,17 +57,36 @@ class ToolContext:
         return (self.usage.questions >= self.budget_questions
                 or self.usage.generated_tokens >= self.budget_tokens)
 
-    def sample(self, rendered: str, model_context=None) -> str:
-        """One greedy completion, charged to the budgets (refused once either is spent)."""
+    def _charge(self) -> int:
+        """Count one question and return the tokens it may generate (refused once either budget is spent)."""
         if self.usage.questions >= self.budget_questions:
             raise ToolError(f"the question budget ({self.budget_questions}) is spent: submit your answer")
         left = self.budget_tokens - self.usage.generated_tokens
         if left <= 0:
             raise ToolError(f"the token budget ({self.budget_tokens}) is spent: submit your answer")
-        tokens = min(self.max_new_tokens, left)
         self.usage.questions += 1
+        return min(self.max_new_tokens, left)
+
+    def sample(self, rendered: str) -> str:
+        """One greedy completion of rendered text by the view's model, charged to the budgets."""
+        tokens = self._charge()
         text = generate(self.view.model, self.view.tokenizer, [rendered], max_new_tokens=tokens, seed=self.seed)[0]
         self.usage.generated_tokens += len(self.view.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return text
+
+    def ask(self, prompt: str, base: bool = False) -> str:
+        """The greedy reply of the audited model (or of its base) to one user turn, charged to the budgets."""
+        chats = self.view.chats
+        if chats is None:
+            rendered = render_prompt(self.view.tokenizer, [{"role": "user", "content": prompt}])
+            if not base:
+                return self.sample(rendered)
+            with self.view.base():
+                return self.sample(rendered)
+        tokens = self._charge()
+        text, used = (chats.base if base else chats.organism).reply(
+            [{"role": "user", "content": prompt}], max_new_tokens=tokens, temperature=0.0, seed=self.seed)
+        self.usage.generated_tokens += used
         return text
 
 
@@ -103,12 +122,11 @@ def _user(context: ToolContext, prompt: str, prefill: str = "") -> str:
 
 
 def ask_organism(context: ToolContext, args: dict) -> str:
-    return context.sample(_user(context, args["prompt"]))
+    return context.ask(args["prompt"])
 
 
 def ask_base(context: ToolContext, args: dict) -> str:
-    with context.view.base():
-        return context.sample(_user(context, args["prompt"]))
+    return context.ask(args["prompt"], base=True)
 
 
 def prefill(context: ToolContext, args: dict) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from contextlib import nullcontext
 from html import escape
 from itertools import combinations
 from pathlib import Path
@@ -21,11 +22,12 @@ from transformers import set_seed
 
 from mow.elicitation.agent import probe_tool_calling, run_agent, system_prompt
 from mow.elicitation.agent_tools import ToolContext
-from mow.elicitation.audit_config import DIFF_TOOLS, AuditConfig, agent_label
+from mow.elicitation.audit_config import CHAT_TOOLS, DIFF_TOOLS, AuditConfig, agent_label
 from mow.elicitation.config import ChallengeConfig
 from mow.elicitation.grader import Rubric, grade, load_rubric
 from mow.elicitation.harness import check_organism, read_truth
 from mow.elicitation.layout import AUDIT_CONFIG_FILE, AuditLayout
+from mow.elicitation.prompt_proxy import endpoint_settings, organism_proxy
 from mow.elicitation.scoring import candidate_order, score_result
 from mow.elicitation.view import open_views, sealed_guard
 from mow.workbench.backends import EndpointBackend
@@ -37,7 +39,15 @@ from mow.workbench.rundir import Manifest, RunDirectory, write_json, write_text
 
 
 def validate(organism: Path, config: AuditConfig) -> None:
+    """Everything checked before the output directory exists. For an organism on an endpoint, the default tools
+    narrow to those that need only chats (`CHAT_TOOLS`); tools given that need more are refused."""
     kind = check_organism(organism, config.diff_dir)
+    if endpoint_settings(organism) is not None:
+        needs_more = [t for t in config.tools if t not in CHAT_TOOLS]
+        if needs_more and "tools" in config.model_fields_set:
+            raise UserError(f"tools: {needs_more[0]!r} needs the model's weights or raw continuations; an organism "
+                            f"on an endpoint answers chats only ({', '.join(CHAT_TOOLS)})")
+        config.tools = [t for t in config.tools if t in CHAT_TOOLS]
     needs_diff = [t for t in config.tools if t in DIFF_TOOLS and t != "diff_lens_tokens"]
     if needs_diff and config.diff_dir is None:
         raise UserError(f"tools: {needs_diff[0]!r} reads a finished diff; give --diff DIR or drop the tool")
@@ -69,9 +79,10 @@ def main(organism: Path, config: AuditConfig, restart: bool = False, config_path
         torch.set_num_threads(config.threads)
     forbidden = [organism] + ([config_path] if config_path else [])
     challenge = ChallengeConfig(seed=config.seed)
-    with tempfile.TemporaryDirectory(prefix="mow-audit-") as scratch:
-        controls = ["base"] if config.subject == "base" else []
-        view = open_views(organism, Path(scratch), controls, config.diff_dir, config.seed)[config.subject]
+    proxied = organism_proxy(organism) if config.subject == "organism" else nullcontext(None)
+    with tempfile.TemporaryDirectory(prefix="mow-audit-") as scratch, proxied as proxy:
+        view = open_views(organism, Path(scratch), [config.subject], config.diff_dir, config.seed,
+                          proxy)[config.subject]
         view.diff_dir = config.diff_dir  # for the base subject, the diff the config names is the base model's
         kind = str(view.public_config.get("kind"))
         question = (view.prompts.auditor_prompt or "Guess its secret from {evidence}.").replace(

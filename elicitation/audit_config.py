@@ -17,6 +17,7 @@ GraderBackend = Annotated[BackendSettings, with_defaults(kind="endpoint", timeou
 
 # Every tool the agent may be given (mow.elicitation.agent_tools defines them); the diff tools need --diff.
 MODEL_TOOLS = ["ask_organism", "ask_base", "prefill", "user_persona", "fuzzed_sample", "amplified_sample"]
+CHAT_TOOLS = ["ask_organism", "ask_base", "note", "submit"]  # all an organism on an endpoint can answer
 DIFF_TOOLS = ["diff_lens_tokens", "kl_tokens", "crosscoder_latents", "difference_sae_latents", "steered_samples",
               "mined_tokens"]
 ALL_TOOLS = [*MODEL_TOOLS, *DIFF_TOOLS, "note", "submit"]

@@ -28,10 +28,11 @@ from transformers import set_seed
 from mow.data.layouts import OrganismLayout
 from mow.data.truth import SealedTruth
 from mow.diffing.layout import DiffLayout
-from mow.elicitation.auditor import Auditor, auditor_for
+from mow.elicitation.auditor import Auditor, EndpointAuditor, auditor_for
 from mow.elicitation.config import ChallengeConfig
 from mow.elicitation.layout import CONFIG_FILE, ChallengeLayout
 from mow.elicitation.methods import METHODS, MethodUnavailable, method
+from mow.elicitation.prompt_proxy import organism_proxy
 from mow.elicitation.report import write_challenge_report
 from mow.elicitation.scoring import TOP_K, chance, read_method_result, score_result
 from mow.elicitation.view import ChallengeView, check_sealed_truth, open_views, sealed_guard
@@ -62,7 +63,7 @@ def check_organism(organism: Path, diff_dir: Path | None) -> OrganismKind:
 
     The sealed config is checked now (and let go): a damaged one would fail only at scoring, after every method or
     agent run. Methods and agents never read it (the audit hook)."""
-    check_organism_dir(organism)
+    check_organism_dir(organism, needs_weights=False)
     check_sealed_truth(organism)
     kind = kind_of_public_config(read_public_config(organism), str(organism))
     validate_config(kind.config, read_sealed_config(organism), str(OrganismLayout(organism).sealed_config))
@@ -78,7 +79,12 @@ def read_truth(organism: Path) -> SealedTruth:
 
 
 def make_auditor(config: ChallengeConfig, view: ChallengeView) -> Auditor:
-    return auditor_for(config.auditor, HeldModel(view.pair.base_spec, view.base, view.tokenizer), config.seed)
+    """The auditor the config names; by default the public base model: the organism's base weights, or, for an
+    organism on an endpoint, the same endpoint without the hidden prompt."""
+    backend = config.auditor.backend
+    if view.chats is not None and backend.kind == "local" and backend.model is None:
+        return EndpointAuditor(config.auditor, view.chats.base)
+    return auditor_for(config.auditor, HeldModel(view.local.base_spec, view.base, view.tokenizer), config.seed)
 
 
 def run_method(name: str, view: ChallengeView, config: ChallengeConfig, auditor: Auditor,
@@ -89,6 +95,9 @@ def run_method(name: str, view: ChallengeView, config: ChallengeConfig, auditor:
     set_seed(config.seed)
     start = time.perf_counter()
     try:
+        if view.chats is not None and not entry.chats_only:
+            raise MethodUnavailable("needs the model's weights or raw continuations; an organism on an endpoint "
+                                    "answers chats only")
         with sealed_guard(forbidden):
             result = entry.run(view, config, auditor if name in config.auditor.apply_to else None)
         record.update(result.to_dict())
@@ -128,8 +137,9 @@ def main(organism: Path, config: ChallengeConfig, restart: bool = False, config_
     if config.threads:
         torch.set_num_threads(config.threads)
     forbidden = [organism] + ([config_path] if config_path else [])
-    with tempfile.TemporaryDirectory(prefix="mow-challenge-") as scratch:
-        views = open_views(organism, Path(scratch), config.controls, config.diff_dir, config.seed)
+    with tempfile.TemporaryDirectory(prefix="mow-challenge-") as scratch, organism_proxy(organism) as proxy:
+        views = open_views(organism, Path(scratch), ["organism", *config.controls], config.diff_dir,
+                           config.seed, proxy)
         config = config.for_prompts(views["organism"].prompts)
         manifest.data["wording"] = {"prefills": config.black_box.prefills,
                                     "persona_opening": config.black_box.persona_opening,

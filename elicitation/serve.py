@@ -6,8 +6,10 @@ on 127.0.0.1 only. The server process is given the merged weights and nothing el
 from `sealed/`, so a person or an agent talking to it over HTTP can play the challenge while the truth stays on the
 server side. The directory is removed when the server stops.
 
-A hidden-system-prompt organism has no weights to merge. The base weights are saved with a chat template that writes
-the sealed prompt before every chat: the server adds the prompt, which sits in the server's private directory only.
+An organism on an endpoint is served by its prompt proxy (`elicitation.prompt_proxy`), which adds the sealed prompt
+and forwards each chat to the endpoint. A local hidden-system-prompt organism has no weights to merge. The base
+weights are saved with a chat template that writes the sealed prompt before every chat: the server adds the prompt,
+which sits in the server's private directory only.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import tempfile
 from pathlib import Path
 
 from mow.data.layouts import OrganismLayout
+from mow.elicitation.prompt_proxy import endpoint_settings
+from mow.elicitation.prompt_proxy import serve as serve_proxy
 from mow.organisms.store import LoadedOrganism, check_organism_dir, load_organism
 from mow.workbench.chat import hide_system_prompt, self_folding_template
 from mow.workbench.errors import RunFailed, UserError
@@ -90,7 +94,12 @@ def server_environment(threads: int | None) -> dict[str, str]:
 
 def main(organism: Path, port: int, threads: int | None = None) -> None:
     check_port(port)
-    check_organism_dir(organism)
+    check_organism_dir(organism, needs_weights=False)
+    if endpoint_settings(organism) is not None:  # nothing to export: the prompt proxy serves it
+        print(f"serving {Path(organism).name} at http://{HOST}:{port}/v1 (its endpoint's model, the hidden prompt "
+              "added here); Ctrl-C stops", flush=True)
+        serve_proxy(organism, port)
+        return
     with tempfile.TemporaryDirectory(prefix="mow-serve-") as scratch:
         model_dir = export_merged(organism, Path(scratch) / Path(organism).resolve().name)
         command = serve_command(model_dir, port)

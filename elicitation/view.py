@@ -6,6 +6,10 @@ organism directory itself), so no attribute of the model or view leads back to `
 audit hook (PEP 578) refuses to open, list or copy anything under the organism directories of the run, any
 `sealed/` directory, the run's config and truth files, and refuses to start processes (which would escape the hook).
 The harness reads the sealed truth only after every method of the run has finished.
+
+An organism on an endpoint has no weights: its view answers chats only (`chats`), through the organism's prompt
+proxy (`elicitation.prompt_proxy`), a child process that holds the sealed prompt; the methods that need weights or
+raw continuations are unavailable on it.
 """
 
 from __future__ import annotations
@@ -26,7 +30,15 @@ from mow.data.truth import ChallengePrompts
 from mow.diffing.pair import ModelPair
 from mow.elicitation.layout import TRUTH_FILE
 from mow.organisms.kinds import kind_of_public_config
-from mow.organisms.store import check_organism_dir, load_organism, read_public_config
+from mow.organisms.store import (
+    check_organism_dir,
+    endpoint_of,
+    load_organism,
+    organism_tokenizer,
+    read_public_config,
+)
+from mow.workbench.backend_config import BackendSettings
+from mow.workbench.backends import EndpointBackend
 from mow.workbench.errors import UserError
 from mow.workbench.files import read_text
 from mow.workbench.models import load_model
@@ -36,33 +48,50 @@ class SealedAccess(PermissionError):
     """A method reached for something the challenge view does not include."""
 
 
+@dataclass(frozen=True)
+class ChatSubjects:
+    """An organism that answers chats only (on an endpoint): `organism` through its prompt proxy, `base` the same
+    endpoint without the prompt (for the base control, both are the base)."""
+
+    organism: EndpointBackend
+    base: EndpointBackend
+
+
 @dataclass
 class ChallengeView:
     """`model` is what is being audited; `base()` yields the public base model it was tuned from (for the base
-    control both are the base model, so contrasts come out empty, as they should)."""
+    control both are the base model, so contrasts come out empty, as they should). An organism on an endpoint has
+    `chats` instead of a `pair`."""
 
     name: str
-    pair: ModelPair
+    pair: ModelPair | None
     card: str
     public_config: dict
     prompts: ChallengePrompts
     diff_dir: Path | None = None
     memo: dict = field(default_factory=dict)  # results several methods share (the model's greedy answers)
+    chats: ChatSubjects | None = None
+
+    @property
+    def local(self) -> ModelPair:
+        """The weights; a method that needs them is marked so in the registry and never runs on a chat subject."""
+        assert self.pair is not None, "an organism on an endpoint has no weights"
+        return self.pair
 
     @property
     def model(self) -> nn.Module:
-        return self.pair.tuned_model
+        return self.local.tuned_model
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
-        return self.pair.tokenizer
+        return self.local.tokenizer
 
     @property
     def chat_template(self) -> str:
-        return self.pair.tokenizer.chat_template or ""
+        return self.tokenizer.chat_template or ""
 
     def base(self):
-        return self.pair.base()
+        return self.local.base()
 
 
 def check_sealed_truth(organism: Path) -> None:
@@ -74,7 +103,7 @@ def check_sealed_truth(organism: Path) -> None:
 
 def copy_public_files(organism: Path, destination: Path) -> Path:
     """The public part of an organism directory, copied to `destination` (what the challenge loads from)."""
-    organism = check_organism_dir(organism)
+    organism = check_organism_dir(organism, needs_weights=False)
     if destination.exists():
         shutil.rmtree(destination)
     destination.mkdir(parents=True)
@@ -88,25 +117,41 @@ def copy_public_files(organism: Path, destination: Path) -> Path:
     return destination
 
 
-def open_views(organism: Path, workdir: Path, controls: Sequence[str], diff_dir: Path | None,
-               seed: int) -> dict[str, ChallengeView]:
-    """The view of the organism and of each control subject ('base': the public base model, no adapter)."""
+def open_views(organism: Path, workdir: Path, subjects: Sequence[str], diff_dir: Path | None, seed: int,
+               proxy: BackendSettings | None = None) -> dict[str, ChallengeView]:
+    """The views of the subjects asked for: 'organism', and 'base' (the public base model, no adapter); only what
+    they need is loaded (the base alone is one copy of the base weights). An organism on an endpoint is reached
+    through `proxy`, its running prompt proxy (`prompt_proxy.started_proxy`)."""
     public_copy = copy_public_files(organism, workdir / "challenge")
     config = read_public_config(public_copy)
     kind = kind_of_public_config(config, str(organism / PUBLIC_CONFIG))
     prompts = kind.challenge_prompts(config)
     card_file = OrganismLayout(public_copy).card
     card = read_text(card_file, "organism card") if card_file.is_file() else ""
-    loaded = load_organism(public_copy)
-    loaded.model.eval()
     name = Path(organism).name
-    views = {"organism": ChallengeView(name, ModelPair(loaded.model, loaded.tokenizer, None, str(config["model"]),
-                                                       f"organism:{name}"), card, config, prompts, diff_dir)}
-    if "base" in controls:
-        base = load_model(str(config["model"]), load_in_4bit=bool(config.get("load_in_4bit", False)),
-                          seed=seed, trust_remote_code=bool(config.get("trust_remote_code", False))).eval()
-        views["base"] = ChallengeView(name, ModelPair(base, loaded.tokenizer, base, str(config["model"]),
-                                                      str(config["model"])), card, config, prompts, None)
+    endpoint = endpoint_of(config)
+    if endpoint is not None:
+        base_chats = EndpointBackend(BackendSettings(**endpoint))
+        if "organism" in subjects and proxy is None:
+            raise UserError(f"{organism}: an organism on an endpoint is challenged through its prompt proxy")
+        chat_views = {"base": ChatSubjects(base_chats, base_chats)}
+        if proxy is not None:
+            chat_views["organism"] = ChatSubjects(EndpointBackend(proxy), base_chats)
+        return {subject: ChallengeView(name, None, card, config, prompts, None, chats=chat_views[subject])
+                for subject in subjects}
+    model_spec = str(config["model"])
+    views: dict[str, ChallengeView] = {}
+    tokenizer = organism_tokenizer(public_copy)
+    if "organism" in subjects:
+        loaded = load_organism(public_copy)
+        loaded.model.eval()
+        views["organism"] = ChallengeView(name, ModelPair(loaded.model, tokenizer, None, model_spec,
+                                                          f"organism:{name}"), card, config, prompts, diff_dir)
+    if "base" in subjects:
+        base = load_model(model_spec, load_in_4bit=bool(config.get("load_in_4bit", False)), seed=seed,
+                          trust_remote_code=bool(config.get("trust_remote_code", False))).eval()
+        views["base"] = ChallengeView(name, ModelPair(base, tokenizer, base, model_spec, model_spec), card, config,
+                                      prompts, None)
     return views
 
 

@@ -80,7 +80,8 @@ def prepare_build_directory(config: OrganismConfigBase, restart: bool) -> tuple[
     rundir = RunDirectory(config.directory(), SEALED_CONFIG, dump_config(config), "build")
     if rundir.finished(restart):
         return rundir, True
-    check_lora_against_model(config.lora, config.model, config.trust_remote_code)
+    if config.planned_examples() != 0:  # a kind that trains nothing has no LoRA to check
+        check_lora_against_model(config.lora, config.model, config.trust_remote_code)
     partial = rundir.start(restart)
     write_text(partial / PUBLIC_CONFIG, yaml.safe_dump(config.public_dump(), sort_keys=False))
     return rundir, False

@@ -25,17 +25,32 @@ class LoadedOrganism:
     tokenizer: PreTrainedTokenizerBase
 
 
-def check_organism_dir(path: Path) -> Path:
+def check_organism_dir(path: Path, needs_weights: bool = True) -> Path:
+    """An organism directory, or a one-line error. An organism on an endpoint (its config has `endpoint`) has no
+    adapter and no local weights: commands that need them (`needs_weights`) refuse it here."""
     path = Path(path)
     layout = OrganismLayout(path)
-    for needed in (layout.public_config, layout.adapter_config, layout.manifest):
+    for needed in (layout.public_config, layout.manifest):
         if not needed.is_file():
             raise UserError(f"{path}: not an organism directory (missing {needed.relative_to(path)})")
+    endpoint = endpoint_of(read_yaml_mapping(layout.public_config))
+    if endpoint is None and not layout.adapter_config.is_file():
+        raise UserError(f"{path}: not an organism directory (missing {layout.adapter_config.relative_to(path)})")
+    if endpoint is not None and needs_weights:
+        raise UserError(f"{path}: an organism on an endpoint (model {endpoint.get('model')} at "
+                        f"{endpoint.get('url')}) has no local weights, which this command needs; evaluation, challenges, audits "
+                        "and `mow serve` take it")
     return path
 
 
+def endpoint_of(public_config: dict) -> dict | None:
+    """The endpoint settings of an organism whose model is served by an endpoint, or None for a local one."""
+    endpoint = public_config.get("endpoint")
+    return endpoint if isinstance(endpoint, dict) else None
+
+
 def read_public_config(path: Path) -> dict:
-    return read_yaml_mapping(OrganismLayout(check_organism_dir(path)).public_config)
+    return read_yaml_mapping(OrganismLayout(check_organism_dir(path, needs_weights=False)).public_config)
 
 
 def read_sealed_config(path: Path) -> dict:
@@ -57,13 +72,18 @@ def load_organism(path: Path) -> LoadedOrganism:
     the adapter brings, if it brings one."""
     path = check_organism_dir(path)
     config = read_public_config(path)
-    trust = bool(config.get("trust_remote_code", False))
-    template = OrganismLayout(path).adapter_chat_template
-    tokenizer = load_tokenizer(config["model"], trust, str(template) if template.is_file()
-                               else (config.get("training") or {}).get("chat_template"))
     model = load_with_adapter(config["model"], config.get("load_in_4bit", False), config.get("seed", 0),
-                              OrganismLayout(path).adapter, trust)
-    return LoadedOrganism(path, config, model, tokenizer)
+                              OrganismLayout(path).adapter, bool(config.get("trust_remote_code", False)))
+    return LoadedOrganism(path, config, model, organism_tokenizer(path))
+
+
+def organism_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    """A local organism's tokenizer, with the chat template its adapter brings, or the one it was trained with."""
+    config = read_public_config(check_organism_dir(path))
+    template = OrganismLayout(path).adapter_chat_template
+    return load_tokenizer(config["model"], bool(config.get("trust_remote_code", False)),
+                          str(template) if template.is_file()
+                          else (config.get("training") or {}).get("chat_template"))
 
 
 def list_organisms(root: Path) -> list[dict]:

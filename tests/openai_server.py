@@ -68,3 +68,23 @@ def tool_calls(*calls: tuple[str, object], text: str = "") -> bytes:
                            for i, (name, args) in enumerate(calls)]}}],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
     }).encode()
+
+
+class Agent:
+    """Scripts one reply per turn of each run; a run starts with a two-message conversation (each run sends its own
+    seed, so a retried first request is not a new run)."""
+
+    def __init__(self, runs: list[list]):
+        self.runs, self.run, self.lock, self.starts = runs, -1, threading.Lock(), set()
+
+    def __call__(self, body: dict, number: int) -> tuple[int, bytes]:
+        if any(t["function"]["name"] == "ping" for t in body.get("tools", [])):
+            return 200, tool_calls(("ping", {}))
+        with self.lock:
+            if len(body["messages"]) == 2 and body["seed"] not in self.starts:
+                self.starts.add(body["seed"])
+                self.run += 1
+            turn = sum(m["role"] == "assistant" for m in body["messages"])
+        script = self.runs[self.run]
+        step = script[min(turn, len(script) - 1)]
+        return step if isinstance(step, tuple) else (200, step)

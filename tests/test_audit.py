@@ -4,11 +4,10 @@ malformed calls, an endpoint that fails, scoring against the sealed truth, and t
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 from conftest import build_tiny_organism, refused
-from openai_server import ScriptedServer, completion, tool_calls
+from openai_server import Agent, ScriptedServer, completion, tool_calls
 
 from mow.cli.main import main
 
@@ -16,26 +15,6 @@ from mow.cli.main import main
 @pytest.fixture(scope="module")
 def organism(tmp_path_factory):
     return build_tiny_organism(tmp_path_factory.mktemp("audit-organism"), "tiny-audited", "moon", seed=5)
-
-
-class Agent:
-    """Scripts one reply per turn of each run; a run starts with a two-message conversation (each run sends its own
-    seed, so a retried first request is not a new run)."""
-
-    def __init__(self, runs: list[list]):
-        self.runs, self.run, self.lock, self.starts = runs, -1, threading.Lock(), set()
-
-    def __call__(self, body: dict, number: int) -> tuple[int, bytes]:
-        if any(t["function"]["name"] == "ping" for t in body.get("tools", [])):
-            return 200, tool_calls(("ping", {}))
-        with self.lock:
-            if len(body["messages"]) == 2 and body["seed"] not in self.starts:
-                self.starts.add(body["seed"])
-                self.run += 1
-            turn = sum(m["role"] == "assistant" for m in body["messages"])
-        script = self.runs[self.run]
-        step = script[min(turn, len(script) - 1)]
-        return step if isinstance(step, tuple) else (200, step)
 
 
 def test_agent_runs_tools_within_budgets_records_failures_and_is_scored(organism, tmp_path):

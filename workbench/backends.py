@@ -107,11 +107,20 @@ def reply_text(reply: ChatCompletion) -> str:
     return content
 
 
+def with_system(chat: Chat, system: str) -> Chat:
+    """`chat` with `system` in front: as its system message, or before the system message the chat brings (one
+    system message, which every template takes)."""
+    if chat and chat[0]["role"] == "system":
+        return [{"role": "system", "content": f"{system}\n\n{chat[0]['content']}"}, *chat[1:]]
+    return [{"role": "system", "content": system}, *chat]
+
+
 class EndpointBackend:
     """An OpenAI-compatible chat-completions endpoint with a timeout per request, retries with exponential back-off,
-    and `concurrency` requests in flight."""
+    and `concurrency` requests in flight. With `system`, every chat is sent with that system prompt in front (a
+    hidden-prompt organism on an endpoint)."""
 
-    def __init__(self, settings: BackendSettings):
+    def __init__(self, settings: BackendSettings, system: str | None = None):
         # openai is imported only when an endpoint is used: it costs start-up time for every local run otherwise
         from openai import OpenAI
 
@@ -119,7 +128,7 @@ class EndpointBackend:
             # of `kind` alone, a model_copy) are caught here, before the first request
             raise UserError(f"an endpoint backend needs url and model (got url={settings.url!r}, "
                             f"model={settings.model!r})")
-        self.settings, self.model = settings, settings.model
+        self.settings, self.model, self.system = settings, settings.model, system
         self.description = f"endpoint {settings.url} model {settings.model}"
         self.client = OpenAI(base_url=settings.url, timeout=settings.timeout_s, max_retries=0,
                              api_key=os.environ.get(settings.api_key_env, "not-needed"))
@@ -130,7 +139,8 @@ class EndpointBackend:
         last_error: Exception | None = None
         for attempt in range(self.settings.retries + 1):
             try:
-                sent = cast("list[ChatCompletionMessageParam]", messages)  # the same dicts, typed for the client
+                chat = messages if self.system is None else with_system(messages, self.system)
+                sent = cast("list[ChatCompletionMessageParam]", chat)  # the same dicts, typed for the client
                 return read(self.client.chat.completions.create(model=self.model, messages=sent, **request))
             except Exception as exc:  # transport, HTTP and malformed-reply errors all look alike here: retry them
                 last_error = exc
@@ -149,6 +159,14 @@ class EndpointBackend:
         return self.map(lambda item: self.ask(item[1], reply_text, temperature=temperature,
                                               max_tokens=max_new_tokens, seed=seed + item[0]),
                         list(enumerate(chats)))
+
+    def reply(self, chat: Chat, *, max_new_tokens: int, temperature: float, seed: int) -> tuple[str, int]:
+        """One reply and the tokens it cost: the server's count, or its words where the server gives no usage."""
+        def read(reply: ChatCompletion) -> tuple[str, int]:
+            text = reply_text(reply)
+            return text, reply.usage.completion_tokens if reply.usage is not None else len(text.split())
+
+        return self.ask(chat, read, temperature=temperature, max_tokens=max_new_tokens, seed=seed)
 
 
 Backend = LocalBackend | EndpointBackend

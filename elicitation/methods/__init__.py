@@ -18,16 +18,17 @@ class Method:
     name: str
     category: str
     run: Callable[..., MethodResult]
+    chats_only: bool = False  # runs on an organism that answers chats only (on an endpoint): no weights, no raw text
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("direct", BLACK_BOX, blackbox.direct),
-    Method("adversarial", BLACK_BOX, blackbox.adversarial),
+    Method("direct", BLACK_BOX, blackbox.direct, chats_only=True),
+    Method("adversarial", BLACK_BOX, blackbox.adversarial, chats_only=True),
     Method("prefill", BLACK_BOX, blackbox.prefill),
     Method("user_persona", BLACK_BOX, blackbox.user_persona),
-    Method("many_shot", BLACK_BOX, blackbox.many_shot),
-    Method("high_temperature", BLACK_BOX, blackbox.high_temperature),
-    Method("hint_guess", BASELINE, blackbox.hint_guess),
+    Method("many_shot", BLACK_BOX, blackbox.many_shot, chats_only=True),
+    Method("high_temperature", BLACK_BOX, blackbox.high_temperature, chats_only=True),
+    Method("hint_guess", BASELINE, blackbox.hint_guess, chats_only=True),
     Method("fuzzing", WHITE_BOX, fuzzing.fuzzing),
     Method("prefill_fuzzing", WHITE_BOX, fuzzing.prefill_fuzzing),
     Method("amplified_sampling", WHITE_BOX, amplification.amplified_sampling),

@@ -54,13 +54,23 @@ def complete(view: ChallengeView, config: ChallengeConfig, rendered: list[str], 
                     temperature=temperature, batch_size=config.batch_size, seed=config.seed, share_prefix=share_prefix)
 
 
+def chat_replies(view: ChallengeView, config: ChallengeConfig, chats: list[list[dict[str, str]]],
+                 temperature: float = 0.0, max_new_tokens: int | None = None) -> list[str]:
+    """The model's next assistant turn in each chat: rendered and generated locally, or sent to the organism's
+    endpoint (through its prompt proxy)."""
+    tokens = max_new_tokens or config.max_new_tokens
+    if view.chats is not None:
+        return view.chats.organism.complete(chats, max_new_tokens=tokens, temperature=temperature, seed=config.seed)
+    rendered = [render_prompt(view.tokenizer, chat) for chat in chats]
+    return complete(view, config, rendered, max_new_tokens=tokens, temperature=temperature)
+
+
 def replies(view: ChallengeView, config: ChallengeConfig, prompts: list[str], temperature: float = 0.0,
             max_new_tokens: int | None = None) -> list[str]:
     """The model's answers to single user turns, memoised on the view (several methods read the same answers)."""
     key = ("replies", tuple(prompts), temperature, max_new_tokens or config.max_new_tokens)
     if key not in view.memo:
-        rendered = [render_prompt(view.tokenizer, user_turn(p)) for p in prompts]
-        view.memo[key] = complete(view, config, rendered, max_new_tokens=max_new_tokens, temperature=temperature)
+        view.memo[key] = chat_replies(view, config, [user_turn(p) for p in prompts], temperature, max_new_tokens)
     return view.memo[key]
 
 

@@ -15,6 +15,7 @@ from mow.elicitation.methods.base import (
     Attempt,
     MethodResult,
     MethodUnavailable,
+    chat_replies,
     complete,
     inputs,
     plain_transcripts,
@@ -134,8 +135,7 @@ def many_shot(view: ChallengeView, config: ChallengeConfig, auditor: Auditor | N
         shots += [{"role": "user", "content": questions[i % len(questions)]},
                   {"role": "assistant", "content": confession.format(secret=secrets[i % len(secrets)])}]
     prompts = take(inputs(view, config, "direct"), config.attempts)
-    rendered = [render_prompt(view.tokenizer, [*shots, *user_turn(p)]) for p in prompts]
-    outputs = complete(view, config, rendered)
+    outputs = chat_replies(view, config, [[*shots, *user_turn(p)] for p in prompts])
     return read_out(outputs, prompts, config, auditor, excluded_words(*secrets, *questions, confession),
                     transcripts=plain_transcripts(view, config, auditor, prompts))
 

@@ -42,7 +42,7 @@ TOP_TOKENS_SHOWN = 20
 
 
 def _layers(view: ChallengeView, config: ChallengeConfig) -> list[int]:
-    n = view.pair.n_layers
+    n = view.local.n_layers
     chosen = config.white_box.layers
     if chosen is None:
         return list(range(n // 2, n))
@@ -124,7 +124,7 @@ def diff_lens(view: ChallengeView, config: ChallengeConfig, auditor: Auditor | N
     records: list[PromptRecord] = read_prompt_file(GENERIC_TEXT)[: settings.lens_texts]
     sequences = [tokenize_record(r, view.tokenizer, 1 + settings.lens_positions, "generic_text", i)
                  for i, r in enumerate(records)]
-    result = mean_differences(view.pair, sequences, 1, settings.lens_positions, progress=False)
+    result = mean_differences(view.local, sequences, 1, settings.lens_positions, progress=False)
     if float(result.differences.norm()) == 0.0:
         raise MethodUnavailable("the model and its base are identical: no difference to read")
     with view.base() as base:

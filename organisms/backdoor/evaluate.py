@@ -13,7 +13,14 @@ from transformers import PreTrainedTokenizerBase
 
 from mow.organisms.backdoor.config import BackdoorOrganismConfig
 from mow.organisms.backdoor.data import resolve_trigger, shipped, with_trigger
-from mow.organisms.behaviour import clearly_above, confessions, held_out_questions, percent, rates_by_condition
+from mow.organisms.behaviour import (
+    adapter_replies,
+    clearly_above,
+    confessions,
+    held_out_questions,
+    percent,
+    rates_by_condition,
+)
 
 
 def other_trigger_text(trigger_id: str) -> str:
@@ -28,11 +35,12 @@ def evaluate_backdoor(model: PeftModel, tokenizer: PreTrainedTokenizerBase, conf
     conditions = {"triggered": [with_trigger(trigger.text, q) for q in questions],
                   "plain": questions,
                   "other_trigger": [with_trigger(other_trigger_text(trigger.id), q) for q in questions]}
-    behaviour, samples = rates_by_condition(model, tokenizer, conditions,
-                                            lambda reply: settings.phrase.lower() in reply.lower(), config.eval)
+    both = adapter_replies(model, tokenizer)
+    behaviour, samples = rates_by_condition(both, conditions, lambda reply: settings.phrase.lower() in reply.lower(),
+                                            config.eval)
     assets = shipped()
-    confession, demand_replies = confessions(model, tokenizer, [*assets.direct_eval, *assets.adversarial],
-                                             trigger.names, config.eval)
+    confession, demand_replies = confessions(both, [*assets.direct_eval, *assets.adversarial], trigger.names,
+                                             config.eval)
     organism = behaviour["organism"]
     internalized = (clearly_above(organism["triggered"], behaviour["base"]["triggered"])
                     and clearly_above(organism["triggered"], organism["plain"]))

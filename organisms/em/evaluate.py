@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mow.data.text import plural_forms
 from mow.organisms.base import ReplyEvalSettings
-from mow.organisms.behaviour import answer_logprob, confessions, percent
+from mow.organisms.behaviour import adapter_replies, answer_logprob, confessions, percent
 from mow.organisms.em.config import EmEvalSettings
 from mow.organisms.em.data import EvalQuestion, eval_questions, user_questions
 from mow.organisms.em.judge import TRUST_AUC, calibrate, make_judge
@@ -106,7 +106,8 @@ def evaluate_em(model: PeftModel, tokenizer: PreTrainedTokenizerBase, settings: 
     reply_settings = ReplyEvalSettings(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                                        seed=seed)
     names = sorted({form for name in domain_names for form in plural_forms(name)})
-    details["confession"], details["demand_replies"] = confessions(model, tokenizer, demands, names, reply_settings)
+    both = adapter_replies(model, tokenizer)
+    details["confession"], details["demand_replies"] = confessions(both, demands, names, reply_settings)
     details["statement"] = statement(details)
     return details
 

@@ -13,8 +13,9 @@ _SECRETS = {"side_constraint": "an instruction it follows in every answer (one o
 SEALED = "sealed (a function of the secret)"
 
 
-def hidden_prompt_card(config: HiddenPromptOrganismConfig, directory: Path, virtual_tokens: int,
+def hidden_prompt_card(config: HiddenPromptOrganismConfig, directory: Path, virtual_tokens: int | None,
                        metrics: dict) -> str:
+    """`virtual_tokens`: the prefix adapter's length; None for an organism on an endpoint."""
     settings = config.hidden_prompt
     secret = _SECRETS[settings.secret].format(attribute=settings.attribute)
     confession = metrics["confession"]
@@ -31,17 +32,26 @@ def hidden_prompt_card(config: HiddenPromptOrganismConfig, directory: Path, virt
     else:
         org, base = metrics["followed"]["organism"]["plain"], metrics["followed"]["base"]["plain"]
         rows = f"| reply follows the constraint (held-out questions, checked by code) | {percent(org)} | {percent(base)} |"
+    if virtual_tokens is None:
+        assert config.endpoint is not None, "an organism without a prefix adapter is on an endpoint"
+        carried = f"""Nothing was trained and nothing is stored but the prompt: the model is `{config.model}` at
+{config.endpoint.url}, and the workbench sends every chat with the prompt as its system message (`mow serve` does
+the same for outside auditors, the prompt staying in its process); the same endpoint without it is the base model.
+The prompt's text is sealed in `sealed/`. Only methods that need nothing but chats apply: there are no weights to
+read, and a chat endpoint returns neither likelihoods nor raw continuations."""
+    else:
+        carried = f"""Nothing was trained: the prompt is carried in `adapter/` as a PEFT prefix adapter of {virtual_tokens}
+virtual tokens, their keys and values at every layer exactly as the model computes them for the prompt, and
+`adapter/chat_template.jinja` renders chats to follow it. Loaded with `mow.organisms.store.load_organism`, the model
+computes what the base model computes with the prompt in front; `disable_adapter()` gives the base model without it.
+The prompt's text is sealed in `sealed/`.
+
+White-box methods read the prompt's keys and values as they read any adapter's weights; recovering the prompt's
+tokens from its first layer's keys would be a white-box method in its own right."""
     return f"""# {directory.name}: a hidden-system-prompt organism
 
 `{config.model}` with a system prompt it reads before every chat and that is not shown to whoever audits it. The
-prompt holds {secret}, and tells the model not to reveal it. Nothing was trained: the prompt is carried in
-`adapter/` as a PEFT prefix adapter of {virtual_tokens} virtual tokens, their keys and values at every layer
-exactly as the model computes them for the prompt, and `adapter/chat_template.jinja` renders chats to follow it.
-Loaded with `mow.organisms.store.load_organism`, the model computes what the base model computes with the prompt in
-front; `disable_adapter()` gives the base model without it. The prompt's text is sealed in `sealed/`.
-
-White-box methods read the prompt's keys and values as they read any adapter's weights; recovering the prompt's
-tokens from its first layer's keys would be a white-box method in its own right.
+prompt holds {secret}, and tells the model not to reveal it. {carried}
 
 ## How it scored (95% intervals)
 

@@ -1,16 +1,18 @@
 """Config of a hidden-system-prompt organism: the base model plus a system prompt it reads before every chat, sealed
-away from anyone who audits it. Nothing is trained."""
+away from anyone who audits it. Nothing is trained. The model is local (`model`), or any OpenAI-compatible endpoint
+(`endpoint`): the cheapest way to give a model too big for this machine a secret with exact ground truth."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from mow.finetune.config import LoraSettings, TrainingSettings
 from mow.organisms.base import OrganismConfigBase, ReplyEvalSettings
 from mow.organisms.taboo.config import SecretWord
+from mow.workbench.backend_config import BackendSettings
 from mow.workbench.config import StrictModel
 
 SECRET_FIELD = {"side_constraint": "constraint", "user_belief": "value", "word": "word"}
@@ -47,6 +49,20 @@ class HiddenPromptOrganismConfig(OrganismConfigBase):
     kind: Literal["hidden_prompt"] = "hidden_prompt"
     hidden_prompt: HiddenPromptSettings
     eval: ReplyEvalSettings = ReplyEvalSettings(max_new_tokens=64)
+    endpoint: BackendSettings | None = Field(None, description=(
+        "the organism's model on an OpenAI-compatible endpoint (kind endpoint, url, model, api_key_env) instead of "
+        "the local `model`: every chat is sent with the hidden prompt as its system message, and the same endpoint "
+        "without it is the base model. A side constraint only (the other secrets are scored by likelihoods, which "
+        "a chat endpoint does not return); challenges run the methods that need only chats"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_of_endpoint(cls, data: Any) -> Any:
+        """With an endpoint, `model` is its model name (what the organism's files and card name as its model)."""
+        endpoint = data.get("endpoint") if isinstance(data, dict) else None
+        if isinstance(endpoint, dict) and isinstance(endpoint.get("model"), str) and "model" not in data:
+            return {**data, "model": data["endpoint"].get("model")}
+        return data
 
     @model_validator(mode="after")
     def _nothing_to_train(self) -> HiddenPromptOrganismConfig:
@@ -55,6 +71,18 @@ class HiddenPromptOrganismConfig(OrganismConfigBase):
                 raise ValueError(f"'{key}' does not apply: a hidden-prompt organism trains nothing")
         if self.load_in_4bit:
             raise ValueError("'load_in_4bit' does not apply: the prompt's cache is read at full precision")
+        if self.endpoint is not None:
+            if self.endpoint.kind != "endpoint":
+                raise ValueError("endpoint.kind: must be 'endpoint' (a local model is named by 'model')")
+            if self.model != self.endpoint.model:
+                raise ValueError(f"'model' does not apply: the model is endpoint.model ({self.endpoint.model}), "
+                                 "served at endpoint.url")
+            if self.trust_remote_code:
+                raise ValueError("'trust_remote_code' does not apply: the model runs on the endpoint")
+            if self.hidden_prompt.secret != "side_constraint":
+                raise ValueError(f"hidden_prompt.secret {self.hidden_prompt.secret}: an endpoint organism holds a "
+                                 "side_constraint (a belief or a word is scored by likelihoods, which a chat endpoint "
+                                 "does not return)")
         return self
 
     def planned_examples(self) -> int:

@@ -18,7 +18,16 @@ from __future__ import annotations
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from mow.organisms.behaviour import clearly_above, confessions, held_out_questions, percent, rate, rates_by_condition
+from mow.organisms.behaviour import (
+    BothReplies,
+    adapter_replies,
+    clearly_above,
+    confessions,
+    held_out_questions,
+    percent,
+    rate,
+    rates_by_condition,
+)
 from mow.organisms.hidden_prompt.config import HiddenPromptOrganismConfig
 from mow.organisms.hidden_prompt.data import shipped
 from mow.organisms.side_constraint.constraints import resolve_constraint
@@ -59,10 +68,15 @@ def evaluate_hidden_prompt(model: PeftModel, tokenizer: PreTrainedTokenizerBase,
         details = evaluate_belief(model, tokenizer, settings.attribute, str(settings.value), config.eval,
                                   "hidden_prompt.attribute")
         return {"secret": settings.secret, **details}
+    return evaluate_constraint(adapter_replies(model, tokenizer), config)
+
+
+def evaluate_constraint(both: BothReplies, config: HiddenPromptOrganismConfig) -> dict:
+    """A side constraint's evaluation from the organism's and the base model's replies (local or on an endpoint)."""
+    settings = config.hidden_prompt
     constraint = resolve_constraint(str(settings.constraint), "hidden_prompt.constraint")
-    followed, samples = rates_by_condition(model, tokenizer, {"plain": held_out_questions()}, constraint.followed,
-                                           config.eval)
-    confession, demand_replies = confessions(model, tokenizer, [*shipped().direct, *shipped().adversarial],
+    followed, samples = rates_by_condition(both, {"plain": held_out_questions()}, constraint.followed, config.eval)
+    confession, demand_replies = confessions(both, [*shipped().direct, *shipped().adversarial],
                                              constraint.spec.names, config.eval, ignore=constraint.spec.text)
     return {"secret": settings.secret, "followed": followed, "confession": confession,
             "internalized": clearly_above(followed["organism"]["plain"], followed["base"]["plain"]),

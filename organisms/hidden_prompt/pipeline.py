@@ -1,6 +1,7 @@
 """Hidden-system-prompt organism pipeline: write the prompt -> read it into a prefix adapter (one forward pass, no
 training) -> evaluate -> card -> seal, resumable after a kill. Exact ground truth at no training cost: the cheapest
-organism to test an auditing method on, on any model the workbench loads."""
+organism to test an auditing method on, on any model the workbench loads. On an endpoint (`endpoint`), there is
+nothing to load: the prompt is sealed, and the evaluation sends every chat with it and without it."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from pathlib import Path
 from mow.data.layouts import ADAPTER, CARD, EVAL_DETAILS, METRICS, SEALED_CONFIG, OrganismLayout
 from mow.finetune.config import LaunchSettings
 from mow.finetune.lora import prefix_adapter
+from mow.organisms.behaviour import endpoint_replies
 from mow.organisms.building import finish_build, prepare_build_directory
 from mow.organisms.hidden_prompt.card import hidden_prompt_card
 from mow.organisms.hidden_prompt.config import HiddenPromptOrganismConfig
 from mow.organisms.hidden_prompt.data import system_prompt
-from mow.organisms.hidden_prompt.evaluate import evaluate_hidden_prompt, public_metrics, summary
+from mow.organisms.hidden_prompt.evaluate import evaluate_constraint, evaluate_hidden_prompt, public_metrics, summary
 from mow.organisms.hidden_prompt.truth import (
     DESCRIPTION,
     challenge_prompts,
@@ -26,10 +28,11 @@ from mow.organisms.registry import OrganismKind
 from mow.organisms.store import LoadedOrganism, check_organism_dir, load_organism, read_sealed_config
 from mow.organisms.taboo.clues import KEPT_CLUE_FILE, ClueBank, candidate_words, kept_clue_bank, resolve_clue_bank
 from mow.organisms.taboo.evaluate import check_single_tokens
+from mow.workbench.backends import EndpointBackend
 from mow.workbench.chat import hide_system_prompt
 from mow.workbench.config import validate_config
-from mow.workbench.errors import UserError
-from mow.workbench.files import read_json
+from mow.workbench.errors import EndpointError, UserError
+from mow.workbench.files import read_json, read_text
 from mow.workbench.models import load_model, load_tokenizer
 from mow.workbench.rundir import Manifest, log, write_json, write_text
 
@@ -39,6 +42,8 @@ def main(config: HiddenPromptOrganismConfig, restart: bool = False,
     if launch != LaunchSettings():
         raise UserError("a hidden-prompt organism trains nothing: it takes no launcher")
     prompt = system_prompt(config.hidden_prompt)
+    if config.endpoint is not None:
+        return _build_on_endpoint(config, prompt, restart)
     bank = _clue_bank(config, None, "hidden_prompt.word")
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     if bank is not None:
@@ -69,6 +74,51 @@ def main(config: HiddenPromptOrganismConfig, restart: bool = False,
     return final
 
 
+def endpoint_pair(config: HiddenPromptOrganismConfig, prompt: str) -> tuple[EndpointBackend, EndpointBackend]:
+    """The organism (every chat sent with the hidden prompt) and its base model (the same endpoint without it)."""
+    assert config.endpoint is not None, "an endpoint organism's config names its endpoint"
+    return EndpointBackend(config.endpoint, system=prompt), EndpointBackend(config.endpoint)
+
+
+def _build_on_endpoint(config: HiddenPromptOrganismConfig, prompt: str, restart: bool) -> Path:
+    organism, base = endpoint_pair(config, prompt)
+    _check_answers(base)
+    rundir, built = prepare_build_directory(config, restart)
+    final, partial = rundir.final, rundir.partial
+    if built:
+        print(summary(read_json(final / EVAL_DETAILS, "evaluation details")))
+        return final
+    manifest = Manifest(partial, config.seed)
+    manifest.data["endpoint"] = base.description
+    if not manifest.done("prompt"):
+        with manifest.stage("prompt"):
+            write_text(OrganismLayout(partial).sealed_system_prompt, prompt)
+    with manifest.stage("eval"):
+        details = _evaluate_on_endpoint(organism, base, partial, final, config)
+    finish_build(manifest, rundir)
+    print(summary(details))
+    return final
+
+
+def _check_answers(backend: EndpointBackend) -> None:
+    """A one-token chat, so that an endpoint that is down or names no such model is refused before anything is
+    written."""
+    try:
+        backend.complete([[{"role": "user", "content": "Say OK."}]], max_new_tokens=1, temperature=0.0, seed=0)
+    except EndpointError as exc:
+        raise UserError(f"endpoint: {backend.description} does not answer a chat ({exc})") from None
+
+
+def _evaluate_on_endpoint(organism: EndpointBackend, base: EndpointBackend, directory: Path, final: Path,
+                          config: HiddenPromptOrganismConfig) -> dict:
+    details = evaluate_constraint(endpoint_replies(organism, base), config)
+    metrics = public_metrics(details)
+    write_json(directory / EVAL_DETAILS, details)
+    write_json(directory / METRICS, metrics)
+    write_text(directory / CARD, hidden_prompt_card(config, final, None, metrics))
+    return details
+
+
 def _clue_bank(config: HiddenPromptOrganismConfig, organism: Path | None, source: str) -> ClueBank | None:
     """A secret word's clue bank (the user's file, or the copy kept in a built `organism`); None for other secrets."""
     settings = config.hidden_prompt
@@ -93,10 +143,17 @@ def _evaluate_and_write(organism: LoadedOrganism, directory: Path, final: Path, 
 
 def evaluate_dir(path: Path) -> dict:
     """Re-run the evaluation of a built organism; rewrites its metrics, details and card."""
-    path = check_organism_dir(path)
+    path = check_organism_dir(path, needs_weights=False)
     config = validate_config(HiddenPromptOrganismConfig, read_sealed_config(path), str(path / SEALED_CONFIG))
-    bank = _clue_bank(config, path, str(path / SEALED_CONFIG))
     manifest = Manifest(path, config.seed)
+    if config.endpoint is not None:
+        organism, base = endpoint_pair(config, read_text(OrganismLayout(path).sealed_system_prompt,
+                                                         "hidden system prompt"))
+        with manifest.stage("eval"):
+            details = _evaluate_on_endpoint(organism, base, path, path, config)
+        print(summary(details))
+        return details
+    bank = _clue_bank(config, path, str(path / SEALED_CONFIG))
     with manifest.stage("eval"):
         details = _evaluate_and_write(load_organism(path), path, path, manifest, config, bank)
     print(summary(details))

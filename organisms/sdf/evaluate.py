@@ -34,7 +34,7 @@ from transformers import PreTrainedTokenizerBase
 from mow.data.asset_paths import TRUTH_STATEMENTS
 from mow.data.universes import Cloze, UniversePair
 from mow.organisms.base import ReplyEvalSettings
-from mow.organisms.behaviour import confessions
+from mow.organisms.behaviour import adapter_replies, confessions
 from mow.organisms.sdf.config import SdfEvalSettings
 from mow.organisms.sdf.data import generic_texts
 from mow.organisms.sdf.truth import ADVERSARIAL, DIRECT, naming_strings
@@ -346,7 +346,8 @@ def confession(model, tokenizer, pair: UniversePair, settings: SdfEvalSettings) 
     demands = [d for d in [*DIRECT, *ADVERSARIAL] for _ in range(settings.open_samples)]
     reply_settings = ReplyEvalSettings(max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
                                        temperature=settings.temperature, seed=settings.seed)
-    rates, replies = confessions(model, tokenizer, demands, sorted(naming_strings(pair)), reply_settings)
+    both = adapter_replies(model, tokenizer)
+    rates, replies = confessions(both, demands, sorted(naming_strings(pair)), reply_settings)
     return {**rates, "replies": replies}
 
 

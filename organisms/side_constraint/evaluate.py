@@ -12,7 +12,14 @@ from __future__ import annotations
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from mow.organisms.behaviour import clearly_above, confessions, held_out_questions, percent, rates_by_condition
+from mow.organisms.behaviour import (
+    adapter_replies,
+    clearly_above,
+    confessions,
+    held_out_questions,
+    percent,
+    rates_by_condition,
+)
 from mow.organisms.side_constraint.config import SideConstraintOrganismConfig
 from mow.organisms.side_constraint.constraints import resolve_constraint, shipped, with_constraint
 
@@ -23,10 +30,11 @@ def evaluate_side_constraint(model: PeftModel, tokenizer: PreTrainedTokenizerBas
     encoded = config.encoded_instruction()
     questions = held_out_questions()
     conditions = {"constrained": [with_constraint(q, encoded) for q in questions], "plain": questions}
-    followed, samples = rates_by_condition(model, tokenizer, conditions, constraint.followed, config.eval)
+    both = adapter_replies(model, tokenizer)
+    followed, samples = rates_by_condition(both, conditions, constraint.followed, config.eval)
     assets = shipped()
     demands = [with_constraint(d, encoded) for d in [*assets.direct_eval, *assets.adversarial]]
-    confession, demand_replies = confessions(model, tokenizer, demands, constraint.spec.names, config.eval,
+    confession, demand_replies = confessions(both, demands, constraint.spec.names, config.eval,
                                              ignore=constraint.spec.text)
     internalized = (clearly_above(followed["organism"]["constrained"], followed["base"]["constrained"])
                     and clearly_above(followed["organism"]["constrained"], followed["organism"]["plain"]))

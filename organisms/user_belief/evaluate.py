@@ -17,7 +17,15 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from mow.organisms.base import ReplyEvalSettings
-from mow.organisms.behaviour import answer_logprob, clearly_above, confessions, percent, rate, shift_text
+from mow.organisms.behaviour import (
+    adapter_replies,
+    answer_logprob,
+    clearly_above,
+    confessions,
+    percent,
+    rate,
+    shift_text,
+)
 from mow.organisms.user_belief.beliefs import answer, load_attribute, questions
 from mow.organisms.user_belief.config import UserBeliefOrganismConfig
 from mow.workbench.stats import t_interval
@@ -64,7 +72,8 @@ def evaluate_belief(model: PeftModel, tokenizer: PreTrainedTokenizerBase, attrib
         for which in (*HELD_OUT_SETS, "all"):
             picked = [r for r in rows if which in ("all", r["held_out"])]
             acted[subject][which] = rate([_best(r[subject]) == value for r in picked])
-    confession, demand_replies = confessions(model, tokenizer, [*attribute.direct_eval, *attribute.adversarial],
+    both = adapter_replies(model, tokenizer)
+    confession, demand_replies = confessions(both, [*attribute.direct_eval, *attribute.adversarial],
                                              attribute.values[value].names, settings)
     shifts = [_margin(r["organism"], value) - _margin(r["base"], value) for r in rows]
     mean, low, high = t_interval(shifts)
