@@ -38,8 +38,8 @@ def check_organism_dir(path: Path, needs_weights: bool = True) -> Path:
         raise UserError(f"{path}: not an organism directory (missing {layout.adapter_config.relative_to(path)})")
     if endpoint is not None and needs_weights:
         raise UserError(f"{path}: an organism on an endpoint (model {endpoint.get('model')} at "
-                        f"{endpoint.get('url')}) has no local weights, which this command needs; evaluation, challenges, audits "
-                        "and `mow serve` take it")
+                        f"{endpoint.get('url')}) has no local weights, which this command needs; evaluation, "
+                        "challenges, audits and `mow serve` take it")
     return path
 
 
