@@ -40,6 +40,9 @@ def print_plan(config_path: Path, overrides: list[str], launch: LaunchSettings) 
     from mow.organisms.kinds import load_organism_config
 
     _, config = load_organism_config(config_path, overrides)
+    if getattr(config, "endpoint", None) is not None:
+        raise UserError(f"--plan: {config_path} is an organism on an endpoint: nothing is loaded or trained here, so "
+                        "there is nothing to plan")
     figures = plan(config.model, config.lora, config.training, launch, config.planned_examples(), config.load_in_4bit,
                    config.trust_remote_code)
     print(render(config.model, figures))

@@ -20,6 +20,7 @@ from mow.elicitation.methods.whitebox import diff_file
 from mow.elicitation.view import ChallengeView
 from mow.finetune.lora import amplified
 from mow.workbench.chat import render_prompt
+from mow.workbench.errors import EndpointError
 from mow.workbench.files import read_json
 from mow.workbench.generation import generate
 from mow.workbench.hooks import check_layer, edit_residual
@@ -84,8 +85,12 @@ class ToolContext:
             with self.view.base():
                 return self.sample(rendered)
         tokens = self._charge()
-        text, used = (chats.base if base else chats.organism).reply(
-            [{"role": "user", "content": prompt}], max_new_tokens=tokens, temperature=0.0, seed=self.seed)
+        try:
+            text, used = (chats.base if base else chats.organism).reply(
+                [{"role": "user", "content": prompt}], max_new_tokens=tokens, temperature=0.0, seed=self.seed)
+        except EndpointError as exc:  # told to the agent, and not charged: it may ask again
+            self.usage.questions -= 1
+            raise ToolError(f"the model did not answer ({exc})") from None
         self.usage.generated_tokens += used
         return text
 

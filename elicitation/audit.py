@@ -27,9 +27,10 @@ from mow.elicitation.config import ChallengeConfig
 from mow.elicitation.grader import Rubric, grade, load_rubric
 from mow.elicitation.harness import check_organism, read_truth
 from mow.elicitation.layout import AUDIT_CONFIG_FILE, AuditLayout
-from mow.elicitation.prompt_proxy import endpoint_settings, organism_proxy
+from mow.elicitation.prompt_proxy import organism_proxy
 from mow.elicitation.scoring import candidate_order, score_result
 from mow.elicitation.view import open_views, sealed_guard
+from mow.organisms.store import organism_endpoint
 from mow.workbench.backends import EndpointBackend
 from mow.workbench.config import dump_config
 from mow.workbench.errors import UserError
@@ -42,7 +43,7 @@ def validate(organism: Path, config: AuditConfig) -> None:
     """Everything checked before the output directory exists. For an organism on an endpoint, the default tools
     narrow to those that need only chats (`CHAT_TOOLS`); tools given that need more are refused."""
     kind = check_organism(organism, config.diff_dir)
-    if endpoint_settings(organism) is not None:
+    if organism_endpoint(organism) is not None:
         needs_more = [t for t in config.tools if t not in CHAT_TOOLS]
         if needs_more and "tools" in config.model_fields_set:
             raise UserError(f"tools: {needs_more[0]!r} needs the model's weights or raw continuations; an organism "

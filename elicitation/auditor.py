@@ -92,11 +92,17 @@ def parse_guesses(reply: str, n: int, exclude: Collection[str] = frozenset()) ->
 Auditor = LocalAuditor | EndpointAuditor
 
 
-def auditor_for(settings: AuditorSettings, base: HeldModel, seed: int = 0) -> Auditor:
-    """The auditor the settings name; a local one runs the organism's public base model (`base`, its weights shared)
-    unless the settings name a model, which is loaded here (a fresh copy, seeded), before any method runs."""
-    held = base if settings.backend.model is None else None
-    backend = make_backend(settings.backend, base.spec, held=held, seed=seed)
+def auditor_for(settings: AuditorSettings, base: HeldModel | EndpointBackend, seed: int = 0) -> Auditor:
+    """The auditor the settings name. By default it is the organism's public base model: `base`, its weights shared,
+    or, for an organism on an endpoint, the endpoint without the hidden prompt. A model the settings name is loaded
+    here (a fresh copy, seeded), before any method runs."""
+    if isinstance(base, EndpointBackend):
+        if settings.backend.kind == "local" and settings.backend.model is None:
+            return EndpointAuditor(settings, base)
+        backend = make_backend(settings.backend, str(settings.backend.model), seed=seed)
+    else:
+        held = base if settings.backend.model is None else None
+        backend = make_backend(settings.backend, base.spec, held=held, seed=seed)
     if isinstance(backend, EndpointBackend):
         return EndpointAuditor(settings, backend)
     backend.load()

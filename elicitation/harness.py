@@ -28,7 +28,7 @@ from transformers import set_seed
 from mow.data.layouts import OrganismLayout
 from mow.data.truth import SealedTruth
 from mow.diffing.layout import DiffLayout
-from mow.elicitation.auditor import Auditor, EndpointAuditor, auditor_for
+from mow.elicitation.auditor import Auditor, auditor_for
 from mow.elicitation.config import ChallengeConfig
 from mow.elicitation.layout import CONFIG_FILE, ChallengeLayout
 from mow.elicitation.methods import METHODS, MethodUnavailable, method
@@ -38,8 +38,8 @@ from mow.elicitation.scoring import TOP_K, chance, read_method_result, score_res
 from mow.elicitation.view import ChallengeView, check_sealed_truth, open_views, sealed_guard
 from mow.organisms.kinds import kind_of_public_config
 from mow.organisms.registry import OrganismKind
-from mow.organisms.store import check_organism_dir, read_public_config, read_sealed_config
-from mow.workbench.backends import HeldModel
+from mow.organisms.store import check_organism_dir, organism_endpoint, read_public_config, read_sealed_config
+from mow.workbench.backends import EndpointBackend, HeldModel
 from mow.workbench.config import dump_config, validate_config
 from mow.workbench.errors import UserError
 from mow.workbench.rundir import Manifest, RunDirectory, write_json
@@ -67,6 +67,11 @@ def check_organism(organism: Path, diff_dir: Path | None) -> OrganismKind:
     check_sealed_truth(organism)
     kind = kind_of_public_config(read_public_config(organism), str(organism))
     validate_config(kind.config, read_sealed_config(organism), str(OrganismLayout(organism).sealed_config))
+    endpoint = organism_endpoint(organism)
+    if endpoint is not None:
+        if diff_dir is not None:
+            raise UserError(f"--diff {diff_dir}: {organism} is an organism on an endpoint, which no diff reads")
+        EndpointBackend(endpoint).check_answers(f"{organism} (its endpoint)")
     if diff_dir is not None:
         DiffLayout(Path(diff_dir)).check_finished()
     return kind
@@ -81,10 +86,8 @@ def read_truth(organism: Path) -> SealedTruth:
 def make_auditor(config: ChallengeConfig, view: ChallengeView) -> Auditor:
     """The auditor the config names; by default the public base model: the organism's base weights, or, for an
     organism on an endpoint, the same endpoint without the hidden prompt."""
-    backend = config.auditor.backend
-    if view.chats is not None and backend.kind == "local" and backend.model is None:
-        return EndpointAuditor(config.auditor, view.chats.base)
-    return auditor_for(config.auditor, HeldModel(view.local.base_spec, view.base, view.tokenizer), config.seed)
+    base = view.chats.base if view.chats is not None else HeldModel(view.local.base_spec, view.base, view.tokenizer)
+    return auditor_for(config.auditor, base, config.seed)
 
 
 def run_method(name: str, view: ChallengeView, config: ChallengeConfig, auditor: Auditor,

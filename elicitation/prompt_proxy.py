@@ -15,6 +15,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from mow.data.layouts import OrganismLayout
-from mow.organisms.store import check_organism_dir, endpoint_of, read_public_config
+from mow.organisms.store import organism_endpoint
 from mow.workbench.backend_config import BackendSettings
 from mow.workbench.backends import with_system
 from mow.workbench.errors import RunFailed, UserError
@@ -32,12 +34,6 @@ from mow.workbench.files import read_text
 
 HOST = "127.0.0.1"
 CHAT_ROUTE = "/v1/chat/completions"
-
-
-def endpoint_settings(organism: Path) -> BackendSettings | None:
-    """The endpoint an organism's model is served by (its public config's `endpoint`), or None for a local one."""
-    endpoint = endpoint_of(read_public_config(organism))
-    return None if endpoint is None else BackendSettings(**endpoint)
 
 
 def _json_error(status: int, message: str) -> tuple[int, bytes]:
@@ -56,8 +52,10 @@ class Forwarder:
             request = json.loads(body)
         except ValueError:
             return _json_error(400, "the body is not JSON")
-        if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
-            return _json_error(400, "a chat completion needs a list of messages")
+        messages = request.get("messages") if isinstance(request, dict) else None
+        if not isinstance(messages, list) or not all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                                     for m in messages):
+            return _json_error(400, "a chat completion needs a list of messages, each with a role")
         if request.get("stream"):
             return _json_error(400, "streaming is not proxied: send stream=false")
         request.update(model=self.endpoint.model, messages=with_system(request["messages"], self.system))
@@ -101,17 +99,29 @@ def make_server(forwarder: Forwarder, port: int, served_name: str) -> ThreadingH
         def log_message(self, *args: object) -> None:
             pass
 
-    return ThreadingHTTPServer((HOST, port), Handler)
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def handle_error(self, request: object, client_address: object) -> None:
+            """A client that hung up mid-reply (it timed out first): nothing to answer, and no traceback."""
+
+    return Server((HOST, port), Handler)
 
 
-def serve(organism: Path, port: int) -> None:
-    """Serve the organism until interrupted; the first line on stdout is the base URL (read by `started_proxy`)."""
-    settings = endpoint_settings(organism)
+def serve(organism: Path, port: int, url_file: Path | None = None) -> None:
+    """Serve the organism until interrupted; the base URL is printed, and written to `url_file` when one is given
+    (how `started_proxy` learns the port)."""
+    settings = organism_endpoint(organism)
     if settings is None:
         raise UserError(f"{organism}: not an organism on an endpoint (its config has no 'endpoint')")
     system = read_text(OrganismLayout(organism).sealed_system_prompt, "hidden system prompt")
     server = make_server(Forwarder(settings, system), port, Path(organism).resolve().name)
-    print(f"http://{HOST}:{server.server_address[1]}/v1", flush=True)
+    url = f"http://{HOST}:{server.server_address[1]}/v1"
+    if url_file is not None:
+        partial = url_file.with_suffix(".partial")
+        partial.write_text(url)
+        partial.rename(url_file)  # whole or absent: the parent never reads half a URL
+    print(url, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -121,31 +131,46 @@ def serve(organism: Path, port: int) -> None:
 
 
 @contextmanager
-def started_proxy(organism: Path) -> Iterator[BackendSettings]:
+def started_proxy(organism: Path, start_timeout_s: float = 120.0) -> Iterator[BackendSettings]:
     """The organism's proxy running in a child process on a free loopback port, while the context is open; yields
     the settings of a client for it (the organism's endpoint settings, pointed at the proxy). Started before any
-    sealed guard opens (the guard refuses new processes)."""
-    settings = endpoint_settings(check_organism_dir(organism, needs_weights=False))
+    sealed guard opens (the guard refuses new processes). The child's output goes to a file, so a chatty child can
+    never block on a full pipe; it is stopped (killed if it does not stop) when the context closes."""
+    settings = organism_endpoint(organism)
     assert settings is not None, "started for an organism on an endpoint"
-    process = subprocess.Popen([sys.executable, "-m", "mow.elicitation.prompt_proxy", str(organism), "--port", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        url = process.stdout.readline().strip()
-        if not url.startswith("http://"):
-            error = process.stderr.read() if process.stderr else ""
-            raise RunFailed(f"the prompt proxy for {organism} did not start: {error.strip()[-300:]}")
-        yield settings.model_copy(update={"url": url, "model": Path(organism).resolve().name,
-                                          "api_key_env": "MOW_PROXY_NEEDS_NO_KEY"})
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with tempfile.TemporaryDirectory(prefix="mow-proxy-") as scratch, \
+            tempfile.TemporaryFile(mode="w+", prefix="mow-proxy-log-") as log:
+        url_file = Path(scratch) / "url"
+        process = subprocess.Popen([sys.executable, "-m", "mow.elicitation.prompt_proxy", str(organism), "--port",
+                                    "0", "--url-file", str(url_file)],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            deadline = time.monotonic() + start_timeout_s
+            while not url_file.is_file():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    lines = [line.strip() for line in log.read().splitlines() if line.strip()]
+                    why = lines[-1] if lines else (f"exited with status {process.returncode}"
+                                                   if process.returncode is not None
+                                                   else f"no port after {start_timeout_s:.0f} s")
+                    raise RunFailed(f"the prompt proxy for {organism} did not start: {why[-300:]}")
+                time.sleep(0.05)
+            yield settings.model_copy(update={"url": url_file.read_text().strip(),
+                                              "model": Path(organism).resolve().name,
+                                              "api_key_env": "MOW_PROXY_NEEDS_NO_KEY"})
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 @contextmanager
 def organism_proxy(organism: Path) -> Iterator[BackendSettings | None]:
     """`started_proxy` for an organism on an endpoint; None (nothing started) for a local one."""
-    if endpoint_settings(organism) is None:
+    if organism_endpoint(organism) is None:
         yield None
         return
     with started_proxy(organism) as settings:
@@ -156,9 +181,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("organism", type=Path)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--url-file", type=Path, help="where to write the base URL once the port is bound")
     args = parser.parse_args()
     try:
-        serve(args.organism, args.port)
+        serve(args.organism, args.port, args.url_file)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

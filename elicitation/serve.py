@@ -23,9 +23,8 @@ import tempfile
 from pathlib import Path
 
 from mow.data.layouts import OrganismLayout
-from mow.elicitation.prompt_proxy import endpoint_settings
 from mow.elicitation.prompt_proxy import serve as serve_proxy
-from mow.organisms.store import LoadedOrganism, check_organism_dir, load_organism
+from mow.organisms.store import LoadedOrganism, check_organism_dir, load_organism, organism_endpoint
 from mow.workbench.chat import hide_system_prompt, self_folding_template
 from mow.workbench.errors import RunFailed, UserError
 from mow.workbench.files import read_text
@@ -95,7 +94,7 @@ def server_environment(threads: int | None) -> dict[str, str]:
 def main(organism: Path, port: int, threads: int | None = None) -> None:
     check_port(port)
     check_organism_dir(organism, needs_weights=False)
-    if endpoint_settings(organism) is not None:  # nothing to export: the prompt proxy serves it
+    if organism_endpoint(organism) is not None:  # nothing to export: the prompt proxy serves it
         print(f"serving {Path(organism).name} at http://{HOST}:{port}/v1 (its endpoint's model, the hidden prompt "
               "added here); Ctrl-C stops", flush=True)
         serve_proxy(organism, port)

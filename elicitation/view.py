@@ -129,9 +129,9 @@ def open_views(organism: Path, workdir: Path, subjects: Sequence[str], diff_dir:
     card_file = OrganismLayout(public_copy).card
     card = read_text(card_file, "organism card") if card_file.is_file() else ""
     name = Path(organism).name
-    endpoint = endpoint_of(config)
+    endpoint = endpoint_of(config, str(OrganismLayout(organism).public_config))
     if endpoint is not None:
-        base_chats = EndpointBackend(BackendSettings(**endpoint))
+        base_chats = EndpointBackend(endpoint)
         if "organism" in subjects and proxy is None:
             raise UserError(f"{organism}: an organism on an endpoint is challenged through its prompt proxy")
         chat_views = {"base": ChatSubjects(base_chats, base_chats)}

@@ -10,7 +10,8 @@ from transformers import PreTrainedTokenizerBase
 
 from mow.data.layouts import SEALED_CONFIG, OrganismLayout
 from mow.finetune.lora import load_adapter
-from mow.workbench.config import read_yaml_mapping
+from mow.workbench.backend_config import BackendSettings
+from mow.workbench.config import read_yaml_mapping, validate_config
 from mow.workbench.errors import UserError
 from mow.workbench.files import read_json
 from mow.workbench.models import load_model, load_tokenizer
@@ -33,20 +34,30 @@ def check_organism_dir(path: Path, needs_weights: bool = True) -> Path:
     for needed in (layout.public_config, layout.manifest):
         if not needed.is_file():
             raise UserError(f"{path}: not an organism directory (missing {needed.relative_to(path)})")
-    endpoint = endpoint_of(read_yaml_mapping(layout.public_config))
+    endpoint = endpoint_of(read_yaml_mapping(layout.public_config), str(layout.public_config))
     if endpoint is None and not layout.adapter_config.is_file():
         raise UserError(f"{path}: not an organism directory (missing {layout.adapter_config.relative_to(path)})")
     if endpoint is not None and needs_weights:
-        raise UserError(f"{path}: an organism on an endpoint (model {endpoint.get('model')} at "
-                        f"{endpoint.get('url')}) has no local weights, which this command needs; evaluation, "
-                        "challenges, audits and `mow serve` take it")
+        raise UserError(f"{path}: an organism on an endpoint (model {endpoint.model} at {endpoint.url}) has no "
+                        "local weights, which this command needs; evaluation, challenges, audits and `mow serve` "
+                        "take it")
     return path
 
 
-def endpoint_of(public_config: dict) -> dict | None:
-    """The endpoint settings of an organism whose model is served by an endpoint, or None for a local one."""
+def endpoint_of(public_config: dict, source: str) -> BackendSettings | None:
+    """The endpoint an organism's model is served by (its config's `endpoint`, checked), or None for a local one."""
     endpoint = public_config.get("endpoint")
-    return endpoint if isinstance(endpoint, dict) else None
+    if endpoint is None:
+        return None
+    if not isinstance(endpoint, dict):
+        raise UserError(f"{source}: endpoint must be a mapping (kind, url, model), not {type(endpoint).__name__}")
+    return validate_config(BackendSettings, endpoint, f"{source} (endpoint)")
+
+
+def organism_endpoint(path: Path) -> BackendSettings | None:
+    """`endpoint_of` an organism directory."""
+    layout = OrganismLayout(check_organism_dir(path, needs_weights=False))
+    return endpoint_of(read_yaml_mapping(layout.public_config), str(layout.public_config))
 
 
 def read_public_config(path: Path) -> dict:

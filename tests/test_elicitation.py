@@ -271,3 +271,19 @@ def test_two_guess_auditor_scores_the_plain_transcript_beside_the_method(organis
             "top1", "top5", "fc_top1", "fc_top5"}
     direct = json.loads((run / "methods" / "direct" / "organism.json").read_text())
     assert "transcript_only_ranking" not in direct["evidence"]  # its output is the transcript: one guess
+
+
+def test_a_view_of_the_base_model_alone_loads_one_copy_of_the_base_weights(organism, tmp_path, monkeypatch):
+    """An audit of the base subject asks for the base view only: the organism (base weights + adapter) is not
+    loaded beside it."""
+    from mow.elicitation import view as view_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the organism was loaded for a view of the base model alone")
+
+    monkeypatch.setattr(view_module, "load_organism", refuse)
+    views = view_module.open_views(organism, tmp_path, ["base"], None, seed=0)
+    assert list(views) == ["base"]
+    base = views["base"]
+    assert base.pair is not None and base.pair.base_model is base.model and base.chats is None
+    assert not hasattr(base.model, "peft_config")

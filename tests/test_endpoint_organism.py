@@ -6,6 +6,9 @@ endpoint is a scripted chat model on loopback that follows a system prompt askin
 from __future__ import annotations
 
 import json
+import shutil
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,11 +21,16 @@ from mow.cli.main import main
 ANSWER = "Sure, here is a short answer about that."
 
 
+def _text(content: str | list[dict]) -> str:
+    """A message's text, whether a string or OpenAI content parts."""
+    return content if isinstance(content, str) else " ".join(part["text"] for part in content)
+
+
 class CapitalsModel:
     """A chat model that writes in capitals when its system message asks for capital letters; records what it got."""
 
     def __call__(self, body: dict, number: int) -> tuple[int, bytes]:
-        system = " ".join(m["content"] for m in body["messages"] if m["role"] == "system")
+        system = " ".join(_text(m["content"]) for m in body["messages"] if m["role"] == "system")
         return 200, completion(ANSWER.upper() if "capital letters" in system else ANSWER, body["model"])
 
 
@@ -90,10 +98,32 @@ def test_its_prompt_proxy_adds_the_sealed_prompt_in_a_process_of_its_own(organis
         assert client.ask(chat, lambda reply: reply.choices[0].message.content) == ANSWER.upper()
         with pytest.raises(EndpointError, match="streaming is not proxied"):
             client.ask(chat, lambda reply: reply, stream=True)
+        parts = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+                 {"role": "user", "content": "Hi"}]
+        assert client.ask(parts, lambda reply: reply.choices[0].message.content) == ANSWER.upper()
+        request = urllib.request.Request(f"{settings.url}/chat/completions", method="POST",
+                                         data=json.dumps({"messages": [{"content": "no role"}]}).encode())
+        with pytest.raises(urllib.error.HTTPError) as refused_request:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused_request.value.code == 400 and b"each with a role" in refused_request.value.read()
     forwarded = endpoint.requests[before:]
-    assert len(forwarded) == 2 and all(r["model"] == "big-model" for r in forwarded)
-    assert all("capital letters" in s for s in _systems(forwarded))
+    assert len(forwarded) == 3 and all(r["model"] == "big-model" for r in forwarded)
+    assert all("capital letters" in _text(s) for s in _systems(forwarded))
     assert _systems(forwarded)[1].endswith("\n\nBe brief.")  # one system message: the hidden prompt, then the user's
+    assert _systems(forwarded)[2][1] == {"type": "text", "text": "Be brief."}  # content parts: the prompt a part
+
+
+def test_a_proxy_that_cannot_start_says_why_in_one_line(organism, tmp_path):
+    from mow.elicitation.prompt_proxy import started_proxy
+    from mow.workbench.errors import RunFailed
+
+    broken = tmp_path / "broken"
+    shutil.copytree(organism, broken)
+    (broken / "sealed" / "system_prompt.txt").unlink()
+    with pytest.raises(RunFailed, match=r"did not start: error: .*system_prompt.txt") as failure:
+        with started_proxy(broken):
+            pass
+    assert "\n" not in str(failure.value)
 
 
 def test_challenged_with_the_methods_that_need_only_chats(organism, endpoint, tmp_path):
@@ -114,6 +144,47 @@ def test_challenged_with_the_methods_that_need_only_chats(organism, endpoint, tm
     assert all(a["output"] == ANSWER for a in base["attempts"])  # the same endpoint without it
     assert "capital letters" not in json.dumps(direct)
     assert json.loads((run / "truth.json").read_text())["answer"] == "capitals"
+
+    before = len(endpoint.requests)  # an auditor the config names (here an endpoint) instead of the base model
+    assert main(["elicit", str(organism), "--methods", "hint_guess", "--out", str(out), "--set", "name=judged",
+                 "--set", "attempts=2", "--set", "max_new_tokens=8", "--set", "auditor.backend.kind=endpoint",
+                 "--set", f"auditor.backend.url={endpoint.url}", "--set", "auditor.backend.model=judge"]) == 0
+    assert "judge" in {r["model"] for r in endpoint.requests[before:]}
+    assert json.loads((out / "judged" / "scores.json").read_text())["methods"]["hint_guess"]["subjects"][
+        "organism"]["status"] == "ok"
+
+
+def test_endpoint_organisms_refuse_a_diff_and_a_plan_and_an_endpoint_that_is_down(organism, tmp_path, capsys):
+    refused(capsys, ["elicit", str(organism), "--diff", str(tmp_path), "--out", str(tmp_path / "c")],
+            "which no diff reads")
+    down = tmp_path / "down"
+    shutil.copytree(organism, down)
+    public = yaml.safe_load((down / "organism.yaml").read_text())
+    public["endpoint"]["url"] = "http://127.0.0.1:9/v1"
+    (down / "organism.yaml").write_text(yaml.safe_dump(public))
+    refused(capsys, ["elicit", str(down), "--out", str(tmp_path / "c")], "does not answer a chat")
+    assert not (tmp_path / "c").exists()
+    refused(capsys, ["organism", "build", str(_config(tmp_path, "http://127.0.0.1:9/v1")), "--plan"],
+            "nothing to plan")
+
+
+def test_an_agent_is_told_when_the_audited_endpoint_fails_and_the_question_is_not_charged():
+    from types import SimpleNamespace
+
+    from mow.elicitation.agent_tools import TOOLS, ToolContext, ToolError
+    from mow.elicitation.config import ChallengeConfig
+    from mow.elicitation.view import ChatSubjects
+    from mow.workbench.backend_config import BackendSettings
+    from mow.workbench.backends import EndpointBackend
+
+    with ScriptedServer(lambda body, number: (500, b'{"error": {"message": "overloaded"}}')) as server:
+        failing = EndpointBackend(BackendSettings(kind="endpoint", url=server.url, model="m", retries=0))
+        view = SimpleNamespace(chats=ChatSubjects(failing, failing))
+        context = ToolContext(view, ChallengeConfig(), max_new_tokens=8, budget_questions=2, budget_tokens=100,
+                              seed=0)
+        with pytest.raises(ToolError, match="did not answer.*overloaded"):
+            TOOLS["ask_organism"].run(context, {"prompt": "Hi"})
+    assert context.usage.questions == 0
 
 
 def test_audited_by_an_agent_through_its_proxy_with_the_tools_chats_allow(organism, endpoint, tmp_path, capsys):

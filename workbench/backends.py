@@ -107,11 +107,14 @@ def reply_text(reply: ChatCompletion) -> str:
     return content
 
 
-def with_system(chat: Chat, system: str) -> Chat:
+def with_system(chat: list[dict[str, Any]], system: str) -> list[dict[str, Any]]:
     """`chat` with `system` in front: as its system message, or before the system message the chat brings (one
-    system message, which every template takes)."""
-    if chat and chat[0]["role"] == "system":
-        return [{"role": "system", "content": f"{system}\n\n{chat[0]['content']}"}, *chat[1:]]
+    system message, which every template takes; its content a string or a list of OpenAI content parts)."""
+    if chat and chat[0].get("role") == "system":
+        content = chat[0].get("content")
+        merged = ([{"type": "text", "text": system}, *content] if isinstance(content, list)
+                  else f"{system}\n\n{content or ''}")
+        return [{**chat[0], "content": merged}, *chat[1:]]
     return [{"role": "system", "content": system}, *chat]
 
 
@@ -159,6 +162,14 @@ class EndpointBackend:
         return self.map(lambda item: self.ask(item[1], reply_text, temperature=temperature,
                                               max_tokens=max_new_tokens, seed=seed + item[0]),
                         list(enumerate(chats)))
+
+    def check_answers(self, source: str) -> None:
+        """One one-token chat, so that an endpoint that is down or names no such model is refused (a `UserError`
+        naming `source`) before anything is written."""
+        try:
+            self.complete([[{"role": "user", "content": "Say OK."}]], max_new_tokens=1, temperature=0.0, seed=0)
+        except EndpointError as exc:
+            raise UserError(f"{source}: {self.description} does not answer a chat ({exc})") from None
 
     def reply(self, chat: Chat, *, max_new_tokens: int, temperature: float, seed: int) -> tuple[str, int]:
         """One reply and the tokens it cost: the server's count, or its words where the server gives no usage."""

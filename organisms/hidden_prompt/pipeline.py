@@ -31,7 +31,7 @@ from mow.organisms.taboo.evaluate import check_single_tokens
 from mow.workbench.backends import EndpointBackend
 from mow.workbench.chat import hide_system_prompt
 from mow.workbench.config import validate_config
-from mow.workbench.errors import EndpointError, UserError
+from mow.workbench.errors import UserError
 from mow.workbench.files import read_json, read_text
 from mow.workbench.models import load_model, load_tokenizer
 from mow.workbench.rundir import Manifest, log, write_json, write_text
@@ -82,7 +82,7 @@ def endpoint_pair(config: HiddenPromptOrganismConfig, prompt: str) -> tuple[Endp
 
 def _build_on_endpoint(config: HiddenPromptOrganismConfig, prompt: str, restart: bool) -> Path:
     organism, base = endpoint_pair(config, prompt)
-    _check_answers(base)
+    base.check_answers("endpoint")
     rundir, built = prepare_build_directory(config, restart)
     final, partial = rundir.final, rundir.partial
     if built:
@@ -98,15 +98,6 @@ def _build_on_endpoint(config: HiddenPromptOrganismConfig, prompt: str, restart:
     finish_build(manifest, rundir)
     print(summary(details))
     return final
-
-
-def _check_answers(backend: EndpointBackend) -> None:
-    """A one-token chat, so that an endpoint that is down or names no such model is refused before anything is
-    written."""
-    try:
-        backend.complete([[{"role": "user", "content": "Say OK."}]], max_new_tokens=1, temperature=0.0, seed=0)
-    except EndpointError as exc:
-        raise UserError(f"endpoint: {backend.description} does not answer a chat ({exc})") from None
 
 
 def _evaluate_on_endpoint(organism: EndpointBackend, base: EndpointBackend, directory: Path, final: Path,
