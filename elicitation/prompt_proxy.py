@@ -37,7 +37,8 @@ CHAT_ROUTE = "/v1/chat/completions"
 
 
 def _json_error(status: int, message: str) -> tuple[int, bytes]:
-    return status, json.dumps({"error": {"message": message, "type": "invalid_request_error"}}).encode()
+    kind = "invalid_request_error" if status < 500 else "upstream_error"
+    return status, json.dumps({"error": {"message": message, "type": kind}}).encode()
 
 
 @dataclass
@@ -109,8 +110,8 @@ def make_server(forwarder: Forwarder, port: int, served_name: str) -> ThreadingH
 
 
 def serve(organism: Path, port: int, url_file: Path | None = None) -> None:
-    """Serve the organism until interrupted; the base URL is printed, and written to `url_file` when one is given
-    (how `started_proxy` learns the port)."""
+    """Serve the organism until interrupted; the base URL is written to `url_file` when one is given (how
+    `started_proxy` learns the port)."""
     settings = organism_endpoint(organism)
     if settings is None:
         raise UserError(f"{organism}: not an organism on an endpoint (its config has no 'endpoint')")
@@ -121,7 +122,6 @@ def serve(organism: Path, port: int, url_file: Path | None = None) -> None:
         partial = url_file.with_suffix(".partial")
         partial.write_text(url)
         partial.rename(url_file)  # whole or absent: the parent never reads half a URL
-    print(url, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
