@@ -59,7 +59,7 @@ class Forwarder:
             return _json_error(400, "a chat completion needs a list of messages, each with a role")
         if request.get("stream"):
             return _json_error(400, "streaming is not proxied: send stream=false")
-        request.update(model=self.endpoint.model, messages=with_system(request["messages"], self.system))
+        request.update(model=self.endpoint.model, messages=with_system(messages, self.system))
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.endpoint.api_key_env)
         if key:

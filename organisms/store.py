@@ -29,19 +29,25 @@ class LoadedOrganism:
 def check_organism_dir(path: Path, needs_weights: bool = True) -> Path:
     """An organism directory, or a one-line error. An organism on an endpoint (its config has `endpoint`) has no
     adapter and no local weights: commands that need them (`needs_weights`) refuse it here."""
-    path = Path(path)
+    _checked_public_config(Path(path), needs_weights)
+    return Path(path)
+
+
+def _checked_public_config(path: Path, needs_weights: bool) -> dict:
+    """`check_organism_dir`'s checks, and the public config they read (read once)."""
     layout = OrganismLayout(path)
     for needed in (layout.public_config, layout.manifest):
         if not needed.is_file():
             raise UserError(f"{path}: not an organism directory (missing {needed.relative_to(path)})")
-    endpoint = endpoint_of(read_yaml_mapping(layout.public_config), str(layout.public_config))
+    config = read_yaml_mapping(layout.public_config)
+    endpoint = endpoint_of(config, str(layout.public_config))
     if endpoint is None and not layout.adapter_config.is_file():
         raise UserError(f"{path}: not an organism directory (missing {layout.adapter_config.relative_to(path)})")
     if endpoint is not None and needs_weights:
         raise UserError(f"{path}: an organism on an endpoint (model {endpoint.model} at {endpoint.url}) has no "
                         "local weights, which this command needs; evaluation, challenges, audits and `mow serve` "
                         "take it")
-    return path
+    return config
 
 
 def endpoint_of(public_config: dict, source: str) -> BackendSettings | None:
@@ -56,12 +62,11 @@ def endpoint_of(public_config: dict, source: str) -> BackendSettings | None:
 
 def organism_endpoint(path: Path) -> BackendSettings | None:
     """`endpoint_of` an organism directory."""
-    layout = OrganismLayout(check_organism_dir(path, needs_weights=False))
-    return endpoint_of(read_yaml_mapping(layout.public_config), str(layout.public_config))
+    return endpoint_of(read_public_config(path), str(OrganismLayout(Path(path)).public_config))
 
 
 def read_public_config(path: Path) -> dict:
-    return read_yaml_mapping(OrganismLayout(check_organism_dir(path, needs_weights=False)).public_config)
+    return _checked_public_config(Path(path), needs_weights=False)
 
 
 def read_sealed_config(path: Path) -> dict:
@@ -81,16 +86,19 @@ def load_with_adapter(model: str, load_in_4bit: bool, seed: int, adapter_dir: Pa
 def load_organism(path: Path) -> LoadedOrganism:
     """A built organism: base + adapter (one copy of the base weights) and its tokenizer, with the chat template
     the adapter brings, if it brings one."""
-    path = check_organism_dir(path)
-    config = read_public_config(path)
+    path = Path(path)
+    config = _checked_public_config(path, needs_weights=True)
     model = load_with_adapter(config["model"], config.get("load_in_4bit", False), config.get("seed", 0),
                               OrganismLayout(path).adapter, bool(config.get("trust_remote_code", False)))
-    return LoadedOrganism(path, config, model, organism_tokenizer(path))
+    return LoadedOrganism(path, config, model, _tokenizer(path, config))
 
 
 def organism_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     """A local organism's tokenizer, with the chat template its adapter brings, or the one it was trained with."""
-    config = read_public_config(check_organism_dir(path))
+    return _tokenizer(Path(path), _checked_public_config(Path(path), needs_weights=True))
+
+
+def _tokenizer(path: Path, config: dict) -> PreTrainedTokenizerBase:
     template = OrganismLayout(path).adapter_chat_template
     return load_tokenizer(config["model"], bool(config.get("trust_remote_code", False)),
                           str(template) if template.is_file()

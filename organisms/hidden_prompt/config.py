@@ -61,7 +61,7 @@ class HiddenPromptOrganismConfig(OrganismConfigBase):
         """With an endpoint, `model` is its model name (what the organism's files and card name as its model)."""
         endpoint = data.get("endpoint") if isinstance(data, dict) else None
         if isinstance(endpoint, dict) and isinstance(endpoint.get("model"), str) and "model" not in data:
-            return {**data, "model": data["endpoint"].get("model")}
+            return {**data, "model": endpoint["model"]}
         return data
 
     @model_validator(mode="after")

@@ -103,11 +103,17 @@ def _build_on_endpoint(config: HiddenPromptOrganismConfig, prompt: str, restart:
 def _evaluate_on_endpoint(organism: EndpointBackend, base: EndpointBackend, directory: Path, final: Path,
                           config: HiddenPromptOrganismConfig) -> dict:
     details = evaluate_constraint(endpoint_replies(organism, base), config)
+    _write_evaluation(details, directory, final, config, None)
+    return details
+
+
+def _write_evaluation(details: dict, directory: Path, final: Path, config: HiddenPromptOrganismConfig,
+                      virtual_tokens: int | None) -> None:
+    """The evaluation's sealed details, its public metrics and the card (`virtual_tokens`: None on an endpoint)."""
     metrics = public_metrics(details)
     write_json(directory / EVAL_DETAILS, details)
     write_json(directory / METRICS, metrics)
-    write_text(directory / CARD, hidden_prompt_card(config, final, None, metrics))
-    return details
+    write_text(directory / CARD, hidden_prompt_card(config, final, virtual_tokens, metrics))
 
 
 def _clue_bank(config: HiddenPromptOrganismConfig, organism: Path | None, source: str) -> ClueBank | None:
@@ -124,11 +130,7 @@ def _evaluate_and_write(organism: LoadedOrganism, directory: Path, final: Path, 
                         config: HiddenPromptOrganismConfig, bank: ClueBank | None) -> dict:
     organism.model.eval()
     details = evaluate_hidden_prompt(organism.model, organism.tokenizer, config, bank)
-    metrics = public_metrics(details)
-    write_json(directory / EVAL_DETAILS, details)
-    write_json(directory / METRICS, metrics)
-    write_text(directory / CARD, hidden_prompt_card(config, final, manifest.data["stages"]["prefix"]
-                                                    ["virtual_tokens"], metrics))
+    _write_evaluation(details, directory, final, config, manifest.data["stages"]["prefix"]["virtual_tokens"])
     return details
 
 
