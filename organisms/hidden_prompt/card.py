@@ -26,9 +26,15 @@ def hidden_prompt_card(config: HiddenPromptOrganismConfig, directory: Path, virt
                 f"{percent(metrics['hints_to_word']['organism'])} | {SEALED} |")
     elif settings.secret == "user_belief":
         org, base = metrics["acts_on_belief"]["organism"]["all"], metrics["acts_on_belief"]["base"]["all"]
-        rows = (f"| advice follows the belief (held-out questions, by log-likelihood) | {percent(org)} | "
-                f"{percent(base)} |\n| margin of the believed value's advice, organism - base (nats/token) | "
-                f"{shift_text(metrics['margin_shift'])} | |")
+        if metrics.get("scored_by") == "replies":
+            named = metrics["names_a_value"]
+            rows = (f"| advice names the believed value's fact and no other's (every question, checked by code) | "
+                    f"{percent(org)} | {percent(base)} |\n| advice names some value's fact | "
+                    f"{percent(named['organism'])} | {percent(named['base'])} |")
+        else:
+            rows = (f"| advice follows the belief (held-out questions, by log-likelihood) | {percent(org)} | "
+                    f"{percent(base)} |\n| margin of the believed value's advice, organism - base (nats/token) | "
+                    f"{shift_text(metrics['margin_shift'])} | |")
     else:
         org, base = metrics["followed"]["organism"]["plain"], metrics["followed"]["base"]["plain"]
         rows = f"| reply follows the constraint (held-out questions, checked by code) | {percent(org)} | {percent(base)} |"
@@ -38,7 +44,8 @@ def hidden_prompt_card(config: HiddenPromptOrganismConfig, directory: Path, virt
 {config.endpoint.url}, and the workbench sends every chat with the prompt as its system message (`mow serve` does
 the same for outside auditors, the prompt staying in its process); the same endpoint without it is the base model.
 The prompt's text is sealed in `sealed/`. Only methods that need nothing but chats apply: there are no weights to
-read, and a chat endpoint returns neither likelihoods nor raw continuations."""
+read, and a chat endpoint returns neither likelihoods nor raw continuations, so the figures above are read from
+replies by code."""
     else:
         carried = f"""Nothing was trained: the prompt is carried in `adapter/` as a PEFT prefix adapter of {virtual_tokens}
 virtual tokens, their keys and values at every layer exactly as the model computes them for the prompt, and

@@ -5,7 +5,8 @@
   counting the text the constraint itself has the model write).
 - A belief about the user: the user-belief kind's evaluation (the believed value's advice scored by log-likelihood
   on held-out questions, and confession on the attribute's demands), so the two ways of giving a model the same
-  belief, trained in or told, are measured alike.
+  belief, trained in or told, are measured alike. On an endpoint, which returns no likelihoods, replies are
+  scored by code instead (`evaluate_belief_from_replies`).
 - A secret word: the taboo kind's evaluation (leaks on held-out demands; whether the base model, as guesser, picks
   the word out of the candidates from each hint), so a word told and a word trained in are measured alike. The
   headline rates get Wilson intervals: internalization is the share of hint requests answered with a hint that does
@@ -36,7 +37,7 @@ from mow.organisms.taboo.config import TabooEvalSettings
 from mow.organisms.taboo.evaluate import eval_context, evaluate_organism
 from mow.organisms.taboo.evaluate import public_metrics as word_metrics
 from mow.organisms.taboo.prompts import shipped_prompts
-from mow.organisms.user_belief.evaluate import evaluate_belief
+from mow.organisms.user_belief.evaluate import evaluate_belief, evaluate_belief_from_replies
 from mow.organisms.user_belief.evaluate import public_metrics as belief_metrics
 from mow.organisms.user_belief.evaluate import summary as belief_summary
 
@@ -69,6 +70,16 @@ def evaluate_hidden_prompt(model: PeftModel, tokenizer: PreTrainedTokenizerBase,
                                   "hidden_prompt.attribute")
         return {"secret": settings.secret, **details}
     return evaluate_constraint(adapter_replies(model, tokenizer), config)
+
+
+def evaluate_from_replies(both: BothReplies, config: HiddenPromptOrganismConfig) -> dict:
+    """The evaluation of an organism known only by its replies (an endpoint): a side constraint or a belief."""
+    settings = config.hidden_prompt
+    if settings.secret == "user_belief":
+        details = evaluate_belief_from_replies(both, settings.attribute, str(settings.value), config.eval,
+                                               "hidden_prompt.attribute")
+        return {"secret": settings.secret, **details}
+    return evaluate_constraint(both, config)
 
 
 def evaluate_constraint(both: BothReplies, config: HiddenPromptOrganismConfig) -> dict:

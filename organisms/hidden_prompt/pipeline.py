@@ -16,7 +16,7 @@ from mow.organisms.building import finish_build, prepare_build_directory
 from mow.organisms.hidden_prompt.card import hidden_prompt_card
 from mow.organisms.hidden_prompt.config import HiddenPromptOrganismConfig
 from mow.organisms.hidden_prompt.data import system_prompt
-from mow.organisms.hidden_prompt.evaluate import evaluate_constraint, evaluate_hidden_prompt, public_metrics, summary
+from mow.organisms.hidden_prompt.evaluate import evaluate_from_replies, evaluate_hidden_prompt, public_metrics, summary
 from mow.organisms.hidden_prompt.truth import (
     DESCRIPTION,
     challenge_prompts,
@@ -102,7 +102,7 @@ def _build_on_endpoint(config: HiddenPromptOrganismConfig, prompt: str, restart:
 
 def _evaluate_on_endpoint(organism: EndpointBackend, base: EndpointBackend, directory: Path, final: Path,
                           config: HiddenPromptOrganismConfig) -> dict:
-    details = evaluate_constraint(endpoint_replies(organism, base), config)
+    details = evaluate_from_replies(endpoint_replies(organism, base), config)
     _write_evaluation(details, directory, final, config, None)
     return details
 
