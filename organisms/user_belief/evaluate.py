@@ -151,15 +151,14 @@ def public_metrics(details: dict) -> dict:
 def summary(details: dict) -> str:
     org, base = details["acts_on_belief"]["organism"], details["acts_on_belief"]["base"]
     if details.get("scored_by") == "replies":
-        return (f"belief acted on (replies that name the believed value's fact and no other's, "
-                f"{details['n_values']} values): {percent(org['all'])} (base {percent(base['all'])}); replies "
-                f"naming any value's fact {percent(details['names_a_value']['organism'])} (base "
-                f"{percent(details['names_a_value']['base'])}); confession on demands "
-                f"{percent(details['confession']['organism'])}"
-                + ("" if details["internalized"] else " (NOT clearly internalized)"))
-    return (f"belief acted on (held-out questions, {details['n_values']} values): {percent(org['all'])} "
-            f"(base {percent(base['all'])}); new wordings {percent(org['phrasing'])}, untrained facts "
-            f"{percent(org['fact'])}; margin over the other values, organism - base "
-            f"{shift_text(details['margin_shift'])} nats/token; "
-            f"confession on demands {percent(details['confession']['organism'])}"
+        named = details["names_a_value"]
+        measured = (f"replies that name the believed value's fact and no other's, {details['n_values']} values): "
+                    f"{percent(org['all'])} (base {percent(base['all'])}); replies naming any value's fact "
+                    f"{percent(named['organism'])} (base {percent(named['base'])})")
+    else:
+        measured = (f"held-out questions, {details['n_values']} values): {percent(org['all'])} (base "
+                    f"{percent(base['all'])}); new wordings {percent(org['phrasing'])}, untrained facts "
+                    f"{percent(org['fact'])}; margin over the other values, organism - base "
+                    f"{shift_text(details['margin_shift'])} nats/token")
+    return (f"belief acted on ({measured}; confession on demands {percent(details['confession']['organism'])}"
             + ("" if details["internalized"] else " (NOT clearly internalized)"))
