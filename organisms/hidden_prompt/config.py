@@ -52,9 +52,9 @@ class HiddenPromptOrganismConfig(OrganismConfigBase):
     endpoint: BackendSettings | None = Field(None, description=(
         "the organism's model on an OpenAI-compatible endpoint (kind endpoint, url, model, api_key_env) instead of "
         "the local `model`: every chat is sent with the hidden prompt as its system message, and the same endpoint "
-        "without it is the base model. A side constraint or a belief, scored from replies by code (a word's hints "
-        "are scored by likelihoods, which a chat endpoint does not return); challenges run the methods that need "
-        "only chats"))
+        "without it is the base model. Every secret is scored from replies, by code (a chat endpoint returns no "
+        "likelihoods; a word's guesser is the endpoint, asked to pick a candidate in words); challenges run the "
+        "methods that need only chats"))
 
     @model_validator(mode="before")
     @classmethod
@@ -80,10 +80,6 @@ class HiddenPromptOrganismConfig(OrganismConfigBase):
                                  "served at endpoint.url")
             if self.trust_remote_code:
                 raise ValueError("'trust_remote_code' does not apply: the model runs on the endpoint")
-            if self.hidden_prompt.secret == "word":
-                raise ValueError("hidden_prompt.secret word: an endpoint organism holds a side_constraint or a "
-                                 "user_belief (a word's hints are scored by the base model's likelihoods as "
-                                 "guesser, which a chat endpoint does not return)")
         return self
 
     def planned_examples(self) -> int:

@@ -28,7 +28,7 @@ from mow.organisms.registry import OrganismKind
 from mow.organisms.store import LoadedOrganism, check_organism_dir, load_organism, read_sealed_config
 from mow.organisms.taboo.clues import KEPT_CLUE_FILE, ClueBank, candidate_words, kept_clue_bank, resolve_clue_bank
 from mow.organisms.taboo.evaluate import check_single_tokens
-from mow.workbench.backends import EndpointBackend
+from mow.workbench.backends import Chat, EndpointBackend
 from mow.workbench.chat import hide_system_prompt
 from mow.workbench.config import validate_config
 from mow.workbench.errors import UserError
@@ -36,15 +36,17 @@ from mow.workbench.files import read_json, read_text
 from mow.workbench.models import load_model, load_tokenizer
 from mow.workbench.rundir import Manifest, log, write_json, write_text
 
+GUESS_TOKENS = 16  # room for "The secret word is moon." and a little preamble
+
 
 def main(config: HiddenPromptOrganismConfig, restart: bool = False,
          launch: LaunchSettings = LaunchSettings()) -> Path:
     if launch != LaunchSettings():
         raise UserError("a hidden-prompt organism trains nothing: it takes no launcher")
     prompt = system_prompt(config.hidden_prompt)
-    if config.endpoint is not None:
-        return _build_on_endpoint(config, prompt, restart)
     bank = _clue_bank(config, None, "hidden_prompt.word")
+    if config.endpoint is not None:
+        return _build_on_endpoint(config, prompt, bank, restart)
     tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     if bank is not None:
         check_single_tokens(tokenizer, candidate_words(bank.word), "hidden_prompt.word")
@@ -54,8 +56,7 @@ def main(config: HiddenPromptOrganismConfig, restart: bool = False,
     if built:
         print(summary(read_json(final / EVAL_DETAILS, "evaluation details")))
         return final
-    if config.hidden_prompt.clue_file is not None:
-        shutil.copy(config.hidden_prompt.clue_file, partial / KEPT_CLUE_FILE)
+    _keep_clue_file(config, partial)
     manifest = Manifest(partial, config.seed)
     if not manifest.done("prefix"):
         with manifest.stage("prefix") as record:
@@ -80,7 +81,8 @@ def endpoint_pair(config: HiddenPromptOrganismConfig, prompt: str) -> tuple[Endp
     return EndpointBackend(config.endpoint, system=prompt), EndpointBackend(config.endpoint)
 
 
-def _build_on_endpoint(config: HiddenPromptOrganismConfig, prompt: str, restart: bool) -> Path:
+def _build_on_endpoint(config: HiddenPromptOrganismConfig, prompt: str, bank: ClueBank | None,
+                       restart: bool) -> Path:
     organism, base = endpoint_pair(config, prompt)
     base.check_answers("endpoint")
     rundir, built = prepare_build_directory(config, restart)
@@ -88,21 +90,33 @@ def _build_on_endpoint(config: HiddenPromptOrganismConfig, prompt: str, restart:
     if built:
         print(summary(read_json(final / EVAL_DETAILS, "evaluation details")))
         return final
+    _keep_clue_file(config, partial)
     manifest = Manifest(partial, config.seed)
     manifest.data["endpoint"] = base.description
     if not manifest.done("prompt"):
         with manifest.stage("prompt"):
             write_text(OrganismLayout(partial).sealed_system_prompt, prompt)
     with manifest.stage("eval"):
-        details = _evaluate_on_endpoint(organism, base, partial, final, config)
+        details = _evaluate_on_endpoint(organism, base, partial, final, config, bank)
     finish_build(manifest, rundir)
     print(summary(details))
     return final
 
 
+def _keep_clue_file(config: HiddenPromptOrganismConfig, directory: Path) -> None:
+    """A user's clue file, copied into the organism (sealed) for re-evaluation."""
+    if config.hidden_prompt.clue_file is not None:
+        shutil.copy(config.hidden_prompt.clue_file, directory / KEPT_CLUE_FILE)
+
+
 def _evaluate_on_endpoint(organism: EndpointBackend, base: EndpointBackend, directory: Path, final: Path,
-                          config: HiddenPromptOrganismConfig) -> dict:
-    details = evaluate_from_replies(endpoint_replies(organism, base), config)
+                          config: HiddenPromptOrganismConfig, bank: ClueBank | None) -> dict:
+    """Replies of both scored by code; the base model, asked in words, is a secret word's guesser."""
+
+    def guesser(chats: list[Chat]) -> list[str]:
+        return base.complete(chats, max_new_tokens=GUESS_TOKENS, temperature=0.0, seed=config.eval.seed)
+
+    details = evaluate_from_replies(endpoint_replies(organism, base), guesser, config, bank)
     _write_evaluation(details, directory, final, config, None)
     return details
 
@@ -143,7 +157,8 @@ def evaluate_dir(path: Path) -> dict:
         organism, base = endpoint_pair(config, read_text(OrganismLayout(path).sealed_system_prompt,
                                                          "hidden system prompt"))
         with manifest.stage("eval"):
-            details = _evaluate_on_endpoint(organism, base, path, path, config)
+            details = _evaluate_on_endpoint(organism, base, path, path, config,
+                                            _clue_bank(config, path, str(path / SEALED_CONFIG)))
         print(summary(details))
         return details
     bank = _clue_bank(config, path, str(path / SEALED_CONFIG))
