@@ -13,6 +13,7 @@ magnitude larger than the rest and would dominate any statistic.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,15 +102,36 @@ class ActivationCache:
             start -= 1
         return [int(t) for t in tokens[start : row + 1]], row - start
 
-    def paired_batches(self, layer: int, batch_size: int, seed: int | None = 0,
-                       block: int = 8192) -> Iterator[torch.Tensor]:
-        """(B, 2, d) raw activations [base, tuned]; shuffled by blocks then within blocks (cheap on a memmap)."""
+    def prefetch(self, model: str, layer: int, start: int, stop: int) -> None:
+        """Ask the kernel to start reading rows [start, stop) of a model's activations into the page cache
+        (POSIX_FADV_WILLNEED), without waiting: blocks come in a shuffled order, which the kernel's own read-ahead
+        cannot guess. A no-op where the platform has no posix_fadvise."""
+        if not hasattr(os, "posix_fadvise"):
+            return
+        path = self.directory / f"{model}_L{layer}.npy"
+        array = np.load(path, mmap_mode="r")
+        assert isinstance(array, np.memmap), "np.load with mmap_mode gives a memmap"
+        row_bytes = array.strides[0]
+        stop = min(stop, self.n_tokens)
+        with open(path, "rb") as handle:
+            os.posix_fadvise(handle.fileno(), array.offset + start * row_bytes, max(stop - start, 0) * row_bytes,
+                             os.POSIX_FADV_WILLNEED)
+
+    def paired_batches(self, layer: int, batch_size: int, seed: int | None = 0, block: int = 8192,
+                       prefetch: bool = True) -> Iterator[torch.Tensor]:
+        """(B, 2, d) raw activations [base, tuned]; shuffled by blocks then within blocks (cheap on a memmap).
+        With `prefetch`, the next block is read from disk while the caller works on this one, so a cache that is
+        not in the page cache (one larger than memory, or a cold one) streams at the caller's speed
+        (benchmarks/cache_streaming.py measures it)."""
         n = self.n_tokens
         starts = list(range(0, n, block))
         rng = np.random.default_rng(seed) if seed is not None else None
         if rng is not None:
             rng.shuffle(starts)
-        for start in starts:
+        for index, start in enumerate(starts):
+            if prefetch and index + 1 < len(starts):
+                for model in MODELS:
+                    self.prefetch(model, layer, starts[index + 1], starts[index + 1] + block)
             pair = torch.stack([self.activations(m, layer, start, start + block) for m in MODELS], dim=1)
             order = torch.from_numpy(rng.permutation(len(pair))) if rng is not None else torch.arange(len(pair))
             for i in range(0, len(pair), batch_size):

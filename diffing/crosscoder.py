@@ -396,19 +396,23 @@ def _lr_factor(step: int, total: int) -> float:
 
 
 def train_crosscoder(batches: Callable[[], Iterable[torch.Tensor]], d: int, settings: CrosscoderSettings,
-                     scale: torch.Tensor, progress: bool = True) -> tuple[Crosscoder, list[dict]]:
+                     scale: torch.Tensor, progress: bool = True,
+                     tokens: int | None = None) -> tuple[Crosscoder, list[dict]]:
     """Train a crosscoder on raw (B, S, d) activation batches, S = len(scale) sources (2 for base and tuned, 1 for an
     SAE); `batches()` gives a fresh pass each epoch.
 
-    Incoming batches are re-chunked to `settings.batch_size` tokens. The schedule needs the number of steps, so the
-    first pass is read once up front only to count tokens (and check shapes); every pass should yield the same data.
+    Incoming batches are re-chunked to `settings.batch_size` tokens. The schedule needs the number of steps: give
+    `tokens`, a pass's token count, where it is known (an activation cache's `n_tokens`); otherwise the first pass is
+    read once up front only to count them, which for a cache on disk is one more read of all of it. Every pass should
+    yield the same data.
     Returns the model in eval mode and a history of {step, loss, mse, sparsity_or_aux, l0, dead} every 20 steps,
     where loss = mse + sparsity_or_aux and dead counts latents silent for `dead_after_tokens` training tokens.
     """
     torch.manual_seed(settings.seed)
     sources = torch.as_tensor(scale).numel()
     model = Crosscoder(d, settings, scale, sources)
-    tokens = sum(check_batch(x, d, sources).shape[0] for x in batches())
+    if tokens is None:
+        tokens = sum(check_batch(x, d, sources).shape[0] for x in batches())
     if tokens == 0:
         raise UserError("no activations to train the crosscoder on")
     total = settings.epochs * math.ceil(tokens / settings.batch_size)

@@ -75,7 +75,7 @@ def run_difference_sae(settings: CrosscoderSettings, pair: ModelPair, cache: Act
         save_file({"top_latents": torch.zeros(0, dtype=torch.long)}, str(layout.difference_sae_latents))
         return {"skipped": True}
     model, history = cc.train_crosscoder(lambda: difference_batches(cache, layer, settings.batch_size, settings.seed),
-                                         pair.hidden_size, settings, torch.tensor([scale]))
+                                         pair.hidden_size, settings, torch.tensor([scale]), tokens=cache.n_tokens)
     model.save(layout.difference_sae)
     metrics = cc.evaluate_crosscoder(model, difference_batches(cache, layer, EVAL_BATCH, None), (SOURCE_NAME,))
     share, frequency = activation_mass(model, difference_batches(cache, layer, EVAL_BATCH, None))

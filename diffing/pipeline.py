@@ -222,7 +222,7 @@ def run_crosscoder(config: DiffConfig, pair: ModelPair, cache: ActivationCache, 
     settings = config.crosscoder
     scale = cache.scale(layer)
     model, history = cc.train_crosscoder(lambda: cache.paired_batches(layer, settings.batch_size, settings.seed),
-                                         pair.hidden_size, settings, scale)
+                                         pair.hidden_size, settings, scale, tokens=cache.n_tokens)
     model.save(layout.crosscoder)
     metrics = cc.evaluate_crosscoder(model, cache.paired_batches(layer, 4096, seed=None))
     rel = cc.relative_decoder_norm(model)

@@ -4,6 +4,7 @@ template, the activation cache (resume, normalisation, wrong model), the differe
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -246,6 +247,36 @@ def test_cache_normalisation_and_stored_activations(tokenizer, lora_pair, tmp_pa
         else:  # the merged adapter's roundings: within one bfloat16 step
             assert torch.allclose(stored, expected, rtol=2**-7, atol=1e-3)
     assert cache.tokens()[: len(seq.ids) - 1].tolist() == seq.ids[1:]
+
+
+def test_a_streamed_cache_prefetches_the_next_block_and_trains_as_a_counted_one(tokenizer, lora_pair, tmp_path,
+                                                                                monkeypatch):
+    from mow.diffing.config import CrosscoderSettings
+    from mow.diffing.crosscoder import train_crosscoder
+
+    cache = _cache(lora_pair, tokenizer, tmp_path / "c")
+    asked = []
+    real_fadvise = os.posix_fadvise
+
+    def recorded_fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        asked.append((offset, length))
+        real_fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", recorded_fadvise)
+    streamed = list(cache.paired_batches(3, 7, seed=0, block=16, prefetch=True))
+    row = 4 * lora_pair.hidden_size  # float32 rows
+    assert len(asked) == 2 * (5 - 1)  # 80 tokens in 5 blocks: the 4 after the first, base and tuned
+    assert {length for _, length in asked} == {16 * row}
+    asked.clear()
+    plain = list(cache.paired_batches(3, 7, seed=0, block=16, prefetch=False))
+    assert not asked and all(torch.equal(a, b) for a, b in zip(streamed, plain, strict=True))
+
+    settings = CrosscoderSettings(latents=16, k=2, batch_size=8, epochs=2)
+    told, _ = train_crosscoder(lambda: cache.paired_batches(3, 8), lora_pair.hidden_size, settings,
+                               cache.scale(3), progress=False, tokens=cache.n_tokens)
+    counted, _ = train_crosscoder(lambda: cache.paired_batches(3, 8), lora_pair.hidden_size, settings,
+                                  cache.scale(3), progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(told.state_dict().values(), counted.state_dict().values()))
 
 
 def test_cache_from_a_different_model_is_refused(tokenizer, lora_pair, tmp_path):
