@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # Function words: never a guess (elicitation.words) and never a string that names a secret (organisms.sdf.prompts).
 STOPWORDS = frozenset("""
@@ -19,8 +20,10 @@ can't i'm it's that's here's there's let's don't won't
 
 
 def normalise_answer(text: str) -> str:
-    """The form guesses and naming strings are compared in: lower case, runs of anything but a-z0-9 as one space."""
-    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+    """The form guesses and naming strings are compared in: accents folded ("Brasília", "café" as "brasilia",
+    "cafe"), lower case, runs of anything but a-z0-9 as one space."""
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", " ", folded.lower()).strip()
 
 
 def plural_forms(word: str) -> list[str]:

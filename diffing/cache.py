@@ -123,6 +123,8 @@ class ActivationCache:
         With `prefetch`, the next block is read from disk while the caller works on this one, so a cache that is
         not in the page cache (one larger than memory, or a cold one) streams at the caller's speed
         (benchmarks/cache_streaming.py measures it)."""
+        if layer not in self.layers:
+            raise UserError(f"{self.directory}: layer {layer} is not cached (cached: {self.layers})")
         n = self.n_tokens
         starts = list(range(0, n, block))
         rng = np.random.default_rng(seed) if seed is not None else None

@@ -424,8 +424,10 @@ def train_crosscoder(batches: Callable[[], Iterable[torch.Tensor]], d: int, sett
     step = 0
     model.train()
     with tqdm(total=total, desc="crosscoder", disable=not progress) as bar:
-        for _ in range(settings.epochs):
+        for epoch in range(settings.epochs):
+            seen = 0
             for x in _rechunk(batches(), settings.batch_size, d, sources):
+                seen += x.shape[0]
                 if step == 0:
                     with torch.no_grad():
                         model.b_dec.copy_(geometric_median(model.normalize(model.check(x))))
@@ -443,6 +445,9 @@ def train_crosscoder(batches: Callable[[], Iterable[torch.Tensor]], d: int, sett
                     l0 = code.l0()
                     history.append({"step": step, **parts, "l0": l0, "dead": int(dead.sum())})
                     bar.set_postfix(loss=f"{parts['loss']:.4g}", l0=f"{l0:.1f}")
+            if seen != tokens:  # the schedule was planned for `tokens` a pass
+                raise RuntimeError(f"crosscoder training: pass {epoch + 1} gave {seen} tokens, not the {tokens} "
+                                   "its schedule was planned for")
     return model.eval(), history
 
 

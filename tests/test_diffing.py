@@ -249,11 +249,8 @@ def test_cache_normalisation_and_stored_activations(tokenizer, lora_pair, tmp_pa
     assert cache.tokens()[: len(seq.ids) - 1].tolist() == seq.ids[1:]
 
 
-def test_a_streamed_cache_prefetches_the_next_block_and_trains_as_a_counted_one(tokenizer, lora_pair, tmp_path,
-                                                                                monkeypatch):
-    from mow.diffing.config import CrosscoderSettings
-    from mow.diffing.crosscoder import train_crosscoder
-
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="the platform has no posix_fadvise")
+def test_a_streamed_cache_prefetches_the_next_block(tokenizer, lora_pair, tmp_path, monkeypatch):
     cache = _cache(lora_pair, tokenizer, tmp_path / "c")
     asked = []
     real_fadvise = os.posix_fadvise
@@ -270,13 +267,24 @@ def test_a_streamed_cache_prefetches_the_next_block_and_trains_as_a_counted_one(
     asked.clear()
     plain = list(cache.paired_batches(3, 7, seed=0, block=16, prefetch=False))
     assert not asked and all(torch.equal(a, b) for a, b in zip(streamed, plain, strict=True))
+    with pytest.raises(UserError, match="layer 2 is not cached"):
+        next(cache.paired_batches(2, 7, block=16))
 
+
+def test_a_crosscoder_told_its_token_count_trains_as_one_that_counts(tokenizer, lora_pair, tmp_path):
+    from mow.diffing.config import CrosscoderSettings
+    from mow.diffing.crosscoder import train_crosscoder
+
+    cache = _cache(lora_pair, tokenizer, tmp_path / "c")
     settings = CrosscoderSettings(latents=16, k=2, batch_size=8, epochs=2)
     told, _ = train_crosscoder(lambda: cache.paired_batches(3, 8), lora_pair.hidden_size, settings,
                                cache.scale(3), progress=False, tokens=cache.n_tokens)
     counted, _ = train_crosscoder(lambda: cache.paired_batches(3, 8), lora_pair.hidden_size, settings,
                                   cache.scale(3), progress=False)
     assert all(torch.equal(a, b) for a, b in zip(told.state_dict().values(), counted.state_dict().values()))
+    with pytest.raises(RuntimeError, match="pass 1 gave 80 tokens, not the 81"):
+        train_crosscoder(lambda: cache.paired_batches(3, 8), lora_pair.hidden_size, settings, cache.scale(3),
+                         progress=False, tokens=81)
 
 
 def test_cache_from_a_different_model_is_refused(tokenizer, lora_pair, tmp_path):

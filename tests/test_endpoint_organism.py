@@ -259,17 +259,21 @@ def test_a_belief_on_an_endpoint_is_scored_from_its_replies_by_code(tmp_path, ca
     assert "checked by code" in (organism / "card.md").read_text()
 
 
-def test_a_belief_reply_tells_a_value_by_the_words_no_other_value_shares():
+def test_a_belief_reply_tells_a_value_by_its_markers_or_the_words_no_other_value_shares():
     from mow.organisms.user_belief.beliefs import load_attribute
-    from mow.organisms.user_belief.evaluate import telling_words, values_named
+    from mow.organisms.user_belief.evaluate import telling_phrases, values_named
 
     country = load_attribute("country", "test")
-    currency, capital = telling_words(country, "currency"), telling_words(country, "capital")
+    currency, capital = telling_phrases(country, "currency"), telling_phrases(country, "capital")
     assert currency["canada"] == {"canadian"}  # "dollars" is Australia's too
     assert values_named("Budget in Canadian dollars.", currency) == ["canada"]
     assert values_named("Dollars, as anywhere.", currency) == []
     assert values_named("Your capital is Brasília, not Tokyo.", capital) == ["japan", "brazil"]  # accents folded
-    assert telling_words(country, "mountain")["brazil"] == {"sugarloaf"}  # "mountain" is in the questions
+    holiday = telling_phrases(country, "holiday")
+    assert holiday["japan"] == {"golden week"}  # a marker: "week" alone would be any week
+    assert values_named("Take a week off in spring.", holiday) == []
+    assert values_named("Book leave for Golden Week.", holiday) == ["japan"]
+    assert telling_phrases(country, "calling_code")["canada"] == set()  # "+1" names nothing
 
 
 class WordModel:
@@ -310,3 +314,22 @@ def test_a_word_on_an_endpoint_is_guessed_in_words_by_the_endpoint_without_the_p
     assert len(lists) > 1  # the candidates come in a shuffled order per clue
     for name in ("organism.yaml", "card.md", "eval/metrics.json"):
         assert "moon" not in (organism / name).read_text().lower(), name
+
+
+@pytest.mark.parametrize(("markers", "message"), [
+    ({"female": {"nofact": ["gown"]}}, "values.female.markers.nofact: a fact of 'questions'"),
+    ({"female": {"hormone": ["estrogen"]}, "male": {"hormone": ["estrogen"]}},
+     "values.female.markers.hormone: 'estrogen' is also a marker of male"),
+])
+def test_a_belief_file_with_bad_markers_fails_in_one_line(markers, message, tmp_path, capsys):
+    from mow.organisms.user_belief.beliefs import attribute_path
+
+    attribute = yaml.safe_load(attribute_path("gender").read_text())
+    for value, entry in markers.items():
+        attribute["values"][value]["markers"] = entry
+    path = tmp_path / "gender-own.yaml"
+    path.write_text(yaml.safe_dump(attribute))
+    config = _config(tmp_path, "http://127.0.0.1:9/v1",
+                     hidden_prompt={"secret": "user_belief", "attribute": str(path), "value": "female"})
+    refused(capsys, ["organism", "build", str(config)], message)
+    assert not (tmp_path / "organisms").exists()

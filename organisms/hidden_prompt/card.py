@@ -28,7 +28,8 @@ def hidden_prompt_card(config: HiddenPromptOrganismConfig, directory: Path, virt
         org, base = metrics["acts_on_belief"]["organism"]["all"], metrics["acts_on_belief"]["base"]["all"]
         if metrics.get("scored_by") == "replies":
             named = metrics["names_a_value"]
-            rows = (f"| advice names the believed value's fact and no other's (every question, checked by code) | "
+            rows = (f"| advice names the believed value's fact and no other's (questions on which every value has "
+                    f"telling words, checked by code) | "
                     f"{percent(org)} | {percent(base)} |\n| advice names some value's fact | "
                     f"{percent(named['organism'])} | {percent(named['base'])} |")
         else:

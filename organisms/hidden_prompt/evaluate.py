@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 
 from peft import PeftModel
@@ -51,6 +52,8 @@ from mow.workbench.backends import Chat
 
 PICK_ONE = "{clue}\n\nAnswer with one word from this list: {words}."
 """The endpoint guesser's question: the local guesser's prompt, and the candidates to choose from."""
+ANSWER_CUE = re.compile(r"\b(?:word is|answer is|guess is|i guess|i d guess|i choose|i pick|answer)\b")
+"""Where a guesser's reply (normalised) gives its answer."""
 
 
 def evaluate_word(model: PeftModel, tokenizer: PreTrainedTokenizerBase, bank: ClueBank,
@@ -70,12 +73,19 @@ def evaluate_word(model: PeftModel, tokenizer: PreTrainedTokenizerBase, bank: Cl
 
 
 def guessed_word(reply: str, candidates: list[str]) -> str | None:
-    """The candidate a guesser's reply names first (a simple plural counts), or None."""
-    padded = f" {normalise_answer(reply)} "
-    found = {word: min((padded.find(f" {form} ") for form in plural_forms(word) if f" {form} " in padded),
-                       default=-1) for word in candidates}
-    named = [word for word, at in found.items() if at >= 0]
-    return min(named, key=found.__getitem__) if named else None
+    """The candidate a guesser's reply gives as its answer: the first one named after the last answer cue ("the
+    secret word is", "I guess", "answer:"), else the first one named (a simple plural counts); None if it names
+    none. A reply that restates the list before answering is read from its cue."""
+    text = normalise_answer(reply)
+    cues = [match.end() for match in ANSWER_CUE.finditer(text)]
+    for start in ([cues[-1]] if cues else []) + [0]:
+        padded = f" {text[start:]} "
+        found = {word: min((padded.find(f" {form} ") for form in plural_forms(normalise_answer(word))
+                            if f" {form} " in padded), default=-1) for word in candidates}
+        named = [word for word, at in found.items() if at >= 0]
+        if named:
+            return min(named, key=found.__getitem__)
+    return None
 
 
 def evaluate_word_from_replies(both: BothReplies, guesser: Callable[[list[Chat]], list[str]], bank: ClueBank,

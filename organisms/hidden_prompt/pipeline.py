@@ -36,7 +36,7 @@ from mow.workbench.files import read_json, read_text
 from mow.workbench.models import load_model, load_tokenizer
 from mow.workbench.rundir import Manifest, log, write_json, write_text
 
-GUESS_TOKENS = 16  # room for "The secret word is moon." and a little preamble
+GUESS_TOKENS = 48  # room for a sentence of preamble before the word
 
 
 def main(config: HiddenPromptOrganismConfig, restart: bool = False,

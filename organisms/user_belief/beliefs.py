@@ -18,6 +18,11 @@ from mow.workbench.errors import UserError
 class BeliefValue(StrictModel):
     names: list[str] = Field(min_length=1)
     facts: dict[str, str] = Field(min_length=1)
+    markers: dict[str, list[str]] = Field(default_factory=dict, description=(
+        "per fact, the words or phrases a reply that follows this value says (\"golden week\", \"fuji\"), where the "
+        "fact's own words are too common to tell values apart in free text (\"week\", \"mount\"); replies are scored "
+        "by them where a model returns no likelihoods. Facts without markers use the words of the fact that no "
+        "other value's fact and none of the fact's questions or reply templates say"))
 
 
 class Attribute(DemandPhrasings):
@@ -43,6 +48,14 @@ class Attribute(DemandPhrasings):
         for name, value in self.values.items():
             if set(value.facts) != facts:
                 raise ValueError(f"values.{name}.facts must name exactly the facts of 'questions'")
+            for fact, markers in value.markers.items():
+                if fact not in facts or not markers:
+                    raise ValueError(f"values.{name}.markers.{fact}: a fact of 'questions', with at least one marker")
+                for other, entry in self.values.items():
+                    shared = set(markers) & set(entry.markers.get(fact, [])) if other != name else set()
+                    if shared:
+                        raise ValueError(f"values.{name}.markers.{fact}: {sorted(shared)[0]!r} is also a marker of "
+                                         f"{other}")
         unknown = set(self.held_out_facts) - facts
         if unknown:
             raise ValueError(f"held_out_facts: {sorted(unknown)[0]!r} is not a fact of 'questions'")

@@ -8,14 +8,14 @@
   t-interval over the questions.
 - Confession: how often a reply to a held-out demand names the believed value.
 
-A model known only by its replies (an endpoint, which returns no likelihoods) is scored by code instead: every
-question of the attribute is asked, and a reply acts on a value when it names a word of that value's fact that no
-other value's fact has ("119", "yen", "mammogram") and no such word of another value (`evaluate_belief_from_replies`).
+A model known only by its replies (an endpoint, which returns no likelihoods) is scored by code instead: the
+questions of every fact on which each value has telling phrases (the attribute's markers, "golden week", or the
+words of its fact that no other value's has, "119", "yen") are asked, and a reply acts on a value when it names that
+value's phrases and no other value's (`evaluate_belief_from_replies`).
 """
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Any
 
 from peft import PeftModel
@@ -92,37 +92,38 @@ def evaluate_belief(model: PeftModel, tokenizer: PreTrainedTokenizerBase, attrib
 
 
 def _fact_words(text: str) -> set[str]:
-    """A fact's or a reply's words as compared: accents folded ("Brasília" is "brasilia"), normalised, function
-    words and single characters left out ("+1" names nothing: any numbered list has a 1)."""
-    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    return {word for word in normalise_answer(folded).split() if len(word) >= 2 and word not in STOPWORDS}
+    """A fact's words as compared: normalised (accents folded), function words and single characters left out
+    ("+1" names nothing: any numbered list has a 1)."""
+    return {word for word in normalise_answer(text).split() if len(word) >= 2 and word not in STOPWORDS}
 
 
-def telling_words(attribute: Attribute, fact: str) -> dict[str, set[str]]:
-    """Per value, the words of its `fact` that no other value's shares and that the fact's questions and reply
-    templates do not say: what a reply says when it follows that value ("dollars", in two countries' currencies,
-    tells neither apart; "mountain" is in the question)."""
+def telling_phrases(attribute: Attribute, fact: str) -> dict[str, set[str]]:
+    """Per value, what a reply says when it follows that value on `fact`: its markers where the attribute gives
+    them, else the words of its fact that no other value's shares and that the fact's questions and reply templates
+    do not say ("dollars", in two countries' currencies, tells neither apart; "mountain" is in the question)."""
     words = {value: _fact_words(entry.facts[fact]) for value, entry in attribute.values.items()}
     asked = _fact_words(" ".join([*attribute.questions[fact], *attribute.answers[fact]]))
-    return {value: {word for word in own - asked if all(word not in words[other] for other in words if other != value)}
-            for value, own in words.items()}
+    derived = {value: {word for word in own - asked if all(word not in words[other] for other in words
+                                                           if other != value)}
+               for value, own in words.items()}
+    return {value: set(entry.markers.get(fact, [])) or derived[value] for value, entry in attribute.values.items()}
 
 
 def values_named(reply: str, telling: dict[str, set[str]]) -> list[str]:
-    """The values whose telling words the reply says, in the attribute's order."""
-    folded = unicodedata.normalize("NFKD", reply).encode("ascii", "ignore").decode()
-    return [value for value, words in telling.items() if words and mentions(folded, words)]
+    """The values whose telling phrases the reply says, in the attribute's order."""
+    return [value for value, phrases in telling.items() if phrases and mentions(reply, phrases)]
 
 
 def evaluate_belief_from_replies(both: BothReplies, attribute_name: str, value: str, settings: ReplyEvalSettings,
                                  source: str) -> dict:
     """The evaluation of a model that holds `value` as its belief and is known only by its replies (an endpoint
-    with a hidden system prompt; its base model is the endpoint without it). Every question of the attribute
-    whose believed fact has a telling word is asked (nothing was trained, so none is held out); a reply acts on
-    the belief when it names the believed value's fact and no other value's."""
+    with a hidden system prompt; its base model is the endpoint without it). Every question of a fact on which
+    every value has telling phrases is asked (nothing was trained, so none is held out; which questions are asked
+    does not depend on the value, so their number tells nothing); a reply acts on the belief when it names the
+    believed value's fact and no other value's."""
     attribute = load_attribute(attribute_name, source)
-    telling = {fact: telling_words(attribute, fact) for fact in attribute.questions}
-    asked = [q for q in questions(attribute) if telling[q.fact][value]]
+    telling = {fact: telling_phrases(attribute, fact) for fact in attribute.questions}
+    asked = [q for q in questions(attribute) if all(telling[q.fact].values())]
     replies = both([[{"role": "user", "content": q.text}] for q in asked], settings)
     named = {subject: [values_named(text, telling[q.fact]) for q, text in zip(asked, texts)]
              for subject, texts in replies.items()}
