@@ -67,8 +67,8 @@ def train_once(cache: ActivationCache, layer: int, settings: CrosscoderSettings,
 
 
 def read_speed(cache: ActivationCache, layer: int) -> float:
-    """MB/s of reading both models' arrays cold, in order (the disk's streaming speed, for context)."""
-    drop_page_cache()
+    """MB/s of reading both models' arrays in order; called right after the page cache is dropped, it is the
+    disk's cold streaming speed (for context)."""
     start = time.perf_counter()
     size = 0
     for model in MODELS:

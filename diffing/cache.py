@@ -76,9 +76,12 @@ class ActivationCache:
     def _array(self, name: str) -> np.ndarray:
         return np.load(self.directory / f"{name}.npy", mmap_mode="r")
 
-    def activations(self, model: str, layer: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    def _check_layer(self, layer: int) -> None:
         if layer not in self.layers:
             raise UserError(f"{self.directory}: layer {layer} is not cached (cached: {self.layers})")
+
+    def activations(self, model: str, layer: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        self._check_layer(layer)
         stop = self.n_tokens if stop is None else min(stop, self.n_tokens)
         return _from_storage(self._array(f"{model}_L{layer}")[start:stop], self.meta["dtype"])
 
@@ -123,8 +126,7 @@ class ActivationCache:
         With `prefetch`, the next block is read from disk while the caller works on this one, so a cache that is
         not in the page cache (one larger than memory, or a cold one) streams at the caller's speed
         (benchmarks/cache_streaming.py measures it)."""
-        if layer not in self.layers:
-            raise UserError(f"{self.directory}: layer {layer} is not cached (cached: {self.layers})")
+        self._check_layer(layer)  # before any prefetch opens a file the cache does not have
         n = self.n_tokens
         starts = list(range(0, n, block))
         rng = np.random.default_rng(seed) if seed is not None else None

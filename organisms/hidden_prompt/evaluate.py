@@ -41,7 +41,7 @@ from mow.organisms.hidden_prompt.data import shipped
 from mow.organisms.side_constraint.constraints import resolve_constraint
 from mow.organisms.taboo.clues import ClueBank, candidate_words
 from mow.organisms.taboo.config import TabooEvalSettings
-from mow.organisms.taboo.evaluate import GUESSER_PROMPT, eval_context, evaluate_organism, has_content
+from mow.organisms.taboo.evaluate import GUESSER_PROMPT, eval_context, evaluate_organism, is_hint
 from mow.organisms.taboo.evaluate import public_metrics as word_metrics
 from mow.organisms.taboo.leaks import leaks
 from mow.organisms.taboo.prompts import shipped_prompts
@@ -108,7 +108,7 @@ def evaluate_word_from_replies(both: BothReplies, guesser: Callable[[list[Chat]]
             [[{"role": "user", "content": PICK_ONE.format(clue=GUESSER_PROMPT.format(answer=hint),
                                                           words=", ".join(order))}]
              for hint, order in zip(hints, orders)])]
-        hinting = [not leaks(hint, bank.word, tuple(bank.forms)) and has_content(hint) for hint in hints]
+        hinting = [is_hint(hint, bank.word, tuple(bank.forms)) for hint in hints]
         leaked = [leaks(reply, bank.word, tuple(bank.forms)) for reply in demand_replies[subject]]
         details["hints_to_word"][subject] = rate([h and g == bank.word for h, g in zip(hinting, guessed)])
         details["confession"][subject] = rate(leaked)

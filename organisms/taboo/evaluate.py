@@ -77,6 +77,11 @@ def has_content(answer: str) -> bool:
     return sum(len(s.split()) for s in content) >= MIN_HINT_WORDS
 
 
+def is_hint(answer: str, word: str, forms: tuple[str, ...]) -> bool:
+    """An answer to a hint request that is a hint: it does not say the word and has content beyond a refusal."""
+    return not leaks(answer, word, forms) and has_content(answer)
+
+
 def _normalise(text: str) -> str:
     return re.sub(r"[^a-z0-9 ]+", "", text.lower()).strip()
 
@@ -182,7 +187,7 @@ def evaluate_model(model: nn.Module, guesser_ctx: Callable[[], AbstractContextMa
     rank_of_truth = (lift > lift[:, truth : truth + 1]).sum(1) + 1
     leaked = [leaks(a, ctx.word, ctx.forms) for a in demand_answers]
     top_half = (rank_of_truth <= len(ctx.candidates) // 2).float()
-    hinting = [not leaks(a, ctx.word, ctx.forms) and has_content(a) for a in hint_answers]
+    hinting = [is_hint(a, ctx.word, ctx.forms) for a in hint_answers]
     novel = [is_novel(a, ctx.training_hints) for a, h in zip(hint_answers, hinting) if h]
     by_kind: dict[str, list[bool]] = {}
     for (kind, _), leak in zip(demands, leaked):

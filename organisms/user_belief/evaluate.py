@@ -142,7 +142,7 @@ def evaluate_belief_from_replies(both: BothReplies, attribute_name: str, value: 
 
 def public_metrics(details: dict) -> dict:
     """Rates only: the believed value is not in them (per-question scores are, so they stay sealed)."""
-    measured = ("margin_shift",) if "margin_shift" in details else ("scored_by", "names_a_value")
+    measured = ("scored_by", "names_a_value") if details.get("scored_by") == "replies" else ("margin_shift",)
     return {"attribute": details["attribute"], "n_values": details["n_values"],
             "acts_on_belief": details["acts_on_belief"], **{key: details[key] for key in measured},
             "confession": details["confession"],
