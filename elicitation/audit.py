@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
-from mow.elicitation.agent import probe_tool_calling, run_agent, system_prompt
+from mow.data.truth import SealedTruth
+from mow.elicitation.agent import probe, run_agent, system_prompt
 from mow.elicitation.agent_tools import ToolContext
 from mow.elicitation.audit_config import CHAT_TOOLS, DIFF_TOOLS, AuditConfig, agent_label
 from mow.elicitation.config import ChallengeConfig
-from mow.elicitation.grader import Rubric, grade, load_rubric
+from mow.elicitation.grader import Rubric, calibrate, grade, load_rubric
 from mow.elicitation.harness import check_organism, read_truth
 from mow.elicitation.layout import AUDIT_CONFIG_FILE, AuditLayout
 from mow.elicitation.prompt_proxy import organism_proxy
@@ -65,7 +66,7 @@ def main(organism: Path, config: AuditConfig, restart: bool = False, config_path
     organism = Path(organism)
     validate(organism, config)
     backend = EndpointBackend(config.agent)
-    probe_tool_calling(backend)
+    probe(backend, config.tool_calls)
     grader = EndpointBackend(config.grader) if config.grader is not None else None
     name = config.name or organism.resolve().name + ("-base" if config.subject == "base" else "")
     rundir = RunDirectory(config.output_dir / name, AUDIT_CONFIG_FILE, dump_config(config), "audit")
@@ -109,21 +110,27 @@ def main(organism: Path, config: AuditConfig, restart: bool = False, config_path
     scores = score_runs(runs, truth)
     scores.update(subject=config.subject, label=agent_label(config))
     if grader is not None:
-        scores["grading"] = grade_runs(grader, load_rubric(config.rubrics, truth.kind), truth.answer, runs, config)
+        scores["grading"] = grade_runs(grader, load_rubric(config.rubrics, truth.kind), truth, runs, config)
     write_json(layout.scores, scores)
     write_text(layout.report, render(name, runs, read_json(layout.scores, "audit scores")))
     return rundir.finish()
 
 
-def grade_runs(grader: EndpointBackend, rubric: Rubric, answer: str, runs: list[dict], config: AuditConfig) -> dict:
-    """Each submitted description graded `config.grades` times; the mean grade over runs, and how far apart one
-    description's grades fall (the grader's agreement with itself)."""
-    per_run = {str(run["run"]): grade(grader, rubric, answer, run["description"], config.grades, config.seed)
+def grade_runs(grader: EndpointBackend, rubric: Rubric, truth: SealedTruth, runs: list[dict],
+               config: AuditConfig) -> dict:
+    """Each submitted description graded `config.grades` times; the mean grade over runs, how far apart one
+    description's grades fall (the grader's agreement with itself), and the grader's calibration."""
+    per_run = {str(run["run"]): grade(grader, rubric, truth.answer, run["description"], config.grades, config.seed)
                for run in runs if run["status"] == "submitted"}
     means = [g["mean"] for g in per_run.values() if g["mean"] is not None]
     spreads = [g["spread"] for g in per_run.values() if g["spread"] is not None]
     return {"grader": grader.description, "per_run": per_run, "mean_grade": sum(means) / len(means) if means else None,
-            "max_spread": max(spreads) if spreads else None}
+            "max_spread": max(spreads) if spreads else None,
+            "calibration": calibrate(grader, rubric, truth, config.grades, config.seed)}
+
+
+def _grade(mean: float | None) -> str:
+    return "n/a" if mean is None else f"{mean:.2f}"
 
 
 def score_runs(runs: list[dict], truth) -> dict:
@@ -150,6 +157,14 @@ def render(name: str, runs: list[dict], scores: dict) -> str:
     graded = ("" if grading is None or grading["mean_grade"] is None else
               f" Mean grade {grading['mean_grade']:.2f} of 5 by {escape(grading['grader'])} (largest spread "
               f"between one description's grades: {grading['max_spread']}).")
+    calibration = None if grading is None else grading["calibration"]
+    if calibration is not None:
+        graded += (f" Calibration: the truth itself graded {_grade(calibration['truth_grade'])}, the truth naming "
+                   f"{escape(calibration['other_answer'])} instead {_grade(calibration['other_answer_grade'])}: "
+                   + ("trusted." if calibration["trusted"] else
+                      f"<b>not trusted</b> (needs {escape(calibration['criterion'])}).")
+                   + (f" {calibration['ungraded']} of its {calibration['calls']} calibration "
+                      "replies gave no grade." if calibration["ungraded"] else ""))
     subject = " (the control: the agent audits the public base model)" if scores.get("subject") == "base" else ""
     body = [f"<h1>Audit of {escape(name)}{subject}</h1>",
             f"<p>{len(runs)} run(s), {scores['submitted']} submitted; mean open top-5 {scores['mean']['top5']:.2f}, "

@@ -29,6 +29,7 @@ class AgentBudget(StrictModel):
                                                  "amplified)")
     generated_tokens: int = Field(4000, ge=0, description="tokens those calls may generate, all together")
     max_new_tokens: int = Field(64, ge=1, description="tokens one model call may generate")
+    reply_tokens: int = Field(2048, ge=16, description="tokens one reply of the agent may take (its max_tokens)")
 
 
 class AuditConfig(StrictModel):
@@ -44,6 +45,10 @@ class AuditConfig(StrictModel):
                                 "base model's, e.g. a diff of the base against itself)")
     agent: AgentBackend = Field(default_factory=dict, validate_default=True,
                                 description="the investigator: an OpenAI-compatible endpoint with tool calling")
+    tool_calls: Literal["native", "text"] = Field(
+        "native", description="how the agent calls tools: native (the endpoint's tool calling) or text (tools listed "
+                              "in the prompt, calls written as <tool_call>{json}</tool_call> in the reply: for a "
+                              "model or server without tool calling)")
     tools: list[str] = Field(default_factory=lambda: [t for t in ALL_TOOLS if t not in DIFF_TOOLS],
                              min_length=1, description="the tools the agent gets (the diff tools need --diff)")
     budget: AgentBudget = AgentBudget()

@@ -64,8 +64,8 @@ def load_challenge(directory: Path) -> dict:
 
 def load_audit(directory: Path) -> dict:
     """A finished audit, as a challenge with one method (its agent label) and one subject: each run is a method
-    result; a run that did not submit (an endpoint that failed, replies with no valid call) is left out as a failed
-    method is."""
+    result. A run the agent ended without an answer (no valid call, no submit) names nothing and scores 0; a run
+    whose endpoint failed is left out as a failed method is."""
     layout = AuditLayout(Path(directory))
     if not layout.truth.is_file() or not layout.scores.is_file():
         raise UserError(f"{directory}: not a finished audit directory (no {layout.truth.name} or "
@@ -76,8 +76,8 @@ def load_audit(directory: Path) -> dict:
                         "with --restart")
     organism = Path(str(read_json(layout.manifest, "audit manifest")["organism"])).name
     runs = [read_json(layout.run(int(r["run"])), "agent run") for r in scores["runs"]]
-    results = [{"method": scores["label"], "category": AGENT, "status": "ok" if run["status"] == "submitted"
-                else "failed", "ranking": run["guesses"], "attempts": []} for run in runs]
+    results = [{"method": scores["label"], "category": AGENT, "status": "failed" if run["status"] == "failed"
+                else "ok", "ranking": run["guesses"], "attempts": []} for run in runs]
     truth = SealedTruth.from_dict(read_json(layout.truth, "sealed truth"), shown(layout.truth))
     return {"name": f"{organism} (agent)", "truth": truth, "results": {scores["label"]: {scores["subject"]: results}},
             "group": truth.kind, "source": shown(Path(directory))}
