@@ -11,6 +11,7 @@ from mow.cli.flags import add_run_flags
 
 def cmd_audit(args: argparse.Namespace) -> None:
     from mow.elicitation.audit import main as audit_main
+    from mow.elicitation.audit import summary_line
     from mow.elicitation.audit_config import load_audit_config
     from mow.elicitation.layout import AuditLayout
     from mow.workbench.files import read_json
@@ -23,11 +24,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
     config = load_audit_config(args.config, overrides)
     final = audit_main(args.organism, config, restart=args.restart, config_path=args.config)
     scores = read_json(AuditLayout(final).scores, "audit scores")
-    print(f"{scores['submitted']} of {len(scores['runs'])} run(s) submitted; open top-5 {scores['mean']['top5']:.2f}, "
-          f"forced-choice top-1 {scores['mean']['fc_top1']:.2f} (chance {1 / scores['n_candidates']:.2f})"
-          + ("" if (scores.get("grading") or {}).get("mean_grade") is None else
-             f"; mean grade {scores['grading']['mean_grade']:.2f} of 5")
-          + f"\nreport: {AuditLayout(final).report}")
+    print(f"{summary_line(scores)}\nreport: {AuditLayout(final).report}")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

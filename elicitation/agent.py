@@ -43,7 +43,8 @@ The results come back in the next message, in <tool_response> tags. The tools an
 {tools}
 For example:
 <tool_call>{example}</tool_call>"""
-TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+TOOL_CALL = re.compile(r"<tool_call>(.*?)(?=</tool_call>|<tool_call>|$)", re.DOTALL)  # an unclosed tag ends at the next
+THINKING = re.compile(r"<think>.*?</think>", re.DOTALL)
 LAST_TURN = "This is your last reply: call `submit` now."
 NO_CALL = "Call a tool, or `submit` your answer."
 
@@ -90,11 +91,7 @@ def system_prompt(kind: str, question: str, card: str, config: AuditConfig) -> s
 def probe(backend: EndpointBackend, tool_calls: Literal["native", "text"]) -> None:
     """Refuse an endpoint that does not answer, or (native calls) does not call tools, before anything is written."""
     if tool_calls == "text":
-        try:
-            backend.ask([{"role": "user", "content": "Say OK."}], lambda reply: reply.choices[0].message.content,
-                        max_tokens=4)
-        except EndpointError as exc:
-            raise UserError(f"agent: {backend.description} does not answer a chat request ({exc})") from None
+        backend.check_answers("agent")
         return
     ping = {"type": "function", "function": {"name": "ping", "description": "Answer the ping.",
                                              "parameters": {"type": "object", "properties": {}}}}
@@ -111,24 +108,41 @@ def probe(backend: EndpointBackend, tool_calls: Literal["native", "text"]) -> No
 
 
 def native_calls(message: Any) -> list[Call]:
-    return [Call(c.id, c.function.name, c.function.arguments or "{}") if getattr(c, "function", None) is not None
-            else Call(c.id, None, "", "only function tool calls are understood") for c in message.tool_calls or []]
+    calls = []
+    for call in message.tool_calls or []:
+        function = getattr(call, "function", None)
+        if function is None:
+            calls.append(Call(call.id, None, "", "only function tool calls are understood"))
+        elif not function.name:
+            calls.append(Call(call.id, None, function.arguments or "", "a tool call needs the tool's name"))
+        else:
+            calls.append(Call(call.id, function.name, function.arguments or "{}"))
+    return calls
+
+
+def _json_object(text: str) -> object:
+    """The first JSON value of a block, inside a code fence or not, whatever follows it (None if there is none)."""
+    start = text.find("{")
+    try:
+        return json.JSONDecoder().raw_decode(text[start:])[0] if start >= 0 else None
+    except json.JSONDecodeError:
+        return None
 
 
 def text_calls(content: str) -> list[Call]:
-    """The `<tool_call>` blocks of a reply (an unclosed last one too: a model may stop before the tag), or the whole
-    reply where it is one JSON object naming a tool (a model that drops the tags)."""
+    """The `<tool_call>` blocks of a reply (an unclosed one ends at the next tag or the end: a model may stop before
+    closing it), or, in a reply without tags, a JSON object naming a tool that opens it, fenced or not (a model that
+    drops the tags). Reasoning in `<think>` tags is not read: a call drafted there is not made."""
+    content = THINKING.sub("", content)
     blocks = TOOL_CALL.findall(content)
-    if not blocks and content.strip().startswith("{"):
-        blocks = [content.strip()]
+    bare = content.strip().removeprefix("```json").removeprefix("```").lstrip()
+    if not blocks and bare.startswith("{"):
+        blocks = [bare]
     calls = []
     for number, block in enumerate(blocks, 1):
-        try:
-            parsed = json.loads(block)
-        except json.JSONDecodeError:
-            parsed = None
+        parsed = _json_object(block)
         if not isinstance(parsed, dict) or not isinstance(parsed.get("name"), str):
-            calls.append(Call(f"call_{number}", None, block,
+            calls.append(Call(f"call_{number}", None, block.strip(),
                               'a <tool_call> block must be a JSON object with "name" and "arguments"'))
             continue
         arguments = parsed.get("arguments", {})
@@ -207,6 +221,9 @@ def run_agent(backend: EndpointBackend, context: ToolContext, config: AuditConfi
                 f"<tool_response>\n{r}\n</tool_response>" for r in responses) or NO_CALL})
         elif not calls or responses:  # no call, or calls that were not function calls: told in a user turn
             messages.append({"role": "user", "content": "\n".join(responses) or NO_CALL})
+        if last and not native:  # told this was its last reply, it did not submit
+            return AgentRun("no_answer", "", [], turn, transcript,
+                            error="no submit in the reply it was told was its last")
         malformed = 0 if any_valid else malformed + 1
         if malformed >= MAX_MALFORMED:
             return AgentRun("no_answer", "", [], turn, transcript,

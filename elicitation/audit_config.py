@@ -44,7 +44,7 @@ class AuditConfig(StrictModel):
                                 "the same tools, scored against the organism's truth; a --diff given is read as the "
                                 "base model's, e.g. a diff of the base against itself)")
     agent: AgentBackend = Field(default_factory=dict, validate_default=True,
-                                description="the investigator: an OpenAI-compatible endpoint with tool calling")
+                                description="the investigator: an OpenAI-compatible endpoint (see tool_calls)")
     tool_calls: Literal["native", "text"] = Field(
         "native", description="how the agent calls tools: native (the endpoint's tool calling) or text (tools listed "
                               "in the prompt, calls written as <tool_call>{json}</tool_call> in the reply: for a "
