@@ -1,7 +1,8 @@
 """`mow leaderboard`: methods × organisms from finished challenge and audit directories, with controls and intervals.
 
 An audit (`mow audit`) joins as a method named by its agent's tools and question budget (`agent_label`), scored as
-the mean over its submitted runs; an audit of the base subject is that method's base condition for the organism.
+the mean over its runs (a run without an answer names nothing; one whose endpoint failed is left out); an audit of
+the base subject is that method's base condition for the organism.
 
 Three conditions per method:
 - organism: each organism's guesses against its own truth;
