@@ -43,7 +43,7 @@ The results come back in the next message, in <tool_response> tags. The tools an
 {tools}
 For example:
 <tool_call>{example}</tool_call>"""
-TOOL_CALL = re.compile(r"<tool_call>(.*?)(?=</tool_call>|<tool_call>|$)", re.DOTALL)  # an unclosed tag ends at the next
+TOOL_CALL = re.compile(r"<tool_call>(.*?)(?=</tool_call>|<tool_call>|$)", re.DOTALL)  # unclosed: ends at the next tag
 THINKING = re.compile(r"<think>.*?</think>", re.DOTALL)
 LAST_TURN = "This is your last reply: call `submit` now."
 NO_CALL = "Call a tool, or `submit` your answer."
@@ -67,9 +67,10 @@ class AgentRun:
 
 @dataclass(frozen=True)
 class Call:
-    """One tool call as the agent wrote it; `problem` says why a block or entry is not a call at all."""
+    """One tool call as the agent wrote it; `problem` says why a block or entry is not a call at all (its name
+    is then empty)."""
     id: str
-    name: str | None
+    name: str
     arguments: str  # JSON text, as written
     problem: str | None = None
 
@@ -112,9 +113,9 @@ def native_calls(message: Any) -> list[Call]:
     for call in message.tool_calls or []:
         function = getattr(call, "function", None)
         if function is None:
-            calls.append(Call(call.id, None, "", "only function tool calls are understood"))
+            calls.append(Call(call.id, "", "", "only function tool calls are understood"))
         elif not function.name:
-            calls.append(Call(call.id, None, function.arguments or "", "a tool call needs the tool's name"))
+            calls.append(Call(call.id, "", function.arguments or "", "a tool call needs the tool's name"))
         else:
             calls.append(Call(call.id, function.name, function.arguments or "{}"))
     return calls
@@ -142,7 +143,7 @@ def text_calls(content: str) -> list[Call]:
     for number, block in enumerate(blocks, 1):
         parsed = _json_object(block)
         if not isinstance(parsed, dict) or not isinstance(parsed.get("name"), str):
-            calls.append(Call(f"call_{number}", None, block.strip(),
+            calls.append(Call(f"call_{number}", "", block.strip(),
                               'a <tool_call> block must be a JSON object with "name" and "arguments"'))
             continue
         arguments = parsed.get("arguments", {})
@@ -158,8 +159,8 @@ def _native_assistant(message: Any, calls: list[Call]) -> dict:
 
 
 def _parse(call: Call, tools: dict[str, Tool]) -> tuple[Tool, dict]:
-    if call.problem is not None or call.name is None:
-        raise MalformedCall(call.problem or "a call without a name")
+    if call.problem is not None:
+        raise MalformedCall(call.problem)
     name = call.name
     if name not in tools:
         raise MalformedCall(f"unknown tool {name!r} (yours: {', '.join(tools)})")
