@@ -91,9 +91,16 @@ def test_base_with_adapter_off_equals_a_fresh_base_and_kl_matches_by_hand(tokeni
             expected += torch.bincount(pool[raised.indices[raised.values > 0]], minlength=len(tokenizer))
         assert torch.equal(counted.mined[0], expected)
     assert not torch.equal(arrays.mined, whole.mined)
-    batched = kl.per_token_kl(lora_pair, sequences(tokenizer), batch_size=4, progress=False)
-    start = int(batched.offsets[1])
-    assert torch.allclose(batched.kl_tb[start : start + len(arrays.kl_tb)], arrays.kl_tb, atol=1e-4)
+    # a set is read longest text first; the arrays come back in the given order, each text's KL as when read alone
+    given = sequences(tokenizer)["s"]
+    assert sorted(len(seq.ids) for seq in given) != [len(seq.ids) for seq in given][::-1]
+    batched = kl.per_token_kl(lora_pair, {"s": given}, batch_size=4, progress=False)
+    for i, sequence in enumerate(given):
+        start, end = int(batched.offsets[i]), int(batched.offsets[i + 1])
+        assert batched.ids[start:end].tolist() == list(sequence.ids)
+        alone = arrays if i == 1 else kl.per_token_kl(lora_pair, {"s": [sequence]}, progress=False)
+        assert torch.allclose(batched.kl_tb[start:end], alone.kl_tb, atol=1e-4)
+        assert torch.equal(batched.top_tuned[start:end], alone.top_tuned)
 
 
 def test_diff_mining_groups_tokens_into_topics_by_embedding(tokenizer, lora_pair):
@@ -136,8 +143,10 @@ def test_a_second_diff_reuses_the_base_side_and_gets_the_same_numbers(tokenizer,
     base skips those base passes (no base forward runs) and computes the same KL as without the store."""
     from mow.diffing.base_side import BaseSideStore, base_identity
 
-    reversed_texts = [tokenize_record(r, tokenizer, 64, "b", i) for i, r in enumerate(records()[::-1])]
-    sets = {**sequences(tokenizer, "a"), "b": reversed_texts}
+    # "b" holds all but the first of "a"'s texts, in reverse order: a set is read longest text first, so the same
+    # texts in another order can share one entry
+    other_texts = [tokenize_record(r, tokenizer, 64, "b", i) for i, r in enumerate(records()[:0:-1])]
+    sets = {**sequences(tokenizer, "a"), "b": other_texts}
     identity = base_identity(lora_pair.tuned_model)
     assert identity == base_identity(load_model(TINY, seed=5))  # the adapter is not part of the base
     assert identity != base_identity(load_model(TINY, seed=6))
