@@ -180,9 +180,9 @@ def per_token_kl(pair: ModelPair, sets: dict[str, list[TokenSequence]], batch_si
     given = {name: [seq for seq in sets[name] if len(seq.ids) >= 2] for name in names}
     if not any(given.values()):
         raise UserError("per-token KL: no text of at least 2 tokens in the prompt sets")
-    # Each set is read longest text first, so a batch pads little (12% faster on the shipped generic sets than in
-    # file order, measured); the arrays are put back in the given order at the end. The reading order depends on the
-    # set alone, so a stored base side stays the one a fresh pass computes.
+    # Each set is read longest text first, so a batch pads little (on diff_speed's texts at batch 8, padding is 4.7%
+    # of the real positions against 15.8% in file order); the arrays are put back in the given order at the end. The
+    # reading order depends on the set alone, so a stored base side stays the one a fresh pass computes.
     order = {name: sorted(range(len(given[name])), key=lambda i: -len(given[name][i].ids)) for name in names}
     kept = {name: [given[name][i] for i in order[name]] for name in names}
     sequences = [seq for name in names for seq in kept[name]]
