@@ -177,15 +177,15 @@ def per_token_kl(pair: ModelPair, sets: dict[str, list[TokenSequence]], batch_si
     one batch of activations and a few `chunk` x vocabulary rows (plus, with a store, the base side of the sets
     it holds or is about to hold). A set the store holds skips its base pass (`base_store.reused` names them)."""
     names = list(sets)
-    given = {name: [seq for seq in sets[name] if len(seq.ids) >= 2] for name in names}
-    if not any(given.values()):
+    given = [seq for name in names for seq in sets[name] if len(seq.ids) >= 2]
+    if not given:
         raise UserError("per-token KL: no text of at least 2 tokens in the prompt sets")
     # Each set is read longest text first, so a batch pads little (on diff_speed's texts at batch 8, padding is 4.7%
     # of the real positions against 15.8% in file order); the arrays are put back in the given order at the end. The
     # reading order depends on the set alone, so a stored base side stays the one a fresh pass computes.
-    order = {name: sorted(range(len(given[name])), key=lambda i: -len(given[name][i].ids)) for name in names}
-    kept = {name: [given[name][i] for i in order[name]] for name in names}
-    sequences = [seq for name in names for seq in kept[name]]
+    reading = sorted(range(len(given)), key=lambda i: (names.index(given[i].set_name), -len(given[i].ids)))
+    sequences = [given[i] for i in reading]
+    kept = {name: [seq for seq in sequences if seq.set_name == name] for name in names}
     sizes = [len(kept[name]) for name in names]
     set_starts = [sum(sizes[:i]) for i in range(len(names)) if sizes[i]]
     vocab_size = embedding_weight(output_embeddings(pair.tuned_model)).shape[0]
@@ -232,12 +232,10 @@ def per_token_kl(pair: ModelPair, sets: dict[str, list[TokenSequence]], batch_si
                 bar.update(end - start)
         del base_hidden
     bar.close()
-    # where each given sequence was read: the inverse of each set's reading order
-    read_at = [start + int(read) for start, name in zip(set_starts, (n for n in names if kept[n]))
-               for read in torch.argsort(torch.tensor(order[name]))]
-    positions = torch.cat([torch.arange(int(offsets[i]), int(offsets[i + 1])) for i in read_at])
+    read_at = torch.argsort(torch.tensor(reading))  # where each given sequence was read
+    positions = torch.cat([torch.arange(int(offsets[i]), int(offsets[i + 1])) for i in read_at.tolist()])
     out = {key: values[positions] for key, values in out.items()}
-    sequences = [sequences[i] for i in read_at]
+    sequences = given
     lengths = lengths[read_at]
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
     ids = torch.tensor([t for seq in sequences for t in seq.ids])
