@@ -10,16 +10,22 @@
 4. A second diff of another adapter on the same base, its base side read from the base-side store the first diff
    wrote (`kl.reuse_base_side`), against that first diff: tokens/s of both.
 
-    python benchmarks/diff_speed.py [--organism DIR] [--items 48] [--repeats 3]
+    python benchmarks/diff_speed.py [--organism DIR] [--items 48] [--repeats 3] [--random-model KEY=VALUE ...]
 
 Without --organism, the adapter is a LoRA r16 on all linear layers of the embedded model with random weights
-(speed and memory do not depend on what the adapter learned).
+(speed and memory do not depend on what the adapter learned). `--random-model` runs everything on a model of
+--model's architecture and tokenizer with those config fields changed and random weights: a larger model of the
+family where none can be downloaded (the SmolLM2-360M shape: hidden_size=960 intermediate_size=2560
+num_hidden_layers=32 num_attention_heads=15 num_key_value_heads=5). At 135M parameters the weights (513 MiB) are not
+much larger than the working memory and the allocator's slack, which move the peak by up to 100 MiB between runs;
+a larger model shows the memory ratio where the weights dominate, as they do for the models researchers diff.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -55,6 +61,27 @@ def make_adapter(directory: Path, model_spec: str, seed: int = 0) -> Path:
             if "lora_B" in name:
                 param.normal_(0, 0.02)
     model.save_pretrained(directory)
+    return directory
+
+
+def random_model(directory: Path, model_spec: str, changes: list[str]) -> Path:
+    """A checkpoint of `model_spec`'s architecture and tokenizer with the config fields `changes` (KEY=VALUE,
+    integers) set and random weights (seed 0), in float32, written to `directory`."""
+    from transformers import AutoModelForCausalLM
+
+    from mow.workbench.models import load_model, load_tokenizer
+
+    config = load_model(model_spec).config
+    for change in changes:
+        key, _, value = change.partition("=")
+        if not hasattr(config, key) or not value.isdigit():
+            raise ValueError(f"--random-model {change!r}: expected KEY=INTEGER with KEY a field of {model_spec}'s "
+                             "config")
+        setattr(config, key, int(value))
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(directory)
+    load_tokenizer(model_spec).save_pretrained(directory)
+    os.sync()  # the first timed run should not share the disk with this checkpoint's writeback
     return directory
 
 
@@ -141,24 +168,34 @@ def main() -> None:
     parser.add_argument("--model", default="builtin:smollm2-135m")
     parser.add_argument("--items", type=int, default=48, help="texts per shipped set")
     parser.add_argument("--repeats", type=int, default=3, help="KL runs per mode (default 3)")
+    parser.add_argument("--random-model", nargs="+", metavar="KEY=VALUE",
+                        help="a random-weight model of --model's architecture with these config fields changed")
     parser.add_argument("--kl-mode", choices=["one-copy", "two-models"], help=argparse.SUPPRESS)
     parser.add_argument("--adapter", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: at least 1 run per mode")
+    if args.organism is not None and args.random_model:
+        parser.error("--organism and --random-model: an organism has its own base model; give one of them")
     if args.kl_mode:
         print(json.dumps(run_kl_mode(args.kl_mode, args.adapter, args.model, args.items, args.store)))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        model_spec = args.model
+        model_spec = label = args.model
         if args.organism is not None:
             from mow.data.layouts import OrganismLayout
             from mow.organisms.store import read_public_config
 
             adapter = OrganismLayout(args.organism).adapter
-            model_spec = str(read_public_config(args.organism)["model"])
+            model_spec = label = str(read_public_config(args.organism)["model"])
         else:
+            if args.random_model:
+                try:
+                    model_spec = str(random_model(Path(tmp) / "model", model_spec, args.random_model))
+                except ValueError as exc:
+                    parser.error(str(exc))
+                label = f"random weights, {args.model} with {' '.join(args.random_model)}"
             adapter = make_adapter(Path(tmp) / "adapter", model_spec)
         def kl_run(mode: str, adapter: Path, store: Path | None = None) -> dict:
             command = [sys.executable, __file__, "--kl-mode", mode, "--adapter", str(adapter), "--model", model_spec,
@@ -177,7 +214,7 @@ def main() -> None:
         rate = {m: statistics.median(r["positions"] / r["seconds"] for r in rs) for m, rs in runs.items()}
         above = {m: sorted(r["peak_rss"] - r["rss_after_imports"] for r in rs) for m, rs in runs.items()}
         raw = {m: statistics.median(r["peak_rss"] for r in rs) for m, rs in runs.items()}
-        print(f"per-token KL on {one['positions']} positions ({model_spec}, 2 threads, {args.repeats} runs per mode, "
+        print(f"per-token KL on {one['positions']} positions ({label}, 2 threads, {args.repeats} runs per mode, "
               f"each in a fresh process; medians)")
         print(f"  {'':<34}{'one copy + adapter':>20}{'two loaded models':>20}{'ratio':>8}")
         print(f"  {'tokens/s':<34}{rate['one-copy']:>20.0f}{rate['two-models']:>20.0f}"

@@ -2,12 +2,13 @@
 prompt sets, and the base model's final hidden states on a set do not depend on the organism.
 
 An entry is one prompt set's final hidden states (positions x d, the base model's compute dtype, on the CPU), keyed by
-the base model's identity and the set's token ids. The identity is a hash of the base weights' shapes, dtypes and a
-strided sample of their values (every weight tensor, about 4,096 values each: a changed checkpoint changes it, and
-it costs milliseconds where hashing every weight of an 8B model would take a minute), plus the device type, since a
-GPU and a CPU round differently. An organism's base (its adapter off) and the same model loaded as `--base` share
-entries. Entries live under `$MOW_CACHE_DIR/base-side/` (default `~/.cache/mow/base-side/`); deleting the folder is
-always safe. A set whose texts depend on the organism (its replies) gets an entry that only the same texts reuse.
+the base model's identity, the set's token ids and the batch size they were read at. The identity is a hash of the base
+weights' shapes, dtypes and a strided sample of their values (every weight tensor, about 4,096 values each: a changed
+checkpoint changes it, and it costs milliseconds where hashing every weight of an 8B model would take a minute), plus
+the device type, since a GPU and a CPU round differently. An organism's base (its adapter off) and the same model loaded
+as `--base` share entries. Entries live under `$MOW_CACHE_DIR/base-side/` (default `~/.cache/mow/base-side/`); deleting
+the folder is always safe. A set whose texts depend on the organism (its replies) gets an entry that only the same texts
+reuse.
 """
 
 from __future__ import annotations
@@ -65,8 +66,13 @@ class BaseSideStore:
         self.root = Path(root) if root is not None else default_root()
         self.reused: list[str] = []  # names of the sets whose entry a KL pass used
 
-    def key(self, sequences: list[list[int]]) -> str:
+    def key(self, sequences: list[list[int]], batch_size: int) -> str:
+        """The entry of a set's token ids read `batch_size` texts at a time. Kernels need not be batch-invariant (GPU
+        libraries pick algorithms by matrix shape), so a text's hidden states can round differently in a batch of
+        another size; an entry is only reused where it is what a fresh pass would compute, bit for bit. (On this
+        project's CPU runs they came out the same at batch sizes 1, 2, 4 and 8.)"""
         digest = hashlib.sha256(self.identity.encode())
+        digest.update(f"batch {batch_size}\n".encode())
         for ids in sequences:
             digest.update(json.dumps(ids).encode())
         return digest.hexdigest()

@@ -124,7 +124,7 @@ class _BaseSide:
     a time, collected per set and written to the store when the set is complete."""
 
     def __init__(self, store: BaseSideStore | None, sets: dict[str, list[TokenSequence]], offsets: torch.Tensor,
-                 set_starts: list[int]):
+                 set_starts: list[int], batch_size: int):
         self.store, self.offsets = store, offsets
         bounds = [*set_starts, len(offsets) - 1]
         self.set_of = {}  # sequence index -> set name
@@ -136,7 +136,7 @@ class _BaseSide:
             self.set_of.update(dict.fromkeys(range(first, stop), name))
             if store is None:
                 continue
-            self.keys[name] = store.key([list(seq.ids) for seq in sets[name] if len(seq.ids) >= 2])
+            self.keys[name] = store.key([list(seq.ids) for seq in sets[name] if len(seq.ids) >= 2], batch_size)
             hidden = store.load(self.keys[name], int(offsets[stop] - offsets[first]))
             if hidden is not None:
                 self.held[name] = hidden
@@ -202,7 +202,8 @@ def per_token_kl(pair: ModelPair, sets: dict[str, list[TokenSequence]], batch_si
     promoted_sum = torch.zeros(len(names), vocab_size, dtype=torch.float64)
     mined = torch.zeros(len(names), vocab_size, dtype=torch.long)
     blocks = _blocks(lengths, set_starts, batch_size, block_positions)
-    base_side = _BaseSide(base_store, {name: kept[name] for name in names if kept[name]}, offsets, set_starts)
+    base_side = _BaseSide(base_store, {name: kept[name] for name in names if kept[name]}, offsets, set_starts,
+                          batch_size)
     buffers = _VocabRows(chunk, vocab_size)
     bar = tqdm(total=len(sequences), desc="per-token KL", disable=not progress, leave=False)
     for block in blocks:

@@ -168,6 +168,10 @@ def test_a_second_diff_reuses_the_base_side_and_gets_the_same_numbers(tokenizer,
     assert base_passes
     for name in ("kl_tb", "kl_bt", "promoted", "top_base_p"):
         assert torch.equal(getattr(reused, name), getattr(fresh, name)), name
+    other_batching = BaseSideStore(base_identity(other.tuned_model), tmp_path)
+    kl.per_token_kl(other, sets, batch_size=2, progress=False, base_store=other_batching)
+    assert other_batching.reused == []  # read at another batch size, a set gets its own entry
+    assert len(list(tmp_path.glob("*.safetensors"))) == 4
 
 
 def test_an_adapter_on_a_tied_output_head_is_not_merged_and_the_base_head_is_the_bases(tokenizer):
