@@ -69,9 +69,9 @@ def random_model(directory: Path, model_spec: str, changes: list[str]) -> Path:
     integers) set and random weights (seed 0), in float32, written to `directory`."""
     from transformers import AutoModelForCausalLM
 
-    from mow.workbench.models import load_model, load_tokenizer
+    from mow.workbench.models import load_tokenizer, read_model_config
 
-    config = load_model(model_spec).config
+    config = read_model_config(model_spec)
     for change in changes:
         key, _, value = change.partition("=")
         if not hasattr(config, key) or not value.isdigit():
