@@ -136,7 +136,7 @@ class _BaseSide:
             self.set_of.update(dict.fromkeys(range(first, stop), name))
             if store is None:
                 continue
-            self.keys[name] = store.key([list(seq.ids) for seq in sets[name] if len(seq.ids) >= 2], batch_size)
+            self.keys[name] = store.key([list(seq.ids) for seq in sets[name]], batch_size)
             hidden = store.load(self.keys[name], int(offsets[stop] - offsets[first]))
             if hidden is not None:
                 self.held[name] = hidden
