@@ -194,6 +194,19 @@ def test_half_precision_weights_are_never_merged(tokenizer):
     assert not ModelPair(model, tokenizer, None, TINY, "adapter:test").can_merge
 
 
+@pytest.mark.parametrize("variant", [{"use_dora": True}, {"lora_bias": True}])
+def test_lora_variants_are_never_merged(tokenizer, variant):
+    """The in-place merge adds B @ A; a DoRA update or a LoRA bias is something else, so those sweeps run unmerged."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(load_model(TINY, seed=5), LoraConfig(r=4, target_modules=["q_proj"], **variant))
+    pair = ModelPair(model.eval(), tokenizer, None, TINY, "adapter:test")
+    assert not pair.can_merge
+    with pair.tuned_merged() as merged:
+        assert merged is model
+        assert not any(layer.merged for layer in model.modules() if isinstance(layer, LoraLayer))
+
+
 def test_roles_follow_the_chat_template(tokenizer):
     seq = tokenize_record(records()[1], tokenizer, 200, "s", 0)
     decode = lambda role: tokenizer.decode([t for t, r in zip(seq.ids, seq.roles) if r == role])  # noqa: E731
