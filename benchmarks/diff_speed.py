@@ -219,6 +219,10 @@ def main() -> None:
         print(f"  {'':<34}{'one copy + adapter':>20}{'two loaded models':>20}{'ratio':>8}")
         print(f"  {'tokens/s':<34}{rate['one-copy']:>20.0f}{rate['two-models']:>20.0f}"
               f"{rate['one-copy'] / rate['two-models']:>8.2f}  (target >= 1.0)")
+        every = {m: sorted(r["positions"] / r["seconds"] for r in rs) for m, rs in runs.items()}
+        print(f"  {'  every run':<34}{', '.join(f'{v:.0f}' for v in every['one-copy']):>20}"
+              f"{', '.join(f'{v:.0f}' for v in every['two-models']):>20}"
+              f"{every['one-copy'][0] / every['two-models'][-1]:>8.2f}  (worst pair: slowest / fastest)")
         median = {m: statistics.median(v) for m, v in above.items()}
         print(f"  {'peak RSS above imports (MiB)':<34}{median['one-copy']:>20.0f}{median['two-models']:>20.0f}"
               f"{median['one-copy'] / median['two-models']:>8.2f}  (target <= 0.6)")
