@@ -100,9 +100,9 @@ class ModelPair:
         The merge is one in-place `addmm_` per adapted layer, recorded in PEFT's `merged_adapters` so its forwards
         skip the LoRA path, and the restore is the unmerge. PEFT's own merge builds two weight-sized temporaries
         per layer and its unmerge as many again: at 360M parameters on 2 CPU cores that cycle took 1.6 s per block
-        of positions, this one 0.3 s. Half-precision or quantized weights and LoRA variants (DoRA,
-        LoRA biases) are never merged, since one rounding there is as large as a LoRA update, or the update is not
-        B @ A: the sweep runs unmerged."""
+        of positions, this one 0.3 s. Half-precision or quantized weights are never merged, since one rounding there
+        is as large as a LoRA update, nor are LoRA variants (DoRA, LoRA biases), whose update is not B @ A: those
+        sweeps run unmerged."""
         if not self.can_merge:
             yield self.tuned_model
             return
