@@ -211,7 +211,8 @@ def main() -> None:
             for mode in runs:
                 runs[mode].append(kl_run(mode, adapter))
         one, two = runs["one-copy"][0], runs["two-models"][0]
-        rate = {m: statistics.median(r["positions"] / r["seconds"] for r in rs) for m, rs in runs.items()}
+        every = {m: sorted(r["positions"] / r["seconds"] for r in rs) for m, rs in runs.items()}
+        rate = {m: statistics.median(v) for m, v in every.items()}
         above = {m: sorted(r["peak_rss"] - r["rss_after_imports"] for r in rs) for m, rs in runs.items()}
         raw = {m: statistics.median(r["peak_rss"] for r in rs) for m, rs in runs.items()}
         print(f"per-token KL on {one['positions']} positions ({label}, 2 threads, {args.repeats} runs per mode, "
@@ -219,7 +220,6 @@ def main() -> None:
         print(f"  {'':<34}{'one copy + adapter':>20}{'two loaded models':>20}{'ratio':>8}")
         print(f"  {'tokens/s':<34}{rate['one-copy']:>20.0f}{rate['two-models']:>20.0f}"
               f"{rate['one-copy'] / rate['two-models']:>8.2f}  (target >= 1.0)")
-        every = {m: sorted(r["positions"] / r["seconds"] for r in rs) for m, rs in runs.items()}
         print(f"  {'  every run':<34}{', '.join(f'{v:.0f}' for v in every['one-copy']):>20}"
               f"{', '.join(f'{v:.0f}' for v in every['two-models']):>20}"
               f"{every['one-copy'][0] / every['two-models'][-1]:>8.2f}  (worst pair: slowest / fastest)")
