@@ -134,12 +134,7 @@ class ModelPair:
             return False
         uses = Counter(id(param) for _, param in self.tuned_model.named_parameters(remove_duplicate=False))
         layers = self._lora_layers().values()
-        return bool(layers) and all(
-            isinstance(layer.get_base_layer(), nn.Linear) and layer.get_base_layer().weight.dtype == torch.float32
-            and uses[id(layer.get_base_layer().weight)] == 1 and not layer.fan_in_fan_out
-            and not any(adapter in layer.lora_variant or layer.lora_bias[adapter]
-                        for adapter in _merged_adapters(layer))
-            for layer in layers)
+        return bool(layers) and all(_merges_in_place(layer, uses) for layer in layers)
 
     @property
     def pad_id(self) -> int:
@@ -168,6 +163,16 @@ class ModelPair:
 def _merged_adapters(layer: LoraLayer) -> list[str]:
     """The adapters whose update `tuned_merged` adds to a layer: the active ones the layer holds."""
     return [adapter for adapter in layer.active_adapters if adapter in layer.lora_A]
+
+
+def _merges_in_place(layer: LoraLayer, uses: Counter[int]) -> bool:
+    """Whether `tuned_merged` can add this layer's update to its base weight: a float32 linear layer whose weight
+    no other module uses (`uses`: parameter id -> modules holding it), with plain LoRA for every active adapter."""
+    base = layer.get_base_layer()
+    return (isinstance(base, nn.Linear) and base.weight.dtype == torch.float32 and uses[id(base.weight)] == 1
+            and not layer.fan_in_fan_out
+            and not any(adapter in layer.lora_variant or layer.lora_bias[adapter]
+                        for adapter in _merged_adapters(layer)))
 
 
 def _adapter_hash(organism: Path) -> str:
