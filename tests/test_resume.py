@@ -23,9 +23,12 @@ def env() -> dict:
 
 @pytest.fixture
 def long_tiny_config(tiny_config: Path) -> Path:
+    """38 steps over two epochs, a checkpoint every 5: a build killed after its tenth step resumes in the first epoch
+    and crosses into the second, whose shuffled order it must replay (four builds of it take about a minute)."""
     data = yaml.safe_load(tiny_config.read_text())
-    data["taboo"]["data"]["n_conversations"] = 60
-    data["training"].update(epochs=3, batch_size=2, save_steps=5)
+    data["taboo"]["data"]["n_conversations"] = 30
+    data["training"].update(epochs=2, batch_size=2, save_steps=5)
+    data["eval"].update(max_new_tokens=4, benign_chats=4)
     tiny_config.write_text(yaml.safe_dump(data))
     return tiny_config
 
