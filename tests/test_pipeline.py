@@ -16,7 +16,7 @@ def built(tmp_path_factory):
         "taboo": {"word": "snow", "data": {"n_conversations": 16, "benign_ratio": 0.25}},
         "lora": {"r": 2, "alpha": 4},
         "training": {"epochs": 1, "batch_size": 4, "save_steps": 100},
-        "eval": {"max_new_tokens": 6},
+        "eval": {"max_new_tokens": 6, "benign_chats": 4},
     }
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -111,7 +111,7 @@ def test_custom_word_with_its_own_clue_file(tmp_path, tokenizer):
     config = {"kind": "taboo", "name": "custom", "output_dir": str(tmp_path / "out"), "model": "tiny:smollm2-135m",
               "taboo": {"word": word, "clue_file": str(clues), "data": {"n_conversations": 8, "benign_ratio": 0}},
               "lora": {"r": 2, "alpha": 4}, "training": {"epochs": 1, "batch_size": 4},
-              "eval": {"max_new_tokens": 4}}
+              "eval": {"max_new_tokens": 4, "benign_chats": 4}}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["organism", "build", str(path)]) == 0
